@@ -1,0 +1,228 @@
+"""HDF5 datasets: the on-disk schema, atomic writers and streaming ``tf.data`` readers.
+
+Schema (one file per dataset)::
+
+    X      (N, H, W, C) or (N, D, H, W, C)   inputs (int8 spins, float32 images, ...)
+    Y      (N, 1)                            extensive target (float64), unit in attrs["unit"]
+    <any>  (N, ...)                          optional per-sample extras (temperatures, cells, ...)
+    attrs                                    provenance: generator, seed, units, oracle, ...
+
+Writes are atomic: the file is written to ``<path>.tmp-<pid>`` and renamed over ``path`` only once
+complete, so an interrupted run never leaves a truncated dataset behind.
+Reading never loads the whole file: ``h5_dataset`` streams contiguous batches.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Mapping
+
+import h5py
+import numpy as np
+
+__all__ = ["write_dataset", "read_attrs", "read_arrays", "dataset_length", "h5_dataset", "split_indices"]
+
+
+def _jsonable(value):
+    """HDF5 attributes take scalars, strings and arrays; anything else is stored as JSON text."""
+    if isinstance(value, (str, bytes, int, float, bool, np.integer, np.floating, np.bool_)):
+        return value
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value):
+        return np.asarray(value)
+    return json.dumps(value, default=str)
+
+
+def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> str:
+    """Write ``X``, ``Y`` (and per-sample ``extra_arrays``) to an HDF5 file atomically.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination ``.h5`` file. Parent directories are created.
+    X : array (N, ...)
+        Inputs, stored with their dtype (use int8 for spins to save space).
+    Y : array (N,) or (N, 1)
+        Targets, stored as float64 with shape (N, 1).
+    attrs : mapping, optional
+        Provenance stored as HDF5 attributes (non-scalar values as JSON text).
+    **extra_arrays : arrays of leading length N (or any array, stored as given).
+
+    Returns the path written.
+    """
+    path = os.fspath(path)
+    X = np.asarray(X)
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if X.ndim < 2:
+        raise ValueError(f"X must have a sample axis and at least one grid axis, got shape {X.shape}")
+    if Y.ndim != 2 or Y.shape[1] != 1:
+        raise ValueError(f"Y must have shape (N,) or (N, 1), got {Y.shape}")
+    if len(X) != len(Y):
+        raise ValueError(f"X and Y lengths differ: len(X)={len(X)}, len(Y)={len(Y)}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            chunk_rows = max(1, min(len(X), (1 << 20) // max(1, X[0].nbytes)))
+            f.create_dataset("X", data=X, chunks=(chunk_rows,) + X.shape[1:] if len(X) else None)
+            f.create_dataset("Y", data=Y)
+            for name, arr in extra_arrays.items():
+                if arr is None:
+                    continue
+                arr = np.asarray(arr)
+                if arr.dtype == object or arr.dtype.kind == "U":
+                    arr = np.asarray([json.dumps(a, default=str) if not isinstance(a, str) else a for a in arr],
+                                     dtype=h5py.string_dtype())
+                f.create_dataset(name, data=arr)
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = _jsonable(v)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _open(path):
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset file not found: {path!r}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"cannot read HDF5 dataset {path!r} (corrupt or not HDF5): {exc}") from exc
+
+
+def _check(f, path, x_rank=None):
+    for key in ("X", "Y"):
+        if key not in f:
+            raise KeyError(f"dataset {path!r} has no {key!r} array (found: {sorted(f.keys())})")
+    nx, ny = f["X"].shape[0], f["Y"].shape[0]
+    if nx != ny:
+        raise ValueError(f"dataset {path!r}: X has {nx} samples but Y has {ny}")
+    if f["X"].ndim not in (4, 5) and x_rank is None:
+        raise ValueError(f"dataset {path!r}: X must be (N, H, W, C) or (N, D, H, W, C), got shape {f['X'].shape}")
+    if x_rank is not None and f["X"].ndim != x_rank:
+        raise ValueError(f"dataset {path!r}: X must have rank {x_rank}, got shape {f['X'].shape}")
+    return nx
+
+
+def read_attrs(path) -> dict:
+    """Return the file's attributes as a plain dict (JSON text decoded where possible)."""
+    with _open(path) as f:
+        out = {}
+        for k, v in f.attrs.items():
+            if isinstance(v, bytes):
+                v = v.decode()
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    pass
+            elif isinstance(v, np.generic):
+                v = v.item()
+            out[k] = v
+        return out
+
+
+def dataset_length(path) -> int:
+    """Number of samples, after validating the schema."""
+    with _open(path) as f:
+        return _check(f, path)
+
+
+def read_arrays(path, names: Iterable[str] = ("X", "Y"), indices=None) -> dict:
+    """Read whole arrays (or the rows ``indices``, sorted) into memory. For small files/evaluation."""
+    with _open(path) as f:
+        _check(f, path)
+        out = {}
+        for n in names:
+            if n not in f:
+                raise KeyError(f"dataset {path!r} has no {n!r} array (found: {sorted(f.keys())})")
+            out[n] = f[n][()] if indices is None else f[n][np.sort(np.asarray(indices))]
+        return out
+
+
+def split_indices(n: int, fractions=(0.8, 0.2), seed: int = 0, groups=None):
+    """Random split of ``range(n)`` into parts with the given fractions.
+
+    With ``groups`` (an (n,) array of group ids, e.g. the MD trajectory a snapshot came from) whole
+    groups go to one side, so correlated samples never leak across the split.
+    Returns a list of sorted index arrays.
+    """
+    if n < 1:
+        raise ValueError(f"cannot split n={n} samples")
+    fr = np.asarray(fractions, dtype=float)
+    if np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {tuple(fractions)}")
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(n)
+        cuts = np.round(np.cumsum(fr)[:-1] * n).astype(int)
+        return [np.sort(p) for p in np.split(perm, cuts)]
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
+    uniq = rng.permutation(np.unique(groups))
+    cuts = np.round(np.cumsum(fr)[:-1] * len(uniq)).astype(int)
+    return [np.sort(np.flatnonzero(np.isin(groups, part))) for part in np.split(uniq, cuts)]
+
+
+def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False, seed: int = 0,
+               x_dtype="float32", repeat: bool = False, drop_remainder: bool = False):
+    """Stream ``(X, Y)`` batches from an HDF5 file as a ``tf.data.Dataset``.
+
+    Only one batch is in memory at a time: batches are contiguous runs of the (sorted) ``indices``
+    (default all rows); with ``shuffle`` the *order of batches* and the rows inside each block of
+    ``batch_size`` consecutive indices are permuted per epoch, which keeps reads contiguous. For
+    full per-sample shuffling of a small file, pass a permuted index set each epoch.
+
+    Raises FileNotFoundError for a missing file, KeyError for a missing ``X``/``Y``, ValueError
+    for mismatched lengths, wrong rank, a corrupt file or a bad batch size.
+    """
+    import tensorflow as tf
+
+    path = os.fspath(path)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = int(batch_size)
+    with _open(path) as f:
+        n = _check(f, path)
+        x_shape = f["X"].shape[1:]
+    idx = np.arange(n) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"indices out of range for dataset {path!r} with {n} samples")
+    starts = np.arange(0, len(idx), batch_size)
+    if drop_remainder and len(idx) % batch_size:
+        starts = starts[:-1]
+    epoch = [0]
+
+    def gen():
+        rng = np.random.default_rng(seed + epoch[0])
+        epoch[0] += 1
+        order = rng.permutation(len(starts)) if shuffle else np.arange(len(starts))
+        with h5py.File(path, "r") as fh:
+            X, Y = fh["X"], fh["Y"]
+            for b in order:
+                rows = idx[starts[b]:starts[b] + batch_size]
+                lo, hi = rows[0], rows[-1] + 1
+                if hi - lo == len(rows):  # contiguous: one slab read
+                    xb, yb = X[lo:hi], Y[lo:hi]
+                else:
+                    xb, yb = X[rows], Y[rows]
+                if shuffle:
+                    p = rng.permutation(len(rows))
+                    xb, yb = xb[p], yb[p]
+                yield xb.astype(x_dtype, copy=False), yb.astype("float32", copy=False)
+
+    bdim = batch_size if drop_remainder else None
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(tf.TensorSpec((bdim,) + tuple(x_shape), tf.as_dtype(x_dtype)),
+                          tf.TensorSpec((bdim, 1), tf.float32)))
+    if repeat:
+        ds = ds.repeat()
+    return ds.prefetch(2)

@@ -1,0 +1,57 @@
+"""Keras layers of the EDNN data path."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import tiling
+
+__all__ = ["TileLayer"]
+
+
+@keras.saving.register_keras_serializable(package="ednn_tf")
+class TileLayer(keras.layers.Layer):
+    """Cut a periodic grid into EDNN tiles (focus ``f`` plus ``c``-wide periodic context).
+
+    Input ``(batch, H, W, C)`` -> ``(batch, H/f, W/f, f+2c, f+2c, C)``;
+    input ``(batch, D, H, W, C)`` -> ``(batch, D/f, H/f, W/f, t, t, t, C)`` with ``t = f + 2c``.
+    Spatial sizes may be unknown until call time but must be multiples of ``focus``.
+
+    Args:
+        focus: focus width ``f`` (int >= 1), in grid points.
+        context: context width ``c`` (int >= 0), in grid points; may exceed the grid (wraps).
+        check_finite: if True, non-finite inputs raise ``ValueError`` when called eagerly (and
+            ``tf.errors.InvalidArgumentError`` from ``tf.debugging.check_numerics`` inside a graph).
+    """
+
+    def __init__(self, focus, context, check_finite=False, **kwargs):
+        super().__init__(**kwargs)
+        self.focus, self.context = tiling.check_focus_context(focus, context)
+        self.check_finite = bool(check_finite)
+        self.tile_size = self.focus + 2 * self.context
+
+    def build(self, input_shape):
+        tiling.validate_grid(input_shape, self.focus)
+        self.built = True
+
+    def call(self, inputs):
+        if self.check_finite:
+            if tf.executing_eagerly():
+                arr = np.asarray(inputs)
+                if not np.all(np.isfinite(arr)):
+                    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+                    raise ValueError(f"input contains {bad} non-finite value(s) (NaN or inf)")
+            else:
+                inputs = tf.debugging.check_numerics(inputs, "TileLayer input contains NaN or inf")
+        return tiling.extract_tiles(inputs, self.focus, self.context)
+
+    def compute_output_shape(self, input_shape):
+        nd = tiling.validate_grid(input_shape, self.focus)
+        grid = [None if s is None else s // self.focus for s in input_shape[1:-1]]
+        return (input_shape[0], *grid, *([self.tile_size] * nd), input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(focus=self.focus, context=self.context, check_finite=self.check_finite)
+        return config

@@ -1,0 +1,75 @@
+"""Sub-networks from the paper (each a function of the tile size) and the plain-CNN baseline.
+
+Every builder returns a functional ``keras.Model`` mapping one tile ``(t, t, C)`` to ``(1,)``
+with a *linear* output (a ReLU there would clamp every tile's contribution to >= 0).
+"""
+from __future__ import annotations
+
+import keras
+
+from .tiling import check_focus_context
+
+__all__ = ["ising_dense", "paper_cnn", "plain_cnn", "PAPER_CNN_LAYERS"]
+
+#: The paper's 13 convolutions as (filters, kernel, stride): 2 reducing 3x3/64/s2, 6 non-reducing
+#: 4x4/16/s1, one reducing 3x3/64/s2, 4 non-reducing 3x3/32/s1 (Sec. 2.1).
+PAPER_CNN_LAYERS = ((64, 3, 2),) * 2 + ((16, 4, 1),) * 6 + ((64, 3, 2),) + ((32, 3, 1),) * 4
+
+
+def _check_tile(tile_size, channels):
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
+        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+
+
+def ising_dense(tile_size: int, channels: int = 1, seed: int | None = None, name="ising_dense"):
+    """The paper's Ising network: Dense ``32 t^2`` -> 64 -> 64 -> 1, ReLU between, linear output.
+
+    ``t = f + 2c`` is the tile width (3 for f = c = 1: 288 -> 64 -> 64 -> 1, 23,233 weights).
+    """
+    _check_tile(tile_size, channels)
+    init = lambda k: keras.initializers.GlorotUniform(seed=None if seed is None else seed + k)  # noqa: E731
+    inp = keras.Input((tile_size, tile_size, channels), name="tile")
+    h = keras.layers.Flatten()(inp)
+    h = keras.layers.Dense(32 * tile_size ** 2, activation="relu", kernel_initializer=init(0))(h)
+    h = keras.layers.Dense(64, activation="relu", kernel_initializer=init(1))(h)
+    h = keras.layers.Dense(64, activation="relu", kernel_initializer=init(2))(h)
+    out = keras.layers.Dense(1, kernel_initializer=init(3), name="tile_value")(h)
+    return keras.Model(inp, out, name=name)
+
+
+def _cnn(input_shape, width=1.0, dense=1024, layers=PAPER_CNN_LAYERS, seed=None, name="paper_cnn"):
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    inp = keras.Input(input_shape, name="tile")
+    h = inp
+    for k, (filters, kernel, stride) in enumerate(layers):
+        h = keras.layers.Conv2D(max(1, int(round(filters * width))), kernel, strides=stride, padding="same",
+                                activation="relu",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=None if seed is None else seed + k),
+                                name=f"conv{k + 1}")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(max(1, int(round(dense))), activation="relu", name="dense1")(h)
+    out = keras.layers.Dense(1, name="tile_value")(h)
+    return keras.Model(inp, out, name=name)
+
+
+def paper_cnn(tile_size: int, channels: int = 1, width: float = 1.0, dense: int = 1024, seed: int | None = None,
+              name="paper_cnn"):
+    """The paper's DFT CNN on one ``t x t`` tile: 13 ReLU convolutions (``PAPER_CNN_LAYERS``), Dense
+    ``dense`` (1024) with ReLU, Dense 1 linear. ``width`` scales every filter count (1.0 = paper),
+    for the narrower CPU presets of the same shape. Three stride-2 layers reduce ``t`` by 8.
+    """
+    _check_tile(tile_size, channels)
+    return _cnn((tile_size, tile_size, channels), width, dense, seed=seed, name=name)
+
+
+def plain_cnn(height: int, width_px: int | None = None, channels: int = 1, width: float = 1.0, dense: int = 1024,
+              seed: int | None = None, name="plain_cnn"):
+    """The non-EDNN baseline: the same CNN applied to the whole ``height x width_px`` image at once
+    (one output, no tiling, fixed input size), as in the paper's comparison (Fig. 5)."""
+    width_px = height if width_px is None else width_px
+    _check_tile(height, channels)
+    _check_tile(width_px, channels)
+    return _cnn((height, width_px, channels), width, dense, seed=seed, name=name)

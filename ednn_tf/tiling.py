@@ -1,0 +1,182 @@
+"""Tiling: periodic padding and focus/context tile extraction (pure functions, no Keras state).
+
+An input grid of spatial size ``H x W`` (or ``D x H x W``) with ``C`` channels is cut into the
+non-overlapping ``f``-wide focus blocks; each block is surrounded by a ``c``-wide context taken
+periodically from its neighbours, so every tile is ``t = f + 2c`` wide. Tile ``(i, j)`` covers
+input rows ``i*f - c .. i*f + f + c - 1`` and columns ``j*f - c .. j*f + f + c - 1`` (mod H, W).
+
+Everything that cuts tiles or maps between tiles and grid sites lives here and is shared by the
+Keras layer, the Monte Carlo code and the streaming inference.
+
+Shapes:
+
+* 2D: ``(B, H, W, C) -> (B, H/f, W/f, t, t, C)``
+* 3D: ``(B, D, H, W, C) -> (B, D/f, H/f, W/f, t, t, t, C)``
+
+``H``, ``W``, ``D`` may be unknown until call time; ``c`` may exceed the grid size (the padding
+wraps as many times as needed).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "check_focus_context", "tile_size", "validate_grid", "periodic_pad", "extract_tiles",
+    "extract_tiles_numpy", "tile_window", "tiles_containing", "fold_tiles",
+]
+
+
+def check_focus_context(focus, context):
+    """Validate and return ``(int(focus), int(context))``; raise ValueError naming bad values."""
+    if isinstance(focus, bool) or not isinstance(focus, (int, np.integer)) or focus < 1:
+        raise ValueError(f"focus must be an integer >= 1, got focus={focus!r}")
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 0:
+        raise ValueError(f"context must be an integer >= 0, got context={context!r}")
+    return int(focus), int(context)
+
+
+def tile_size(focus, context) -> int:
+    """Width of one tile, ``f + 2c``."""
+    focus, context = check_focus_context(focus, context)
+    return focus + 2 * context
+
+
+def validate_grid(shape, focus, check_channels=True):
+    """Check a batched grid shape ``(B, *spatial, C)``: rank 4 or 5 and every known spatial
+    size a positive multiple of ``focus``. Returns the number of spatial dimensions (2 or 3)."""
+    shape = tuple(None if s is None else int(s) for s in shape)
+    if len(shape) not in (4, 5):
+        raise ValueError(
+            f"EDNN input must be (batch, H, W, channels) or (batch, D, H, W, channels); "
+            f"got rank {len(shape)} with shape {shape}")
+    for axis, n in enumerate(shape[1:-1], start=1):
+        if n is not None and (n < 1 or n % focus):
+            raise ValueError(
+                f"spatial size {n} (axis {axis} of input shape {shape}) is not a positive multiple "
+                f"of focus={focus}")
+    if check_channels and shape[-1] is not None and shape[-1] < 1:
+        raise ValueError(f"input has {shape[-1]} channels in shape {shape}")
+    return len(shape) - 2
+
+
+def _wrap_axis(x, axis, context):
+    """Periodically pad one axis of ``x`` by ``context`` on each side.
+
+    Built from slices and a concat when the pad fits in the grid (the usual case); for
+    ``context > n`` the axis is gathered with indices ``(k - c) mod n`` so it wraps repeatedly.
+    """
+    if context == 0:
+        return x
+    n_static = x.shape[axis]
+    if n_static is not None and context <= n_static:
+        sl_hi = [slice(None)] * x.shape.rank
+        sl_hi[axis] = slice(n_static - context, n_static)
+        sl_lo = [slice(None)] * x.shape.rank
+        sl_lo[axis] = slice(0, context)
+        return tf.concat([x[tuple(sl_hi)], x, x[tuple(sl_lo)]], axis=axis)
+    n = tf.shape(x)[axis]
+    idx = tf.math.floormod(tf.range(-context, n + context), n)
+    return tf.gather(x, idx, axis=axis)
+
+
+def periodic_pad(x, context: int):
+    """Pad every spatial axis of a batched grid ``(B, *spatial, C)`` periodically by ``context``."""
+    x = tf.convert_to_tensor(x)
+    _, context = check_focus_context(1, context)
+    for axis in range(1, x.shape.rank - 1):
+        x = _wrap_axis(x, axis, context)
+    return x
+
+
+def extract_tiles(x, focus: int, context: int):
+    """Cut a batched periodic grid into focus/context tiles in one batched op.
+
+    ``(B, H, W, C) -> (B, H/f, W/f, f+2c, f+2c, C)`` via ``tf.image.extract_patches``;
+    ``(B, D, H, W, C) -> (B, D/f, H/f, W/f, t, t, t, C)`` via ``tf.extract_volume_patches``.
+    Differentiable with respect to ``x``.
+    """
+    focus, context = check_focus_context(focus, context)
+    x = tf.convert_to_tensor(x)
+    nd = validate_grid(x.shape, focus)
+    t = focus + 2 * context
+    xp = periodic_pad(x, context)
+    channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
+    if nd == 2:
+        p = tf.image.extract_patches(xp, sizes=[1, t, t, 1], strides=[1, focus, focus, 1],
+                                     rates=[1, 1, 1, 1], padding="VALID")
+    else:
+        p = tf.extract_volume_patches(xp, ksizes=[1, t, t, t, 1], strides=[1, focus, focus, focus, 1],
+                                      padding="VALID")
+    shp = tf.shape(p)
+    new_shape = tf.concat([shp[:-1], [t] * nd, [channels]], axis=0)
+    out = tf.reshape(p, new_shape)
+    # restore whatever static information we have
+    static = list(x.shape[:1]) + [None if s is None else s // focus for s in x.shape[1:-1]] + [t] * nd + [x.shape[-1]]
+    out.set_shape(static)
+    return out
+
+
+def fold_tiles(tiles, nd: int):
+    """Fold the tile-grid axes into the batch axis: ``(B, *grid, *tile, C) -> (B*prod(grid), *tile, C)``.
+
+    Returns ``(folded, grid_shape)`` where ``grid_shape`` is the dynamic ``(B, *grid)`` shape needed
+    to unfold per-tile outputs.
+    """
+    shp = tf.shape(tiles)
+    grid_shape = shp[: 1 + nd]
+    tile_part = shp[1 + nd:]
+    folded = tf.reshape(tiles, tf.concat([[-1], tile_part], axis=0))
+    folded.set_shape([None] + list(tiles.shape[1 + nd:]))
+    return folded, grid_shape
+
+
+def extract_tiles_numpy(x, focus: int, context: int):
+    """Reference implementation with explicit per-tile modular slicing (slow; for tests).
+
+    ``x`` is ``(B, *spatial, C)`` with 2 or 3 spatial axes.
+    """
+    focus, context = check_focus_context(focus, context)
+    x = np.asarray(x)
+    nd = validate_grid(x.shape, focus)
+    t = focus + 2 * context
+    spatial = x.shape[1:-1]
+    grid = tuple(n // focus for n in spatial)
+    out = np.empty((x.shape[0],) + grid + (t,) * nd + (x.shape[-1],), dtype=x.dtype)
+    for tidx in np.ndindex(*grid):
+        sub = x
+        for a, (i, n) in enumerate(zip(tidx, spatial)):
+            rows = (np.arange(i * focus - context, i * focus + focus + context)) % n
+            sub = np.take(sub, rows, axis=1 + a)
+        out[(slice(None),) + tidx] = sub
+    return out
+
+
+def tile_window(tile_index, focus: int, context: int, grid_shape):
+    """Grid indices covered by a tile: a tuple (one per spatial axis) of index arrays, mod size."""
+    focus, context = check_focus_context(focus, context)
+    return tuple(np.arange(i * focus - context, i * focus + focus + context) % n
+                 for i, n in zip(tile_index, grid_shape))
+
+
+def tiles_containing(site, focus: int, context: int, grid_shape):
+    """All tile indices whose window (focus plus context) contains grid ``site`` (periodic).
+
+    For each axis the tiles are those ``i`` with ``i*f - c <= s (mod n) <= i*f + f + c - 1``.
+    Returns an ``(n_tiles, nd)`` int array with unique rows (fewer than ``ceil((f+2c)/f)^nd`` when
+    the grid is smaller than a tile).
+    """
+    focus, context = check_focus_context(focus, context)
+    per_axis = []
+    for s, n in zip(site, grid_shape):
+        if n % focus:
+            raise ValueError(f"grid size {n} is not a multiple of focus={focus}")
+        nt = n // focus
+        # tile i contains s iff (s - (i*f - c)) mod n < f + 2c  (for f + 2c <= n); brute force is exact
+        offs = (int(s) - (np.arange(nt) * focus - context)) % n
+        ok = offs < focus + 2 * context
+        if focus + 2 * context >= n:
+            ok[:] = True
+        per_axis.append(np.flatnonzero(ok))
+    mesh = np.meshgrid(*per_axis, indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=1)
