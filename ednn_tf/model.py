@@ -48,7 +48,8 @@ class EDNN(keras.Model):
             raise ValueError(f"output_dtype must be 'float32' or 'float64', got {output_dtype!r}")
         self.output_dtype = output_dtype
         self.check_finite = bool(check_finite)
-        self.tiler = TileLayer(self.focus, self.context, check_finite=self.check_finite, name="tiles")
+        self.tiler = TileLayer(self.focus, self.context, check_finite=self.check_finite, name="tiles",
+                               dtype=self.dtype_policy)
         self.subnet = subnet
         self._check_subnet_input(getattr(subnet, "input_shape", None) if hasattr(subnet, "inputs") else None)
 

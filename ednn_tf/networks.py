@@ -26,7 +26,7 @@ def _check_tile(tile_size, channels):
 def ising_dense(tile_size: int, channels: int = 1, seed: int | None = None, name="ising_dense"):
     """The paper's Ising network: Dense ``32 t^2`` -> 64 -> 64 -> 1, ReLU between, linear output.
 
-    ``t = f + 2c`` is the tile width (3 for f = c = 1: 288 -> 64 -> 64 -> 1, 23,233 weights).
+    ``t = f + 2c`` is the tile width (3 for f = c = 1: 288 -> 64 -> 64 -> 1, 25,601 weights).
     """
     _check_tile(tile_size, channels)
     init = lambda k: keras.initializers.GlorotUniform(seed=None if seed is None else seed + k)  # noqa: E731
