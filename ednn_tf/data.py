@@ -175,10 +175,10 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
                x_dtype="float32", repeat: bool = False, drop_remainder: bool = False):
     """Stream ``(X, Y)`` batches from an HDF5 file as a ``tf.data.Dataset``.
 
-    Only one batch is in memory at a time: batches are contiguous runs of the (sorted) ``indices``
-    (default all rows); with ``shuffle`` the *order of batches* and the rows inside each block of
-    ``batch_size`` consecutive indices are permuted per epoch, which keeps reads contiguous. For
-    full per-sample shuffling of a small file, pass a permuted index set each epoch.
+    Only one batch is in memory at a time. Without ``shuffle`` batches are contiguous runs of the
+    (sorted) ``indices`` (default all rows), read as one slab each. With ``shuffle`` the indices are
+    permuted afresh every epoch (seeded by ``seed`` and the epoch number) and each batch reads its
+    rows in sorted order, so samples are fully mixed across batches.
 
     Raises FileNotFoundError for a missing file, KeyError for a missing ``X``/``Y``, ValueError
     for mismatched lengths, wrong rank, a corrupt file or a bad batch size.
@@ -195,27 +195,28 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     idx = np.arange(n) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise ValueError(f"indices out of range for dataset {path!r} with {n} samples")
-    starts = np.arange(0, len(idx), batch_size)
-    if drop_remainder and len(idx) % batch_size:
-        starts = starts[:-1]
+    n_batches = len(idx) // batch_size if drop_remainder else -(-len(idx) // batch_size)
     epoch = [0]
 
     def gen():
-        rng = np.random.default_rng(seed + epoch[0])
+        rng = np.random.default_rng([seed, epoch[0]])
         epoch[0] += 1
-        order = rng.permutation(len(starts)) if shuffle else np.arange(len(starts))
+        order = rng.permutation(idx) if shuffle else idx
         with h5py.File(path, "r") as fh:
             X, Y = fh["X"], fh["Y"]
-            for b in order:
-                rows = idx[starts[b]:starts[b] + batch_size]
-                lo, hi = rows[0], rows[-1] + 1
-                if hi - lo == len(rows):  # contiguous: one slab read
+            for b in range(n_batches):
+                rows = order[b * batch_size:(b + 1) * batch_size]
+                srt = np.argsort(rows, kind="stable")
+                rs = rows[srt]
+                lo, hi = int(rs[0]), int(rs[-1]) + 1
+                if hi - lo == len(rs):  # contiguous: one slab read
                     xb, yb = X[lo:hi], Y[lo:hi]
                 else:
-                    xb, yb = X[rows], Y[rows]
-                if shuffle:
-                    p = rng.permutation(len(rows))
-                    xb, yb = xb[p], yb[p]
+                    xb, yb = X[rs], Y[rs]
+                if shuffle:  # back to the permuted order
+                    inv = np.empty_like(srt)
+                    inv[srt] = np.arange(len(srt))
+                    xb, yb = xb[inv], yb[inv]
                 yield xb.astype(x_dtype, copy=False), yb.astype("float32", copy=False)
 
     bdim = batch_size if drop_remainder else None

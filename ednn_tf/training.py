@@ -1,0 +1,75 @@
+"""Training helpers: a quiet epoch progress bar and interruption-safe ``fit``.
+
+``fit`` is ``model.fit`` plus what long physics runs need: a tqdm bar over epochs (loss in the
+postfix), ``keras.callbacks.BackupAndRestore`` so an interrupted run resumes at the last finished
+epoch when started again with the same ``workdir``, a CSV log of every epoch, and the final model
+written atomically.
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+
+__all__ = ["EpochProgress", "fit", "save_model_atomic"]
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One tqdm bar over epochs, showing the latest logs (loss, val_loss, ...)."""
+
+    def __init__(self, epochs, desc="training", disable=False):
+        super().__init__()
+        self.epochs, self.desc, self.disable = epochs, desc, disable
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch", disable=self.disable, dynamic_ncols=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.bar is not None and self.bar.n < epoch:   # resumed run: jump to the restored epoch
+            self.bar.update(epoch - self.bar.n)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in (logs or {}).items()}, refresh=False)
+            self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def save_model_atomic(model, path):
+    """``model.save`` to a temporary file then rename, so a crash never leaves a half-written model."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path[:-len(".keras")] + f".tmp{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=None, callbacks=(),
+        progress=True, desc="training", save_every_epochs=1, root=True, **fit_kwargs):
+    """``model.fit`` that survives interruption.
+
+    Args:
+        model: a compiled Keras model (e.g. ``ednn_tf.EDNN``).
+        x, y, batch_size, validation_data: as for ``model.fit`` (``x`` may be a ``tf.data.Dataset``).
+        epochs: total epochs; a resumed run continues from the last completed epoch.
+        workdir: folder for the backup (``backup/``) and the per-epoch CSV log (``log.csv``).
+        progress: show the epoch bar (rank 0 only when ``root`` is False).
+        root: False on non-zero Horovod ranks: no log, no bar (backups stay per-rank).
+    Returns the ``History``; the backup is removed by Keras once training completes.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    cbs = [keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), save_freq="epoch",
+                                            delete_checkpoint=True)]
+    if root:
+        cbs.append(keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True))
+        if progress:
+            cbs.append(EpochProgress(epochs, desc=desc))
+    cbs.extend(callbacks)
+    return model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
+                     callbacks=cbs, verbose=0, **fit_kwargs)
