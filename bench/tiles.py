@@ -1,0 +1,111 @@
+"""EDNN inference throughput: tiles/s for the paper CNN on 128x128 tiles (f=64, c=32).
+
+Prints, from one run on this machine:
+  * matmul GFLOP/s (a 2048^3 float32 tf.matmul, the machine's reference),
+  * the bare sub-network on pre-cut tiles (tiles/s, GFLOP/s, fraction of matmul rate),
+  * the full EDNN (tiling + fold + sub-network + float64 sum) on 256x256 images (16 tiles each),
+  * the EDNN/bare ratio (the cost of tiling and summation),
+  * the Ising dense net (f=1, c=1) on 128x128 lattices in tiles/s for comparison.
+
+    python bench/tiles.py [--batch 8] [--repeats 5] [--width 1.0]
+"""
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ednn_tf import EDNN, networks  # noqa: E402
+
+
+def conv_net_flops(model):
+    """Multiply-adds x 2 of every Conv2D / Dense layer for one input (batch 1)."""
+    import keras
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, cout = layer.output.shape
+            kh, kw = layer.kernel_size
+            cin = layer.input.shape[-1]
+            flops += 2 * h * w * kh * kw * cin * cout
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return flops
+
+
+def best_time(fn, repeats):
+    fn()  # warm-up / trace
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), float(np.median(times))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8, help="256x256 images per call (16 tiles each)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--width", type=float, default=1.0, help="CNN filter multiplier (1.0 = paper)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    n = 2048
+    a = tf.random.normal((n, n))
+    mm = tf.function(lambda: tf.matmul(a, a))
+    t_mm, _ = best_time(lambda: mm().numpy(), args.repeats)
+    matmul_gflops = 2 * n ** 3 / t_mm / 1e9
+
+    f, c = 64, 32
+    t = f + 2 * c
+    sub = networks.paper_cnn(t, width=args.width, seed=0)
+    model = EDNN(sub, focus=f, context=c)
+    flops_tile = conv_net_flops(sub)
+    x = tf.random.normal((args.batch, 256, 256, 1))
+    tiles = tf.random.normal((args.batch * 16, t, t, 1))
+    bare = tf.function(lambda z: sub(z, training=False))
+    full = tf.function(lambda z: model(z, training=False))
+    t_bare, _ = best_time(lambda: bare(tiles).numpy(), args.repeats)
+    t_full, _ = best_time(lambda: full(x).numpy(), args.repeats)
+    n_tiles = args.batch * 16
+    bare_tps, full_tps = n_tiles / t_bare, n_tiles / t_full
+
+    isub = networks.ising_dense(3, seed=0)
+    imodel = EDNN(isub, focus=1, context=1)
+    xi = tf.sign(tf.random.normal((4, 128, 128, 1)))
+    ifull = tf.function(lambda z: imodel(z, training=False))
+    t_ising, _ = best_time(lambda: ifull(xi).numpy(), args.repeats)
+    ising_tps = 4 * 128 * 128 / t_ising
+
+    res = {
+        "matmul_gflops": matmul_gflops,
+        "paper_cnn": {"tile": t, "width": args.width, "params": int(sub.count_params()), "gflop_per_tile": flops_tile / 1e9,
+                      "bare_tiles_per_s": bare_tps, "ednn_tiles_per_s": full_tps,
+                      "bare_gflops": bare_tps * flops_tile / 1e9, "ednn_gflops": full_tps * flops_tile / 1e9,
+                      "ednn_over_bare": full_tps / bare_tps,
+                      "bare_fraction_of_matmul": bare_tps * flops_tile / 1e9 / matmul_gflops,
+                      "ms_per_256px_image": t_full / args.batch * 1e3},
+        "ising_dense": {"tiles_per_s": ising_tps, "gflops": ising_tps * conv_net_flops(isub) / 1e9,
+                        "spins_per_s": ising_tps},
+    }
+    print(f"TF {tf.__version__}, {os.cpu_count()} CPU threads visible")
+    print(f"matmul 2048^3 float32:           {matmul_gflops:8.1f} GFLOP/s (reference)")
+    p = res["paper_cnn"]
+    print(f"paper CNN tile {t}x{t} (width {args.width}): {p['params']:,} params, {p['gflop_per_tile']:.3f} GFLOP/tile")
+    print(f"  bare sub-network, pre-cut tiles: {bare_tps:8.1f} tiles/s  {p['bare_gflops']:6.1f} GFLOP/s "
+          f"({p['bare_fraction_of_matmul']:.2f} of matmul)")
+    print(f"  EDNN on 256x256 images:          {full_tps:8.1f} tiles/s  {p['ednn_gflops']:6.1f} GFLOP/s "
+          f"(EDNN/bare = {p['ednn_over_bare']:.3f}; {p['ms_per_256px_image']:.1f} ms per 60-atom image)")
+    print(f"Ising dense net 3x3 tiles, 128x128: {ising_tps:,.0f} tiles/s ({res['ising_dense']['gflops']:.1f} GFLOP/s)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
