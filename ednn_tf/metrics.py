@@ -1,0 +1,55 @@
+"""Error summaries for extensive predictions (all arithmetic in float64)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+__all__ = ["extensive_errors", "write_json_atomic"]
+
+
+def extensive_errors(true, pred, n_sites=None, level=None):
+    """Summary of prediction errors of an extensive quantity.
+
+    Args:
+        true, pred: totals, any shape with the same number of elements.
+        n_sites: sites (spins, atoms, area...) per sample, scalar or array: adds per-site errors.
+        level: spacing of the allowed values (4 J for Ising energies on a periodic lattice):
+            adds the fraction of predictions that round to the right level.
+    Returns a dict of plain floats: median/mean absolute error, RMSE, median relative error,
+    max absolute error, and the per-site and level figures when requested.
+    """
+    true = np.asarray(true, np.float64).ravel()
+    pred = np.asarray(pred, np.float64).ravel()
+    if true.shape != pred.shape:
+        raise ValueError(f"true and pred differ in size: {true.size} vs {pred.size}")
+    err = pred - true
+    ae = np.abs(err)
+    out = {
+        "n": int(true.size),
+        "median_abs_error": float(np.median(ae)),
+        "mean_abs_error": float(np.mean(ae)),
+        "rmse": float(np.sqrt(np.mean(err ** 2))),
+        "max_abs_error": float(np.max(ae)),
+        "mean_error": float(np.mean(err)),
+        "median_rel_error": float(np.median(ae / np.maximum(np.abs(true), 1e-300))),
+    }
+    if n_sites is not None:
+        per = ae / np.asarray(n_sites, np.float64)
+        out["median_abs_error_per_site"] = float(np.median(per))
+        out["mean_abs_error_per_site"] = float(np.mean(per))
+    if level is not None:
+        out["fraction_right_level"] = float(np.mean(np.round(pred / level) == np.round(true / level)))
+    return out
+
+
+def write_json_atomic(obj, path):
+    """Write ``obj`` as indented JSON via a temporary file and rename."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, default=float)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,79 @@
+"""Plots a person would rather look at than read (matplotlib, Agg backend, PNG files).
+
+Every function writes one PNG atomically and returns its path.
+"""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["parity_and_error", "context_scan", "training_curves", "save"]
+
+
+def save(fig, path, dpi=130):
+    """Save ``fig`` to ``path`` atomically and close it."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path[:-4] + f".tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def parity_and_error(true, pred, path, quantity="E / L^2", unit="J", title=None, color=None, label=None):
+    """Predicted vs true (left) and error = predicted - true vs true (right), as the paper's Fig. 3/5/7/8.
+
+    ``color`` (e.g. temperatures) colours the points, with a colour bar labelled ``label``.
+    """
+    true, pred = np.asarray(true, float).ravel(), np.asarray(pred, float).ravel()
+    err = pred - true
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
+    kw = dict(s=4, alpha=0.6, c=color, cmap="coolwarm" if color is not None else None)
+    sc = a.scatter(true, pred, **kw)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    a.set_xlabel(f"true {quantity} [{unit}]")
+    a.set_ylabel(f"predicted {quantity} [{unit}]")
+    a.set_title("(a) predicted vs true")
+    b.scatter(true, err, **kw)
+    b.axhline(0, color="k", lw=0.8)
+    b.set_xlabel(f"true {quantity} [{unit}]")
+    b.set_ylabel(f"error (predicted - true) [{unit}]")
+    b.set_title(f"(b) error; median |err| = {np.median(np.abs(err)):.3g} {unit}")
+    if color is not None:
+        fig.colorbar(sc, ax=[a, b], label=label or "")
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+def context_scan(contexts, errors, path, ylabel="median |error| of total energy [J]", paper=None):
+    """Error vs context width (log scale), with the paper's values if given ({c: error})."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogy(contexts, errors, "o-", label="ednn_tf")
+    if paper:
+        ax.semilogy(list(paper), list(paper.values()), "s--", color="gray", label="Mills et al. 2019")
+    ax.set_xticks(list(contexts))
+    ax.set_xlabel("context c (focus f = 1)")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return save(fig, path)
+
+
+def training_curves(histories, path, key="loss"):
+    """Loss curves of several runs, ``histories = {label: [loss per epoch]}`` (log y)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in histories.items():
+        ax.semilogy(np.arange(1, len(values) + 1), values, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return save(fig, path)
