@@ -83,6 +83,7 @@ __all__ = [
     "grid_coordinates",
     "cell_lengths",
     "truncation_error",
+    "hexagonal_sheet",
 ]
 
 #: Gaussian width of eqn (2) in Angstrom (paper value).
@@ -365,6 +366,39 @@ def grid_coordinates(cell, shape):
     return tuple(np.arange(n, dtype=np.float64) * (L / n) for L, n in zip(lengths, shape))
 
 
+def hexagonal_sheet(repeat=(3, 5), species=("C", "C"), a: float = 2.46, vacuum: float = 20.0):
+    """A flat honeycomb sheet (graphene, h-BN) in an orthorhombic cell.
+
+    The rectangular 4-atom cell is ``sqrt(3) a x a`` (4.26 x 2.46 A for
+    graphene, armchair along x) with the sheet at ``z = vacuum / 2``; the
+    default ``repeat=(3, 5)`` gives the paper-like 60-atom 12.78 x 12.30 A
+    cell.  ``species`` are the two sublattices, e.g. ``("B", "N")`` with
+    ``a=2.50`` for h-BN.
+
+    Returns
+    -------
+    ase.Atoms with ``pbc=True`` and cell ``diag(sqrt(3) a nx, a ny, vacuum)``.
+    """
+    from ase import Atoms
+
+    a = _check_positive(a, "a")
+    vacuum = _check_positive(vacuum, "vacuum")
+    try:
+        rx, ry = (int(v) for v in repeat)
+    except (TypeError, ValueError):
+        raise ValueError(f"repeat must be two positive integers, got {repeat!r}") from None
+    if rx < 1 or ry < 1:
+        raise ValueError(f"repeat must be two positive integers, got {repeat!r}")
+    if len(species) != 2:
+        raise ValueError(f"species must name the two sublattices, got {species!r}")
+    Z = _to_atomic_numbers(list(species), "species")
+    b = math.sqrt(3.0) * a
+    frac = np.array([[0.0, 0.0], [1.0 / 3.0, 0.0], [0.5, 0.5], [5.0 / 6.0, 0.5]])
+    pos = np.c_[frac[:, 0] * b, frac[:, 1] * a, np.full(4, vacuum / 2.0)]
+    cell = Atoms(numbers=[Z[0], Z[1], Z[0], Z[1]], positions=pos, cell=np.diag([b, a, vacuum]), pbc=True)
+    return cell.repeat((rx, ry, 1))
+
+
 # --------------------------------------------------------------------------
 # numpy core
 # --------------------------------------------------------------------------
@@ -398,38 +432,69 @@ def _dense_matrix(start, vals, n, dtype):
     return G.astype(dtype, copy=False)
 
 
-def _accumulate_dense(px, py, w, nx, ny, dtype):
-    """Image (nx, ny) = Gx^T diag(w) Gy with dense profile matrices."""
+def _accumulate_dense(px, py, w, nx, ny, dtype, out):
+    """out (nx, ny) = Gx^T diag(w) Gy with dense profile matrices."""
     Gx = _dense_matrix(px[0], px[1] * w[:, None], nx, dtype)
     Gy = _dense_matrix(py[0], py[1], ny, dtype)
-    return Gx.T @ Gy
+    if out.flags.c_contiguous:
+        np.matmul(Gx.T, Gy, out=out)
+    else:
+        out[...] = Gx.T @ Gy
+    return out
 
 
 def _tile_size(Wx, Wy):
-    # T >= W - 1 keeps every extended tile within 2 x 2 tiles.
+    # T >= W - 1 keeps every extended tile within 2 x 2 tiles; T >= 64 keeps
+    # the number of tiles (Python-level work) small.
     W = max(Wx, Wy)
-    return int(max(32, 16 * (-(-(W - 1) // 16))))
+    return int(max(64, 16 * (-(-(W - 1) // 16))))
 
 
-def _accumulate_tiled(px, py, w, nx, ny, dtype, tile=None):
-    """Image (nx, ny) via per-tile batched matmuls.  Cost O(N (T+W)^2 + pixels).
+def _fold_rows(block, g0, out, nx, ny):
+    """Fold canvas rows ``block`` (global rows g0.., unwrapped columns) into ``out``.
+
+    Rows g < nx are assigned (first and only visit), rows g >= nx are added to
+    row g % nx; columns >= ny are added to column c % ny.
+    """
+    nb, Cy = block.shape
+    r = g0
+    while r < g0 + nb:
+        t = r % nx
+        k = min(g0 + nb - r, nx - t)
+        src = block[r - g0:r - g0 + k]
+        if r < nx:
+            out[t:t + k] = src[:, :ny]
+        else:
+            out[t:t + k] += src[:, :ny]
+        for b in range(ny, Cy, ny):
+            cw = min(ny, Cy - b)
+            out[t:t + k, :cw] += src[:, b:b + cw]
+        r += k
+
+
+def _accumulate_tiled(px, py, w, nx, ny, dtype, out, tile=None):
+    """out (nx, ny) via per-tile batched matmuls.  Cost O(N (T+W)^2 + pixels).
 
     Atoms are binned by the tile (T x T pixels) holding the start of their
     window.  Tile (a, b) covers pixels [aT, aT + T + W - 1) x [bT, ...) of an
-    unwrapped canvas; its image is GXt^T GYt for the (<= M) atoms in it.
-    Tiles are processed one row of tiles at a time and overlap-added into the
-    canvas, which is finally folded modulo (nx, ny).
+    unwrapped canvas; its image is GXt^T GYt for the (<= M) atoms in it
+    (a batched matmul over tiles).  Tiles are processed a few tile rows at a
+    time into a strip buffer; finished rows are folded modulo (nx, ny) into
+    ``out``, so no full-size intermediate is allocated.  Tiles holding more
+    than M atoms send the excess to a sparse pass (items of <= 64 atoms).
     """
     sx, vx = px
     sy, vy = py
     N, Wx = vx.shape
     Wy = vy.shape[1]
+    if N == 0:
+        out[...] = 0
+        return out
     T = int(tile) if tile else _tile_size(Wx, Wy)
     Ex, Ey = T + Wx - 1, T + Wy - 1
     Ntx, Nty = -(-nx // T), -(-ny // T)
     Px, Py = -(-Ex // T), -(-Ey // T)
-    canvas = np.zeros(((Ntx + Px - 1) * T, (Nty + Py - 1) * T), dtype=dtype)
-    cb = canvas.reshape(Ntx + Px - 1, T, Nty + Py - 1, T)
+    Cy = (Nty + Py - 1) * T
 
     tx, ty = sx // T, sy // T
     tid = tx * Nty + ty
@@ -438,92 +503,106 @@ def _accumulate_tiled(px, py, w, nx, ny, dtype, tile=None):
     counts = np.bincount(tid_s, minlength=Ntx * Nty)
     first = np.concatenate(([0], np.cumsum(counts)[:-1]))
     rank = np.arange(N) - first[tid_s]
-    # Capacity of the dense pass; extra atoms of crowded tiles go to a sparse pass.
-    nonzero = counts[counts > 0]
-    M = int(min(nonzero.max(), max(1, 2 * N // (Ntx * Nty) + 1))) if N else 1
+    # Capacity of the dense pass (bounded so empty tiles cost little).
+    M = int(min(counts.max(), max(1, 2 * N // (Ntx * Nty) + 1)))
+    dense = rank < M
 
-    ox = (sx[order] - tx[order] * T)  # offset of window inside its tile
-    oy = (sy[order] - ty[order] * T)
+    ox = sx[order] - tx[order] * T  # window offset inside its tile
+    oy = sy[order] - ty[order] * T
     gx = (vx[order] * w[order, None]).astype(dtype)
     gy = vy[order].astype(dtype)
     jx = np.arange(Wx)
     jy = np.arange(Wy)
-
-    dense = rank < M
     row_bounds = np.searchsorted(tid_s, np.arange(Ntx + 1) * Nty)
-    # Bound the working memory of one batch of tile rows (~64 MB of ext tiles).
-    rows_per_batch = max(1, int(16e6 // max(1, Nty * Ex * Ey)))
-    for a0 in range(0, Ntx, rows_per_batch):
-        a1 = min(Ntx, a0 + rows_per_batch)
+
+    # Work buffers for one batch of tile rows (~8 MB of extended tiles).
+    rpb = max(1, int(2e6 // (Nty * Ex * Ey)))
+    nt_max = rpb * Nty
+    GX = np.empty((nt_max * M, Ex), dtype=dtype)
+    GY = np.empty((nt_max * M, Ey), dtype=dtype)
+    ext_buf = np.empty((nt_max, Ex, Ey), dtype=dtype)
+    S = np.zeros(((rpb + Px - 1) * T, Cy), dtype=dtype)  # strip of the canvas
+    Sb = S.reshape(rpb + Px - 1, T, Nty + Py - 1, T)
+    rem = (Px - 1) * T
+
+    for a0 in range(0, Ntx, rpb):
+        a1 = min(Ntx, a0 + rpb)
         lo, hi = row_bounds[a0], row_bounds[a1]
-        sel = np.arange(lo, hi)[dense[lo:hi]]
-        if sel.size == 0:
-            continue
-        nt = (a1 - a0) * Nty
-        GX = np.zeros((nt * M, Ex), dtype=dtype)
-        GY = np.zeros((nt * M, Ey), dtype=dtype)
-        slot = (tid_s[sel] - a0 * Nty) * M + rank[sel]
-        GX[slot[:, None], ox[sel, None] + jx[None, :]] = gx[sel]
-        GY[slot[:, None], oy[sel, None] + jy[None, :]] = gy[sel]
-        ext = np.matmul(
-            GX.reshape(nt, M, Ex).transpose(0, 2, 1), GY.reshape(nt, M, Ey)
-        ).reshape(a1 - a0, Nty, Ex, Ey)
-        for p in range(Px):
-            tp = min(T, Ex - p * T)
-            for q in range(Py):
-                tq = min(T, Ey - q * T)
-                blk = ext[:, :, p * T:p * T + tp, q * T:q * T + tq].transpose(0, 2, 1, 3)
-                cb[a0 + p:a1 + p, :tp, q:q + Nty, :tq] += blk
-
-    # Sparse pass: crowded tiles, up to MO atoms per item.
-    extra = np.nonzero(~dense)[0]
-    if extra.size:
-        MO = 64
-        # extra atoms are sorted by tile and rank: items are consecutive runs
-        item_key = tid_s[extra] * (N // M + 2) + (rank[extra] - M) // MO
-        uniq, inv = np.unique(item_key, return_inverse=True)
-        sub = (rank[extra] - M) % MO
-        GX = np.zeros((uniq.size * MO, Ex), dtype=dtype)
-        GY = np.zeros((uniq.size * MO, Ey), dtype=dtype)
-        slot = inv * MO + sub
-        GX[slot[:, None], ox[extra, None] + jx[None, :]] = gx[extra]
-        GY[slot[:, None], oy[extra, None] + jy[None, :]] = gy[extra]
-        item_tile = np.empty(uniq.size, dtype=np.int64)
-        item_tile[inv] = tid_s[extra]
-        for c0 in range(0, uniq.size, 256):
-            c1 = min(uniq.size, c0 + 256)
+        idx = np.arange(lo, hi)
+        sel = idx[dense[lo:hi]]
+        if sel.size:
+            nt = (a1 - a0) * Nty
+            gxb, gyb = GX[:nt * M], GY[:nt * M]
+            gxb.fill(0)
+            gyb.fill(0)
+            slot = (tid_s[sel] - a0 * Nty) * M + rank[sel]
+            gxb[slot[:, None], ox[sel, None] + jx[None, :]] = gx[sel]
+            gyb[slot[:, None], oy[sel, None] + jy[None, :]] = gy[sel]
             ext = np.matmul(
-                GX[c0 * MO:c1 * MO].reshape(c1 - c0, MO, Ex).transpose(0, 2, 1),
-                GY[c0 * MO:c1 * MO].reshape(c1 - c0, MO, Ey),
-            )
-            for k in range(c1 - c0):
-                a, b = divmod(int(item_tile[c0 + k]), Nty)
-                canvas[a * T:a * T + Ex, b * T:b * T + Ey] += ext[k]
+                gxb.reshape(nt, M, Ex).transpose(0, 2, 1), gyb.reshape(nt, M, Ey),
+                out=ext_buf[:nt],
+            ).reshape(a1 - a0, Nty, Ex, Ey)
+            for p in range(Px):
+                tp = min(T, Ex - p * T)
+                for q in range(Py):
+                    tq = min(T, Ey - q * T)
+                    blk = ext[:, :, p * T:p * T + tp, q * T:q * T + tq].transpose(0, 2, 1, 3)
+                    Sb[p:p + a1 - a0, :tp, q:q + Nty, :tq] += blk
+        extra = idx[~dense[lo:hi]]
+        if extra.size:
+            _sparse_tiles(extra, tid_s, rank, M, ox, oy, gx, gy, T, Ex, Ey, Nty, a0, S, dtype)
+        nfin = (a1 - a0) * T
+        _fold_rows(S[:nfin], a0 * T, out, nx, ny)
+        if rem:
+            S[:rem] = S[nfin:nfin + rem]
+        S[rem:] = 0
+    if rem:
+        _fold_rows(S[:rem], Ntx * T, out, nx, ny)
+    return out
 
-    # Fold the unwrapped canvas modulo (nx, ny).
-    img = np.zeros((nx, ny), dtype=dtype)
-    Cx, Cy = canvas.shape
-    for a in range(0, Cx, nx):
-        ca = min(nx, Cx - a)
-        for b in range(0, Cy, ny):
-            cbw = min(ny, Cy - b)
-            img[:ca, :cbw] += canvas[a:a + ca, b:b + cbw]
-    return img
+
+def _sparse_tiles(extra, tid_s, rank, M, ox, oy, gx, gy, T, Ex, Ey, Nty, a0, S, dtype):
+    """Add atoms beyond the dense capacity of crowded tiles into strip S."""
+    per_tile = np.bincount(tid_s[extra] - tid_s[extra].min())
+    MO = int(min(64, max(1, math.ceil(per_tile[per_tile > 0].mean()))))
+    # ``extra`` is sorted by tile then rank, so items are consecutive runs.
+    key = (tid_s[extra] - tid_s[extra].min()) * (extra.size // MO + 2) + (rank[extra] - M) // MO
+    uniq, inv = np.unique(key, return_inverse=True)
+    sub = (rank[extra] - M) % MO
+    item_tile = np.empty(uniq.size, dtype=np.int64)
+    item_tile[inv] = tid_s[extra]
+    jx, jy = np.arange(Ex - T + 1), np.arange(Ey - T + 1)
+    CH = 256
+    bounds = np.searchsorted(inv, np.arange(0, uniq.size + CH, CH))
+    for c in range(0, -(-uniq.size // CH)):
+        c0, c1 = c * CH, min(uniq.size, (c + 1) * CH)
+        e = extra[bounds[c]:bounds[c + 1]]
+        slot = (inv[bounds[c]:bounds[c + 1]] - c0) * MO + sub[bounds[c]:bounds[c + 1]]
+        gxs = np.zeros(((c1 - c0) * MO, Ex), dtype=dtype)
+        gys = np.zeros(((c1 - c0) * MO, Ey), dtype=dtype)
+        gxs[slot[:, None], ox[e, None] + jx[None, :]] = gx[e]
+        gys[slot[:, None], oy[e, None] + jy[None, :]] = gy[e]
+        ext = np.matmul(gxs.reshape(c1 - c0, MO, Ex).transpose(0, 2, 1), gys.reshape(c1 - c0, MO, Ey))
+        for k in range(c1 - c0):
+            a, b = divmod(int(item_tile[c0 + k]), Nty)
+            r0 = (a - a0) * T
+            S[r0:r0 + Ex, b * T:b * T + Ey] += ext[k]
 
 
 # Use the dense matmul while N * nx * ny is below this (measured crossover).
-_DENSE_LIMIT = 3.0e7
+_DENSE_LIMIT = 6.0e7
 
 
-def _render_plane(px, py, w, nx, ny, dtype, method):
-    """2D accumulation for one weight vector; px/py are (start, vals) profiles."""
+def _render_plane(px, py, w, nx, ny, dtype, method, out):
+    """2D accumulation of one weight vector into ``out`` (nx, ny)."""
     if w.size == 0:
-        return np.zeros((nx, ny), dtype=dtype)
+        out[...] = 0
+        return out
     if method == "auto":
         method = "dense" if w.size * nx * ny <= _DENSE_LIMIT else "tiled"
     if method == "dense":
-        return _accumulate_dense(px, py, w, nx, ny, dtype)
-    return _accumulate_tiled(px, py, w, nx, ny, dtype)
+        return _accumulate_dense(px, py, w, nx, ny, dtype, out)
+    return _accumulate_tiled(px, py, w, nx, ny, dtype, out)
 
 
 def render(
@@ -536,6 +615,7 @@ def render(
     channels=None,
     dtype=np.float32,
     method: str = "auto",
+    out=None,
 ) -> np.ndarray:
     """Render eqn (2), ``V = sum_i Z_i exp(-|r - r_i|^2 / (2 gamma^2))``, on a periodic grid.
 
@@ -568,6 +648,9 @@ def render(
     method : {"auto", "dense", "tiled"}
         Accumulation algorithm (see the module docstring); all agree to
         rounding error.
+    out : numpy.ndarray, optional
+        Preallocated result array (shape and dtype as returned), filled in
+        place and returned.
 
     Returns
     -------
@@ -597,33 +680,36 @@ def render(
     nx, ny = shape[0], shape[1]
     C = weights.shape[1]
 
-    def planes(w_all, px, py):
-        """(nx, ny, C) for weight matrix w_all (N, C) and profiles px, py."""
-        if C == 1:
-            return _render_plane(px, py, w_all[:, 0], nx, ny, dt, method)[:, :, None]
-        out = np.empty((nx, ny, C), dtype=dt)
+    out_shape = tuple(shape) + (C,)
+    if out is None:
+        out = np.empty(out_shape, dtype=dt)
+    elif not isinstance(out, np.ndarray) or out.shape != out_shape or out.dtype != dt:
+        got = (out.shape, str(out.dtype)) if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"out must be a numpy array of shape {out_shape} and dtype {dt}, got {got}")
+
+    def planes(w_all, px, py, dest):
+        """Fill dest (nx, ny, C) for weights w_all (N, C) and profiles px, py."""
         for c in range(C):
             idx = np.nonzero(w_all[:, c])[0]
-            sub_x = (px[0][idx], px[1][idx])
-            sub_y = (py[0][idx], py[1][idx])
-            out[:, :, c] = _render_plane(sub_x, sub_y, w_all[idx, c], nx, ny, dt, method)
-        return out
+            if idx.size == w_all.shape[0]:
+                sub_x, sub_y = px, py
+            else:
+                sub_x = (px[0][idx], px[1][idx])
+                sub_y = (py[0][idx], py[1][idx])
+            _render_plane(sub_x, sub_y, w_all[idx, c], nx, ny, dt, method, dest[:, :, c])
 
     if ndim == 2:
-        img = planes(weights, prof[0], prof[1])
-        return np.ascontiguousarray(img)
+        planes(weights, prof[0], prof[1], out)
+        return out
 
     nz = shape[2]
     Gz = _dense_matrix(prof[2][0], prof[2][1], nz, np.float64)  # (N, nz)
-    vol = np.zeros((nx, ny, nz, C), dtype=dt)
     for k in range(nz):
         idx = np.nonzero(Gz[:, k])[0]
-        if idx.size == 0:
-            continue
         px = (prof[0][0][idx], prof[0][1][idx])
         py = (prof[1][0][idx], prof[1][1][idx])
-        vol[:, :, k, :] = planes(weights[idx] * Gz[idx, k, None], px, py)
-    return vol
+        planes(weights[idx] * Gz[idx, k, None], px, py, out[:, :, k, :])
+    return out
 
 
 def render_many(structures, shape=(256, 256), progress: bool = False, **kwargs) -> np.ndarray:
@@ -647,25 +733,25 @@ def render_many(structures, shape=(256, 256), progress: bool = False, **kwargs) 
         except ImportError as exc:  # pragma: no cover
             raise ImportError("render_many(progress=True) needs tqdm (pip install tqdm)") from exc
         iterator = tqdm(items, desc="render", unit="structure")
-    out = None
+    C = 1
+    if kwargs.get("channels") is not None:
+        ch = kwargs["channels"]
+        C = 1 if isinstance(ch, (str, bytes, Integral, np.integer)) else len(ch)
+    dt = _check_dtype(kwargs.get("dtype", np.float32))
+    result = np.empty((len(items),) + shape + (C,), dtype=dt)
     for i, item in enumerate(iterator):
-        if isinstance(item, tuple):
-            if len(item) != 3:
-                raise ValueError(
-                    f"structure {i}: tuples must be (positions, numbers, cell), got {len(item)} items"
-                )
-            kw = dict(kwargs)
-            kw.pop("cell", None)
-            img = render(item[0], item[1], item[2], shape=shape, **kw)
-        else:
-            img = render(item, shape=shape, **kwargs)
-        if out is None:
-            out = np.empty((len(items),) + img.shape, dtype=img.dtype)
-        out[i] = img
-    if out is None:
-        C = len(kwargs["channels"]) if kwargs.get("channels") is not None else 1
-        return np.zeros((0,) + shape + (C,), dtype=_check_dtype(kwargs.get("dtype", np.float32)))
-    return out
+        try:
+            if isinstance(item, tuple):
+                if len(item) != 3:
+                    raise ValueError(f"tuples must be (positions, numbers, cell), got {len(item)} items")
+                kw = dict(kwargs)
+                kw.pop("cell", None)
+                render(item[0], item[1], item[2], shape=shape, out=result[i], **kw)
+            else:
+                render(item, shape=shape, out=result[i], **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"structure {i}: {exc}") from exc
+    return result
 
 
 def render_file(path, shape=(256, 256), cell=None, index=None, format=None, progress=False, **kwargs):

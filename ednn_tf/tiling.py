@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
-    "check_focus_context", "tile_size", "validate_grid", "periodic_pad", "extract_tiles",
+    "check_focus_context", "tile_size", "validate_grid", "periodic_pad", "extract_tiles", "tiles_from_padded",
     "extract_tiles_numpy", "tile_window", "tiles_containing", "fold_tiles",
 ]
 
@@ -80,11 +80,15 @@ def _wrap_axis(x, axis, context):
     return tf.gather(x, idx, axis=axis)
 
 
-def periodic_pad(x, context: int):
-    """Pad every spatial axis of a batched grid ``(B, *spatial, C)`` periodically by ``context``."""
+def periodic_pad(x, context: int, axes=None):
+    """Pad spatial axes of a batched grid ``(B, *spatial, C)`` periodically by ``context``.
+
+    ``axes`` (default: every spatial axis) selects which axes wrap; a stripe that already carries
+    its halo rows is padded along its columns only (``axes=(2,)``).
+    """
     x = tf.convert_to_tensor(x)
     _, context = check_focus_context(1, context)
-    for axis in range(1, x.shape.rank - 1):
+    for axis in (range(1, x.shape.rank - 1) if axes is None else axes):
         x = _wrap_axis(x, axis, context)
     return x
 
@@ -98,10 +102,24 @@ def extract_tiles(x, focus: int, context: int):
     """
     focus, context = check_focus_context(focus, context)
     x = tf.convert_to_tensor(x)
-    nd = validate_grid(x.shape, focus)
+    validate_grid(x.shape, focus)
+    return tiles_from_padded(periodic_pad(x, context), focus, context)
+
+
+def tiles_from_padded(xp, focus: int, context: int):
+    """Tiles of a grid that already carries its ``c``-wide halo on every spatial axis.
+
+    ``xp`` is ``(B, *(n_i*f + 2c), C)``; the result is ``(B, *n_i, *(t,)*nd, C)``. Used by
+    ``extract_tiles`` (after periodic padding) and by streaming inference (stripes whose halo rows
+    come from the neighbouring stripe, not from a wrap of the stripe itself).
+    """
+    focus, context = check_focus_context(focus, context)
+    xp = tf.convert_to_tensor(xp)
+    nd = xp.shape.rank - 2
+    if nd not in (2, 3):
+        raise ValueError(f"padded grid must be (B, H, W, C) or (B, D, H, W, C), got shape {tuple(xp.shape)}")
     t = focus + 2 * context
-    xp = periodic_pad(x, context)
-    channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
+    channels = xp.shape[-1] if xp.shape[-1] is not None else tf.shape(xp)[-1]
     if nd == 2:
         p = tf.image.extract_patches(xp, sizes=[1, t, t, 1], strides=[1, focus, focus, 1],
                                      rates=[1, 1, 1, 1], padding="VALID")
@@ -109,10 +127,9 @@ def extract_tiles(x, focus: int, context: int):
         p = tf.extract_volume_patches(xp, ksizes=[1, t, t, t, 1], strides=[1, focus, focus, focus, 1],
                                       padding="VALID")
     shp = tf.shape(p)
-    new_shape = tf.concat([shp[:-1], [t] * nd, [channels]], axis=0)
-    out = tf.reshape(p, new_shape)
-    # restore whatever static information we have
-    static = list(x.shape[:1]) + [None if s is None else s // focus for s in x.shape[1:-1]] + [t] * nd + [x.shape[-1]]
+    out = tf.reshape(p, tf.concat([shp[:-1], [t] * nd, [channels]], axis=0))
+    static = ([xp.shape[0]] + [None if s is None else (s - 2 * context) // focus for s in xp.shape[1:-1]]
+              + [t] * nd + [xp.shape[-1]])
     out.set_shape(static)
     return out
 

@@ -1,0 +1,185 @@
+"""Streaming (and sharded) evaluation of an EDNN on grids too large to hold at once.
+
+The grid is never materialised: a *row source* produces any band of grid rows on demand (with
+periodic wrap), e.g. by rendering only the atoms near a stripe of a procedurally generated sheet.
+Tile rows are processed a chunk at a time: the chunk's rows plus its ``c``-wide halo above and
+below are requested, padded periodically along the columns only, cut into tiles with the same
+``tiling.tiles_from_padded`` the Keras layer uses, and passed through the sub-network in
+fixed-size batches. Contributions are accumulated in float64. Peak memory depends on the chunk
+and batch sizes, never on the number of rows.
+
+With Horovod each rank takes a contiguous block of tile rows (``shard_rows``) and the float64
+partial sums are combined by one allreduce at the end.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from . import tiling
+
+__all__ = ["ArraySource", "shard_rows", "evaluate_streaming", "evaluate_sharded", "StreamResult"]
+
+
+class ArraySource:
+    """Row source over an in-memory grid ``(H, W, C)`` (or ``(H, W)``), with periodic wrap of rows."""
+
+    def __init__(self, grid):
+        grid = np.asarray(grid)
+        if grid.ndim == 2:
+            grid = grid[..., None]
+        if grid.ndim != 3:
+            raise ValueError(f"grid must be (H, W) or (H, W, C), got shape {grid.shape}")
+        self.grid = grid
+        self.shape = grid.shape
+
+    def __call__(self, r0, r1):
+        return np.take(self.grid, np.arange(r0, r1) % self.shape[0], axis=0)
+
+
+def shard_rows(n_rows: int, rank: int, size: int):
+    """Contiguous block ``[start, stop)`` of ``n_rows`` tile rows for ``rank`` of ``size``.
+
+    Blocks differ in length by at most one (the first ``n_rows % size`` ranks take one more), cover
+    every row exactly once and never overlap, whatever ``n_rows`` and ``size``.
+    """
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"need 0 <= rank < size, got rank={rank}, size={size}")
+    base, extra = divmod(int(n_rows), size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class StreamResult(dict):
+    """``total`` (float64), ``n_tiles``, ``seconds``, ``tiles_per_s`` and, if asked, ``tile_map``."""
+
+    @property
+    def total(self):
+        return self["total"]
+
+
+def _batched_subnet(subnet, batch, tile_shape):
+    spec = tf.TensorSpec((batch,) + tuple(tile_shape), tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def run(tiles):
+        return tf.reshape(subnet(tiles, training=False), [-1])
+
+    return run
+
+
+def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_per_chunk=1,
+                       batch_tiles=256, keep_map=False, map_writer=None, progress=False, desc="tiles",
+                       atoms_per_tile=None):
+    """Evaluate ``model`` (an ``EDNN``) over tile rows ``row_range`` of a 2D grid, streaming.
+
+    Args:
+        model: an ``ednn_tf.EDNN`` (its ``focus``, ``context`` and ``subnet`` are used).
+        source: callable ``source(r0, r1) -> array (r1 - r0, W, C)`` of grid rows ``r0 .. r1-1``;
+            rows outside ``[0, H)`` must wrap periodically.
+        grid_shape: ``(H, W)`` of the whole grid (multiples of ``focus``).
+        row_range: ``(start, stop)`` tile rows to evaluate (default all ``H / f``).
+        tile_rows_per_chunk: tile rows requested from ``source`` at a time (memory knob).
+        batch_tiles: tiles per sub-network call (fixed, so the graph is traced once).
+        keep_map: return the per-tile contributions of these rows, ``(rows, W / f)`` float32.
+        map_writer: optional callable ``map_writer(first_tile_row, block)`` receiving each chunk's
+            per-tile contributions (e.g. to write an HDF5 map stripe by stripe).
+        progress: show a tqdm bar (tiles; with ``atoms_per_tile`` also atoms/s).
+    Returns a ``StreamResult`` with the float64 ``total``.
+    """
+    f, c = model.focus, model.context
+    H, W = (int(s) for s in grid_shape)
+    for n in (H, W):
+        if n < 1 or n % f:
+            raise ValueError(f"grid size {n} in grid_shape={tuple(grid_shape)} is not a positive multiple of focus={f}")
+    n_rows, n_cols = H // f, W // f
+    start, stop = (0, n_rows) if row_range is None else (int(row_range[0]), int(row_range[1]))
+    if not 0 <= start <= stop <= n_rows:
+        raise ValueError(f"row_range {row_range} outside the {n_rows} tile rows")
+    if tile_rows_per_chunk < 1 or batch_tiles < 1:
+        raise ValueError(f"tile_rows_per_chunk and batch_tiles must be >= 1, got {tile_rows_per_chunk}, {batch_tiles}")
+    t = f + 2 * c
+    run = None
+    partials = []
+    tile_map = [] if keep_map else None
+    n_done = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=(stop - start) * n_cols, desc=desc, unit="tile", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for r in range(start, stop, tile_rows_per_chunk):
+        r_end = min(stop, r + tile_rows_per_chunk)
+        stripe = np.asarray(source(r * f - c, r_end * f + c), dtype=np.float32)
+        if stripe.ndim == 2:
+            stripe = stripe[..., None]
+        want = ((r_end - r) * f + 2 * c, W)
+        if stripe.shape[:2] != want:
+            raise ValueError(f"source returned rows of shape {stripe.shape}, expected {want + stripe.shape[2:]}")
+        if not np.all(np.isfinite(stripe)):
+            raise ValueError(f"source returned non-finite values for tile rows {r}..{r_end - 1}")
+        padded = tiling.periodic_pad(stripe[None], c, axes=(2,))
+        tiles = tiling.tiles_from_padded(padded, f, c)                       # (1, rows, cols, t, t, C)
+        tiles = tf.reshape(tiles, (-1, t, t, stripe.shape[-1]))
+        if run is None:
+            run = _batched_subnet(model.subnet, batch_tiles, tiles.shape[1:])
+        n = int(tiles.shape[0])
+        out = np.empty(n, np.float32)
+        for lo in range(0, n, batch_tiles):
+            chunk = tiles[lo:lo + batch_tiles]
+            m = int(chunk.shape[0])
+            if m < batch_tiles:
+                chunk = tf.concat([chunk, tf.zeros((batch_tiles - m,) + tuple(chunk.shape[1:]), chunk.dtype)], 0)
+            out[lo:lo + m] = run(chunk).numpy()[:m]
+        block = out.reshape(r_end - r, n_cols)
+        partials.append(math.fsum(out.astype(np.float64)))
+        if keep_map:
+            tile_map.append(block)
+        if map_writer is not None:
+            map_writer(r, block)
+        n_done += n
+        if bar is not None:
+            bar.update(n)
+            if atoms_per_tile:
+                el = time.perf_counter() - t0
+                bar.set_postfix(atoms_per_s=f"{n_done * atoms_per_tile / max(el, 1e-9):.3g}", refresh=False)
+    if bar is not None:
+        bar.close()
+    total = math.fsum(partials)
+    dt = time.perf_counter() - t0
+    res = StreamResult(total=total, n_tiles=n_done, seconds=dt, tiles_per_s=n_done / max(dt, 1e-12),
+                       row_range=(start, stop))
+    if keep_map:
+        res["tile_map"] = np.concatenate(tile_map, axis=0) if tile_map else np.zeros((0, n_cols), np.float32)
+    return res
+
+
+def evaluate_sharded(model, source, grid_shape, **kwargs):
+    """``evaluate_streaming`` on this Horovod rank's block of tile rows, then one float64 allreduce.
+
+    Without Horovod (or with one process) this is ``evaluate_streaming`` over every row.
+    The returned ``total`` is the whole grid's; ``local_total`` and ``row_range`` are this rank's.
+    """
+    from . import distributed
+
+    rank, size = distributed.rank(), distributed.size()
+    n_rows = int(grid_shape[0]) // model.focus
+    rr = shard_rows(n_rows, rank, size)
+    res = evaluate_streaming(model, source, grid_shape, row_range=rr, **kwargs)
+    res["local_total"] = res["total"]
+    res["rank"], res["size"] = rank, size
+    if size > 1:
+        res["total"] = float(distributed.allreduce_sum(np.float64(res["total"])))
+        res["n_tiles_all"] = int(distributed.allreduce_sum(np.float64(res["n_tiles"])))
+    else:
+        res["n_tiles_all"] = res["n_tiles"]
+    return res
+
+
+def default_batch_tiles(tile_size: int, channels: int = 1, budget_bytes: int = 256 * 2 ** 20):
+    """A tile batch that keeps the input tiles of one call under ``budget_bytes`` (default 256 MiB)."""
+    return max(1, int(budget_bytes // (4 * channels * tile_size ** 2 * 8)))  # x8: activations headroom
+
