@@ -21,8 +21,9 @@ Conventions (used everywhere in this module)
   it with x to the right and y up use
   ``plt.imshow(img[..., 0].T, origin="lower", extent=(0, Lx, 0, Ly))``.
 * **Seamless periodic grid.**  Pixel ``k`` samples ``k * L / n`` for
-  ``k = 0 .. n-1``; no pixel duplicates pixel 0 at ``x = L``.  Tiling images
-  with ``np.tile`` therefore gives exactly the image of the supercell.
+  ``k = 0 .. n-1``; no pixel duplicates pixel 0 at ``x = L``.  Hence a
+  ``k x m`` supercell rendered on a ``(k nx, m ny)`` grid equals
+  ``np.tile(img, (k, m, 1))`` of the cell's ``(nx, ny)`` image.
 * **Periodic images.**  The cell is always treated as periodic along the
   rendered axes (whatever ``atoms.pbc`` says): an atom near a boundary wraps
   around, and positions outside the cell are wrapped back into it.
@@ -42,7 +43,7 @@ value dropped is ``Z_i * exp(-cutoff**2 / 2)`` per atom, i.e. a relative
 (to the peak) truncation error of ``exp(-cutoff**2 / 2)``: 1.5e-8 for the
 default ``cutoff = 6``, below float32 resolution.  The relative error of the
 integral of one Gaussian is ``1 - erf(cutoff / sqrt(2))**2 ~= 2 erfc(cutoff /
-sqrt(2))`` (2.0e-9 at 6), which is smaller than ``exp(-cutoff**2 / 2)``.
+sqrt(2))`` (3.9e-9 at 6), which is smaller than ``exp(-cutoff**2 / 2)``.
 
 Pixel size
 ----------
@@ -61,6 +62,15 @@ dense matrix product directly (``method="dense"``).  Large problems
 form the small product of the local profile blocks with a batched matmul;
 the overlapping tile results are added into the image.  The cost is
 O(N (T + W)^2 + pixels) with tile size T ~ W, independent of N * pixels.
+``method="auto"`` picks dense while ``N * nx * ny <= 6e7``.
+
+Performance (2-core shared CPU, numpy 2.4 + OpenBLAS; see ``bench/render.py``):
+60 atoms on 256 x 256 takes ~0.15-0.2 ms; 10^5 atoms on a ~10^4 x 10^4 grid
+(0.05 A/px) ~0.3 s (~3e5 atoms/s), plus the first-touch cost of a fresh
+~420 MB output (pass ``out=`` to reuse one).  The small case is dominated by
+one BLAS matmul: when other processes load the CPUs, multi-threaded OpenBLAS
+can slow it to milliseconds; set ``OPENBLAS_NUM_THREADS=1`` in data-generation
+workers for stable per-image latency.
 """
 from __future__ import annotations
 
@@ -83,7 +93,6 @@ __all__ = [
     "grid_coordinates",
     "cell_lengths",
     "truncation_error",
-    "hexagonal_sheet",
 ]
 
 #: Gaussian width of eqn (2) in Angstrom (paper value).
@@ -124,7 +133,7 @@ def truncation_error(cutoff: float = DEFAULT_CUTOFF) -> float:
 def _check_positive(value, name):
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    value = float(value)
+    value = float(value)  # plain float in messages below
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return value
@@ -207,6 +216,8 @@ def _to_atomic_numbers(values, what="numbers"):
     """Atomic numbers (int64 array) from ints or element symbols."""
     from ase.data import atomic_numbers as _symbol_to_z
 
+    if isinstance(values, (list, tuple)) and any(isinstance(v, (str, np.str_)) for v in values):
+        values = np.array(values, dtype=object)  # mixed symbols and numbers
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be a 1D sequence, got shape {arr.shape}")
@@ -221,13 +232,17 @@ def _to_atomic_numbers(values, what="numbers"):
             out[i] = z
         return out
     if arr.dtype == object:
-        return np.array([_to_atomic_numbers([v], what)[0] for v in arr.tolist()], dtype=np.int64)
+        out = np.empty(arr.shape[0], dtype=np.int64)
+        for i, v in enumerate(arr.tolist()):
+            one = np.array([v], dtype=str if isinstance(v, (str, np.str_)) else None)
+            out[i] = _to_atomic_numbers(one, what)[0]
+        return out
     if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
         raise ValueError(f"{what} must be atomic numbers or element symbols, got {values!r}")
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             bad = arr[~np.isfinite(arr) | (arr != np.round(arr))][0]
-            raise ValueError(f"{what} must be integers, got {bad!r}")
+            raise ValueError(f"{what} must be integers, got {bad.item()!r}")
     out = arr.astype(np.int64)
     bad = (out < 1) | (out > 118)
     if np.any(bad):
@@ -307,7 +322,10 @@ def _channel_weights(Z, channels):
 
 
 def _check_dtype(dtype):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     return dt
@@ -364,39 +382,6 @@ def grid_coordinates(cell, shape):
     shape = _check_shape(shape)
     lengths = cell_lengths(cell, len(shape))
     return tuple(np.arange(n, dtype=np.float64) * (L / n) for L, n in zip(lengths, shape))
-
-
-def hexagonal_sheet(repeat=(3, 5), species=("C", "C"), a: float = 2.46, vacuum: float = 20.0):
-    """A flat honeycomb sheet (graphene, h-BN) in an orthorhombic cell.
-
-    The rectangular 4-atom cell is ``sqrt(3) a x a`` (4.26 x 2.46 A for
-    graphene, armchair along x) with the sheet at ``z = vacuum / 2``; the
-    default ``repeat=(3, 5)`` gives the paper-like 60-atom 12.78 x 12.30 A
-    cell.  ``species`` are the two sublattices, e.g. ``("B", "N")`` with
-    ``a=2.50`` for h-BN.
-
-    Returns
-    -------
-    ase.Atoms with ``pbc=True`` and cell ``diag(sqrt(3) a nx, a ny, vacuum)``.
-    """
-    from ase import Atoms
-
-    a = _check_positive(a, "a")
-    vacuum = _check_positive(vacuum, "vacuum")
-    try:
-        rx, ry = (int(v) for v in repeat)
-    except (TypeError, ValueError):
-        raise ValueError(f"repeat must be two positive integers, got {repeat!r}") from None
-    if rx < 1 or ry < 1:
-        raise ValueError(f"repeat must be two positive integers, got {repeat!r}")
-    if len(species) != 2:
-        raise ValueError(f"species must name the two sublattices, got {species!r}")
-    Z = _to_atomic_numbers(list(species), "species")
-    b = math.sqrt(3.0) * a
-    frac = np.array([[0.0, 0.0], [1.0 / 3.0, 0.0], [0.5, 0.5], [5.0 / 6.0, 0.5]])
-    pos = np.c_[frac[:, 0] * b, frac[:, 1] * a, np.full(4, vacuum / 2.0)]
-    cell = Atoms(numbers=[Z[0], Z[1], Z[0], Z[1]], positions=pos, cell=np.diag([b, a, vacuum]), pbc=True)
-    return cell.repeat((rx, ry, 1))
 
 
 # --------------------------------------------------------------------------
