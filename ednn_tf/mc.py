@@ -36,7 +36,11 @@ import tensorflow as tf
 
 from . import tiling
 
-__all__ = ["TileIndex", "lattice_colouring", "colouring_1d", "LocalEnergy", "Metropolis"]
+__all__ = ["TileIndex", "lattice_colouring", "colouring_1d", "LocalEnergy", "Metropolis", "thermodynamics",
+           "binder_crossing", "BINDER_ISING_2D"]
+
+#: Binder cumulant of the 2D Ising model at Tc on square periodic lattices (Kamieniarz & Bloete 1993)
+BINDER_ISING_2D = 0.61069
 
 
 # ------------------------------------------------------------------------------------------------
@@ -481,3 +485,81 @@ class Metropolis(_LatticeState):
     def tile_evaluations_per_sweep(self):
         """Sub-network evaluations per sweep and replica (= sum over sites of their tile count)."""
         return int(len(self.index.site_tiles))
+
+
+# ------------------------------------------------------------------------------------------------
+# analysis of Monte Carlo records
+# ------------------------------------------------------------------------------------------------
+def thermodynamics(energy, magnetisation, temperatures, n_sites, n_blocks=10):
+    """Thermal averages from Monte Carlo records, replicas of equal temperature pooled.
+
+    Args:
+        energy: total energies ``(n_records, R)`` (as returned by ``Metropolis.run``).
+        magnetisation: magnetisation per site ``(n_records, R)``.
+        temperatures: ``(R,)`` ``k_B T`` of each replica.
+        n_sites: number of sites ``N`` of one replica.
+        n_blocks: the records are cut into this many consecutive blocks; error bars are the
+            standard error of the per-block estimates (pooled over replicas).
+
+    Returns a dict of float64 arrays over the sorted unique temperatures: ``T``,
+    ``energy_per_site`` ``<E>/N``, ``abs_magnetisation`` ``<|m|>``, ``specific_heat``
+    ``(<E^2> - <E>^2) / (N T^2)`` (per site, ``k_B = 1``), ``binder`` ``1 - <m^4> / (3 <m^2>^2)``,
+    each with a ``*_err`` companion, and ``n_samples`` per temperature.
+    """
+    e = np.asarray(energy, np.float64)
+    m = np.asarray(magnetisation, np.float64)
+    T = np.asarray(temperatures, np.float64).ravel()
+    if e.ndim != 2 or e.shape != m.shape or e.shape[1] != T.size:
+        raise ValueError(f"energy {e.shape} and magnetisation {m.shape} must both be (n_records, {T.size})")
+    if isinstance(n_sites, bool) or not isinstance(n_sites, (int, np.integer)) or n_sites < 1:
+        raise ValueError(f"n_sites must be a positive integer, got {n_sites!r}")
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, (int, np.integer)) or not 2 <= n_blocks <= e.shape[0]:
+        raise ValueError(f"n_blocks must be an integer in [2, n_records={e.shape[0]}], got {n_blocks!r}")
+    temps = np.unique(T)
+
+    def estimates(es, ms, t):  # es, ms: (n, r) records of replicas at temperature t
+        a = np.abs(ms)
+        m2, m4 = np.mean(ms ** 2), np.mean(ms ** 4)
+        return np.array([np.mean(es) / n_sites, np.mean(a), np.var(es) / (n_sites * t * t),
+                         1.0 - m4 / (3.0 * m2 * m2) if m2 > 0 else np.nan])
+
+    keys = ["energy_per_site", "abs_magnetisation", "specific_heat", "binder"]
+    out = {k: np.empty(len(temps)) for k in keys}
+    out.update({k + "_err": np.empty(len(temps)) for k in keys})
+    out["T"], out["n_samples"] = temps, np.empty(len(temps), np.int64)
+    for i, t in enumerate(temps):
+        cols = T == t
+        es, ms = e[:, cols], m[:, cols]
+        full = estimates(es, ms, t)
+        blocks = np.array([estimates(eb, mb, t) for eb, mb in zip(np.array_split(es, n_blocks),
+                                                                  np.array_split(ms, n_blocks))])
+        err = blocks.std(axis=0, ddof=1) / np.sqrt(n_blocks)
+        for k, v, dv in zip(keys, full, err):
+            out[k][i], out[k + "_err"][i] = v, dv
+        out["n_samples"][i] = es.size
+    return out
+
+
+def binder_crossing(T, u_small, u_large, u_star=BINDER_ISING_2D):
+    """Temperature where the Binder cumulants of two lattice sizes cross (estimate of ``Tc``).
+
+    Crossings are located by linear interpolation of ``u_small - u_large`` between neighbouring
+    temperatures (sorted ascending). Noise in the disordered phase (both cumulants near 0) can add
+    spurious crossings, so among all sign changes the one whose cumulant value is closest to
+    ``u_star`` is returned; ``None`` if the curves do not cross.
+    """
+    T = np.asarray(T, np.float64)
+    a, b = np.asarray(u_small, np.float64), np.asarray(u_large, np.float64)
+    if not (T.ndim == 1 and T.shape == a.shape == b.shape):
+        raise ValueError(f"T, u_small, u_large must be 1-D of equal length, got {T.shape}, {a.shape}, {b.shape}")
+    order = np.argsort(T)
+    T, d, u = T[order], (a - b)[order], (0.5 * (a + b))[order]
+    best = None
+    for i in range(len(T) - 1):
+        if not (np.isfinite(d[i]) and np.isfinite(d[i + 1])) or d[i] * d[i + 1] > 0 or d[i] == d[i + 1]:
+            continue
+        w = d[i] / (d[i] - d[i + 1])
+        tc, uc = T[i] + w * (T[i + 1] - T[i]), u[i] + w * (u[i + 1] - u[i])
+        if best is None or abs(uc - u_star) < abs(best[1] - u_star):
+            best = (float(tc), float(uc))
+    return None if best is None else best[0]

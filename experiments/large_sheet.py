@@ -1,0 +1,121 @@
+"""Section 3.3: the energy of a porous graphene sheet of any size, up to 1 um^2 (35 million atoms).
+
+    python experiments/large_sheet.py                          # 0.01 um^2 (~330k atoms), minutes
+    python experiments/large_sheet.py --repeats 292            # 1.0 um^2, ~32.7 million atoms
+    horovodrun -np 2 -H localhost:2 --gloo python experiments/large_sheet.py --repeats 40
+
+The sheet is ``repeats x repeats`` porous-graphene training cells (14 x 8 rectangular graphene
+cells, 34.44 x 34.09 A, rendered at ``--pixels-per-cell`` = 384 px as in the paper) generated
+procedurally from ``--seed`` (``ednn_tf.sheets.PorousSheet``), so no process ever holds the whole
+sheet. Each Horovod rank takes a contiguous block of tile rows, renders it stripe by stripe with
+its halo and evaluates the EDNN in fixed-size batches; one float64 allreduce gives the total.
+
+``--model`` takes a trained ``.keras`` EDNN (trained at the same pixel size); without it an
+untrained paper CNN (f=64, c=32, 13 conv + 2 dense) with fixed seed is used, which gives the
+paper's cost exactly (its energies are meaningless: timing runs only).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CELL = (14, 8)   # rectangular graphene cells per training cell (structures.porous_graphene default)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=29, help="training cells per side (292 -> 1.0 um^2)")
+    ap.add_argument("--pixels-per-cell", type=int, default=384, help="image pixels per training cell side")
+    ap.add_argument("--model", help="trained EDNN .keras file (default: untrained paper CNN, timing only)")
+    ap.add_argument("--focus", type=int, default=64)
+    ap.add_argument("--context", type=int, default=32)
+    ap.add_argument("--width", type=float, default=1.0, help="CNN filter multiplier of the default model")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tile-rows-per-chunk", type=int, default=1)
+    ap.add_argument("--batch-tiles", type=int, default=64)
+    ap.add_argument("--count-atoms", action="store_true", help="count atoms exactly (an extra pass over the sheet)")
+    ap.add_argument("--map", action="store_true", help="write per-tile energies to <out>/tile_map_rank<r>.h5")
+    ap.add_argument("--out", default="results/large_sheet")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.repeats < 1 or args.pixels_per_cell < 1:
+        raise SystemExit(f"--repeats and --pixels-per-cell must be >= 1, got {args.repeats}, {args.pixels_per_cell}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import h5py
+    import keras
+    import numpy as np
+
+    from ednn_tf import EDNN, distributed, networks
+    from ednn_tf.inference import evaluate_sharded
+    from ednn_tf.metrics import write_json_atomic
+    from ednn_tf.sheets import PorousSheet
+
+    distributed.init()
+    rank, size, root = distributed.rank(), distributed.size(), distributed.is_root()
+    sheet = PorousSheet((CELL[0] * args.repeats, CELL[1] * args.repeats), seed=args.seed)
+    H = W = args.pixels_per_cell * args.repeats
+    if args.model:
+        model = keras.models.load_model(args.model)
+    else:
+        keras.utils.set_random_seed(args.seed)
+        t = args.focus + 2 * args.context
+        model = EDNN(networks.paper_cnn(t, width=args.width, seed=args.seed), focus=args.focus, context=args.context)
+    if H % model.focus:
+        raise SystemExit(f"image size {H} px is not a multiple of focus={model.focus}; change --pixels-per-cell")
+    os.makedirs(args.out, exist_ok=True)
+    n_est = sheet.count_atoms_estimate()
+    if root:
+        print(f"sheet {sheet.Lx / 1e4:.4f} x {sheet.Ly / 1e4:.4f} um ({sheet.area / 1e8:.4f} um^2), ~{n_est:,.0f} atoms, "
+              f"image {H} x {W} px, {(H // model.focus) * (W // model.focus):,} tiles of {model.tile_size}^2, "
+              f"{size} rank(s)")
+    src = sheet.row_source((H, W))
+    writer = None
+    if args.map:
+        fh = h5py.File(os.path.join(args.out, f"tile_map_rank{rank}.h5"), "w")
+        dset = fh.create_dataset("tile_energy", shape=(H // model.focus, W // model.focus), dtype="f4",
+                                 fillvalue=np.nan)
+        fh.attrs.update(focus=model.focus, context=model.context, rank=rank, size=size, unit="model output (eV)")
+
+        def writer(r, block):
+            dset[r:r + len(block)] = block
+    t0 = time.perf_counter()
+    res = evaluate_sharded(model, src, (H, W), tile_rows_per_chunk=args.tile_rows_per_chunk,
+                           batch_tiles=args.batch_tiles, map_writer=writer, progress=root and not args.no_progress,
+                           desc=f"rank {rank}", atoms_per_tile=n_est / ((H // model.focus) * (W // model.focus)))
+    wall = time.perf_counter() - t0
+    if args.map:
+        fh.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peaks = distributed.allgather_object(peak_mb) if size > 1 else [peak_mb]
+    walls = distributed.allgather_object(wall) if size > 1 else [wall]
+    if not root:
+        return None
+    n_atoms = sheet.count_atoms() if args.count_atoms else None
+    n = n_atoms or n_est
+    out = {
+        "repeats": args.repeats, "area_um2": sheet.area / 1e8, "atoms": n_atoms, "atoms_estimate": n_est,
+        "image_px": [H, W], "focus": model.focus, "context": model.context, "tiles": res["n_tiles_all"],
+        "model": args.model or f"untrained paper_cnn width={args.width} (timing only)",
+        "ranks": size, "wall_seconds": max(walls), "rank_seconds": walls, "atoms_per_s": n / max(walls),
+        "core_hours": max(walls) * size * int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() // size or 1)) / 3600,
+        "peak_rss_mb_per_rank": peaks, "total_energy": res["total"],
+        "energy_per_atom": res["total"] / n, "seed": args.seed,
+    }
+    write_json_atomic(out, os.path.join(args.out, "results.json"))
+    print(f"E = {res['total']:.6f} ({out['energy_per_atom']:.6f} per atom) in {out['wall_seconds']:.1f} s: "
+          f"{out['atoms_per_s']:,.0f} atoms/s, peak RSS {max(peaks):.0f} MB/rank -> {args.out}/results.json")
+    return out
+
+
+if __name__ == "__main__":
+    main()
