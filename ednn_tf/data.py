@@ -224,6 +224,7 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
         gen,
         output_signature=(tf.TensorSpec((bdim,) + tuple(x_shape), tf.as_dtype(x_dtype)),
                           tf.TensorSpec((bdim, 1), tf.float32)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(2)

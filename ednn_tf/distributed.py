@@ -555,12 +555,41 @@ class BroadcastInitialState(keras.callbacks.Callback):
     Pass it to ``fit`` on *every* rank (not through :func:`root_only`). Needed
     whenever ranks may start from different weights (random initialisation
     without a common seed, checkpoint restored on rank 0 only, ...).
+
+    If the model is already built at ``on_train_begin`` (functional and
+    Sequential models, or any model that was called / ``build()``-t before
+    ``fit``), the broadcast happens before the first step, building the
+    optimizer if needed, and N-rank training reproduces 1-rank training.
+    A subclassed model that is still unbuilt only creates its weights while
+    the first train step is traced; the broadcast then happens at the end of
+    the first batch (as Horovod's own Keras callback does): all ranks are
+    consistent from the second step on, but the first step used each rank's
+    own initial weights. Build such models before ``fit`` (e.g.
+    ``model.build((None, L, L, 1))`` or ``model(x[:1])``) to avoid this.
     """
 
     def __init__(self, root_rank: int = 0):
         super().__init__()
         self.root_rank = root_rank
         self.num_broadcast = 0
+        self._pending = False
+
+    def _broadcast(self):
+        self.num_broadcast = broadcast_variables(self.model, self.root_rank)
+        self._pending = False
 
     def on_train_begin(self, logs=None):
-        self.num_broadcast = broadcast_variables(self.model, self.root_rank)
+        if self.model.built:
+            self._broadcast()
+            return
+        self._pending = True
+        if is_distributed():
+            warnings.warn(
+                f"BroadcastInitialState: {type(self.model).__name__} is not built "
+                f"when fit() starts; its weights are broadcast after the first "
+                f"batch. Build the model before fit() for exactly consistent "
+                f"first steps.", RuntimeWarning, stacklevel=2)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._pending:
+            self._broadcast()

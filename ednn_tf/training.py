@@ -64,6 +64,13 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
     Returns the ``History``; the backup is removed by Keras once training completes.
     """
     os.makedirs(workdir, exist_ok=True)
+    is_dataset = hasattr(x, "element_spec")
+    if not model.built:   # BackupAndRestore needs built variables to restore into
+        import numpy as np
+        shape = x.element_spec[0].shape if is_dataset else np.shape(x)
+        model(np.zeros((1,) + tuple(int(s) for s in shape[1:]), "float32"))
+    if is_dataset:
+        fit_kwargs.setdefault("shuffle", False)   # a Dataset shuffles itself
     cbs = [keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), save_freq="epoch",
                                             delete_checkpoint=True)]
     if root:

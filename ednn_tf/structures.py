@@ -1,0 +1,380 @@
+"""Deterministic (seeded) 2-D structure generators for the paper's Sec. 3.2 data sets.
+
+Everything here returns :class:`ase.Atoms` with an **orthorhombic** cell, periodic in x and y
+(``pbc = (True, True, False)``), the sheet in the plane ``z = vacuum / 2`` and ``vacuum`` Angstrom of
+cell height (default 20 A, enough that periodic images in z never interact for the oracles in
+:mod:`ednn_tf.oracles`). Lengths are in Angstrom. The same ``seed`` always gives the same structure
+(bit-for-bit: numpy's PCG64 via :class:`numpy.random.SeedSequence`).
+
+Lattice: the 4-atom rectangular cell of the honeycomb lattice, ``a x sqrt(3) a`` with atoms at
+fractional ``(0, 0), (1/2, 1/6), (1/2, 1/2), (0, 2/3)``; sites 0 and 2 form sublattice A, 1 and 3
+sublattice B (in h-BN, A = boron, B = nitrogen). Bond length ``a / sqrt(3)``.
+
+* :func:`hexagonal_cell` -- Sec. 3.2.1: 60-atom (5 x 3 rectangular cells) sheets of graphene, h-BN
+  and B-C-N mixtures, optionally with 1-3 vacancies, thermally rattled. Default ``a = 2.50`` A gives
+  a 12.50 x 12.99 A cell: the paper's "12.5 A x 13 A unit cell containing 60 atoms". One cell for
+  every kind, so an image grid over the cell has the same pixel size for every structure (graphene
+  is then under 1.6 % biaxial strain relative to its 2.46 A lattice constant; pass
+  ``lattice_constant=2.46`` for unstrained graphene in a 12.30 x 12.78 A cell).
+* :func:`porous_graphene` -- Sec. 3.2.2: a ~35 x 35 A graphene sheet (14 x 8 rectangular cells of
+  a = 2.46 A: 34.44 x 34.09 A, 448 atoms before pores) with random circular pores.
+* :func:`supercell` -- ``k x k`` in-plane repetition (the extensivity checks use it).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from ase import Atoms
+
+__all__ = [
+    "HEXAGONAL_KINDS",
+    "honeycomb_sheet",
+    "hexagonal_cell",
+    "hexagonal_dataset",
+    "porous_graphene",
+    "supercell",
+    "min_interatomic_distance",
+]
+
+#: Kinds accepted by :func:`hexagonal_cell`.
+HEXAGONAL_KINDS = ("graphene", "hbn", "bnc-domains", "bnc-random")
+
+_FRACTIONAL = np.array([(0.0, 0.0), (0.5, 1.0 / 6.0), (0.5, 0.5), (0.0, 2.0 / 3.0)])
+_SUBLATTICE = np.array([0, 1, 0, 1])  # 0 = A (boron in h-BN), 1 = B (nitrogen in h-BN)
+_MAX_REDRAWS = 100
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+def _check_int(name, value, minimum=None, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def _check_float(name, value, minimum=None, strict=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def _rng(seed, *extra):
+    """A PCG64 generator from a non-negative integer seed (plus optional stream keys)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *extra]))
+
+
+# --------------------------------------------------------------------------------------------
+# lattice
+# --------------------------------------------------------------------------------------------
+def honeycomb_sheet(nx: int, ny: int, lattice_constant: float = 2.46, symbols=("C", "C"),
+                    vacuum: float = 20.0) -> Atoms:
+    """Ideal honeycomb sheet of ``nx x ny`` rectangular 4-atom cells (``4 nx ny`` atoms).
+
+    Parameters
+    ----------
+    nx, ny : int >= 1
+        Repetitions along x (length ``a``) and y (length ``sqrt(3) a``).
+    lattice_constant : float
+        Hexagonal lattice constant ``a`` in Angstrom (bond length ``a / sqrt(3)``).
+    symbols : (str, str)
+        Element on sublattice A and on sublattice B, e.g. ``("B", "N")`` for h-BN.
+    vacuum : float
+        Cell height in z, Angstrom; the sheet sits at ``z = vacuum / 2``.
+
+    Returns an orthorhombic, ``pbc = (True, True, False)`` :class:`ase.Atoms`. Atom order: cell by
+    cell (x fastest), four sites per cell; ``atoms.arrays["sublattice"]`` holds 0 (A) or 1 (B).
+    """
+    nx = _check_int("nx", nx, 1)
+    ny = _check_int("ny", ny, 1)
+    a = _check_float("lattice_constant", lattice_constant, 0.0, strict=True)
+    vacuum = _check_float("vacuum", vacuum, 0.0, strict=True)
+    if len(symbols) != 2:
+        raise ValueError(f"symbols must be two element symbols (sublattice A, B), got {symbols!r}")
+    b = math.sqrt(3.0) * a
+    iy, ix = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    origins = np.stack([ix.ravel() * a, iy.ravel() * b], axis=1)  # (nx*ny, 2), x fastest
+    frac = _FRACTIONAL * np.array([a, b])
+    xy = (origins[:, None, :] + frac[None, :, :]).reshape(-1, 2)
+    sub = np.tile(_SUBLATTICE, nx * ny)
+    pos = np.column_stack([xy, np.full(len(xy), vacuum / 2.0)])
+    atoms = Atoms([symbols[s] for s in sub], positions=pos, cell=[nx * a, ny * b, vacuum],
+                  pbc=(True, True, False))
+    atoms.set_array("sublattice", sub.astype(np.int8))
+    return atoms
+
+
+def min_interatomic_distance(atoms: Atoms) -> float:
+    """Smallest distance between two distinct atoms (Angstrom), minimum-image over periodic axes.
+
+    Returns ``inf`` for fewer than two atoms.
+    """
+    if len(atoms) < 2:
+        return math.inf
+    d = _distance_matrix(atoms)
+    np.fill_diagonal(d, np.inf)
+    return float(d.min())
+
+
+def _distance_matrix(atoms: Atoms) -> np.ndarray:
+    """All pair distances (Angstrom), minimum image along periodic axes. Orthorhombic cells (all
+    built here) use per-axis rounding, which is the exact minimum image for such cells; other
+    cells fall back to ASE's general ``get_all_distances(mic=True)``."""
+    cell = np.asarray(atoms.cell)
+    if not np.allclose(cell, np.diag(np.diag(cell))):
+        return atoms.get_all_distances(mic=True)
+    lengths = np.diag(cell)
+    d = atoms.positions[:, None, :] - atoms.positions[None, :, :]
+    for ax in range(3):
+        if atoms.pbc[ax] and lengths[ax] > 0:
+            d[..., ax] -= np.round(d[..., ax] / lengths[ax]) * lengths[ax]
+    return np.sqrt((d * d).sum(axis=-1))
+
+
+def _rattle(atoms: Atoms, rng, sigma_xy: float, sigma_z: float, min_distance: float) -> Atoms:
+    """Gaussian displacements (std ``sigma_xy`` per in-plane component, ``sigma_z`` out of plane),
+    redrawn until no two atoms are closer than ``min_distance`` Angstrom."""
+    if sigma_xy == 0.0 and sigma_z == 0.0:
+        return atoms
+    base = atoms.get_positions()
+    sigma = np.array([sigma_xy, sigma_xy, sigma_z])
+    for _ in range(_MAX_REDRAWS):
+        trial = atoms.copy()
+        trial.set_positions(base + rng.normal(size=base.shape) * sigma)
+        if min_interatomic_distance(trial) >= min_distance:
+            trial.wrap()
+            return trial
+    raise RuntimeError(f"could not rattle with sigma_xy={sigma_xy} A, sigma_z={sigma_z} A without two atoms "
+                       f"closer than min_distance={min_distance} A in {_MAX_REDRAWS} draws; lower the rattle")
+
+
+def _periodic_xy_distance(xy, centre, cell_xy):
+    d = xy - centre
+    d -= np.round(d / cell_xy) * cell_xy
+    return np.hypot(d[:, 0], d[:, 1])
+
+
+# --------------------------------------------------------------------------------------------
+# Sec. 3.2.1: hexagonal sheets
+# --------------------------------------------------------------------------------------------
+def hexagonal_cell(kind: str = "graphene", seed: int = 0, *, vacancies: int = 0, rattle: float = 0.07,
+                   rattle_z: float = 0.03, lattice_constant: float = 2.50, repeat=(5, 3),
+                   vacuum: float = 20.0, bn_fraction: float | None = None,
+                   min_distance: float = 1.0) -> Atoms:
+    """One 60-atom hexagonal sheet (paper Sec. 3.2.1), deterministic from ``seed``.
+
+    Parameters
+    ----------
+    kind : {"graphene", "hbn", "bnc-domains", "bnc-random"}
+        ``"graphene"``: all carbon. ``"hbn"``: boron on sublattice A, nitrogen on B.
+        ``"bnc-domains"``: graphene with 1-3 random (periodic) circular h-BN domains, or (half of
+        the seeds) h-BN with carbon domains; domains keep the B-on-A / N-on-B order.
+        ``"bnc-random"``: graphene with random substitutions, B on A sites and N on B sites,
+        each site substituted with probability ``bn_fraction`` (drawn from U(0.05, 0.5) if None).
+    seed : int >= 0
+        Seed; the same arguments always give the same structure.
+    vacancies : int in 0..3
+        Number of atoms removed at random (missing-atom defects).
+    rattle, rattle_z : float >= 0
+        Gaussian thermal displacement, standard deviation in Angstrom per in-plane component and
+        out of plane. Redrawn until no two atoms are closer than ``min_distance``.
+    lattice_constant : float
+        ``a`` in Angstrom. Default 2.50 A gives the paper's 12.5 x 13 A cell for every kind.
+    repeat : (int, int)
+        Rectangular cells along x, y; default (5, 3) -> 60 atoms.
+    vacuum : float
+        Cell height in z, Angstrom.
+    bn_fraction : float in [0, 1] or None
+        Substitution probability for ``"bnc-random"`` (ignored otherwise).
+    min_distance : float
+        Minimum allowed interatomic distance after rattling, Angstrom.
+
+    Returns :class:`ase.Atoms` (``4 * nx * ny - vacancies`` atoms) with ``atoms.info`` recording
+    the generator arguments (``kind``, ``seed``, ``vacancies``, ``rattle``, ...).
+    """
+    if kind not in HEXAGONAL_KINDS:
+        raise ValueError(f"kind must be one of {HEXAGONAL_KINDS}, got {kind!r}")
+    vacancies = _check_int("vacancies", vacancies, 0, 3)
+    rattle = _check_float("rattle", rattle, 0.0)
+    rattle_z = _check_float("rattle_z", rattle_z, 0.0)
+    min_distance = _check_float("min_distance", min_distance, 0.0)
+    if len(tuple(repeat)) != 2:
+        raise ValueError(f"repeat must be two integers (nx, ny), got {repeat!r}")
+    nx, ny = (_check_int("repeat", r, 1) for r in repeat)
+    rng = _rng(seed, 1)  # stream 1: hexagonal cells
+
+    atoms = honeycomb_sheet(nx, ny, lattice_constant, ("C", "C"), vacuum)
+    sub = atoms.arrays["sublattice"]
+    bn_symbols = np.where(sub == 0, "B", "N")
+    info = {"generator": "hexagonal_cell", "kind": kind, "seed": int(seed), "vacancies": vacancies,
+            "rattle": rattle, "rattle_z": rattle_z, "lattice_constant": float(lattice_constant)}
+    if kind == "hbn":
+        symbols = bn_symbols
+    elif kind == "graphene":
+        symbols = np.full(len(atoms), "C")
+    elif kind == "bnc-random":
+        if bn_fraction is None:
+            bn_fraction = float(rng.uniform(0.05, 0.5))
+        bn_fraction = _check_float("bn_fraction", bn_fraction, 0.0)
+        if bn_fraction > 1.0:
+            raise ValueError(f"bn_fraction must be in [0, 1], got {bn_fraction}")
+        substituted = rng.random(len(atoms)) < bn_fraction
+        symbols = np.where(substituted, bn_symbols, "C")
+        info["bn_fraction"] = bn_fraction
+    else:  # bnc-domains
+        cell_xy = atoms.cell.lengths()[:2]
+        xy = atoms.positions[:, :2]
+        inside = np.zeros(len(atoms), dtype=bool)
+        n_domains = int(rng.integers(1, 4))
+        for _ in range(n_domains):
+            centre = rng.uniform(0.0, 1.0, 2) * cell_xy
+            radius = rng.uniform(0.2, 0.45) * min(cell_xy)
+            inside |= _periodic_xy_distance(xy, centre, cell_xy) < radius
+        bn_host = bool(rng.random() < 0.5)
+        bn_sites = ~inside if bn_host else inside
+        symbols = np.where(bn_sites, bn_symbols, "C")
+        info.update(n_domains=n_domains, host="hbn" if bn_host else "graphene")
+    atoms.set_chemical_symbols(list(symbols))
+
+    if vacancies:
+        removed = np.sort(rng.choice(len(atoms), size=vacancies, replace=False))
+        del atoms[list(removed)]
+        info["removed"] = removed.tolist()
+    atoms = _rattle(atoms, rng, rattle, rattle_z, min_distance)
+    atoms.info.update(info)
+    return atoms
+
+
+def hexagonal_dataset(n: int, seed: int = 0, *, kinds=HEXAGONAL_KINDS, vacancy_probability: float = 0.5,
+                      rattle_range=(0.05, 0.10), **kwargs) -> list[Atoms]:
+    """``n`` hexagonal sheets of mixed kinds, deterministic from ``seed``.
+
+    Structure ``i`` is drawn from its own stream (``SeedSequence([seed, 2, i])``), so the first ``m``
+    structures of ``hexagonal_dataset(n, s)`` equal ``hexagonal_dataset(m, s)``. For each structure:
+    kind uniform over ``kinds``; with probability ``vacancy_probability`` 1-3 vacancies (uniform),
+    else none; in-plane rattle sigma uniform in ``rattle_range`` (Angstrom), ``rattle_z`` =
+    ``0.4 * rattle``. Other keyword arguments go to :func:`hexagonal_cell`.
+    """
+    n = _check_int("n", n, 0)
+    kinds = tuple(kinds)
+    if not kinds or any(k not in HEXAGONAL_KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {HEXAGONAL_KINDS}, got {kinds!r}")
+    p = _check_float("vacancy_probability", vacancy_probability, 0.0)
+    if p > 1.0:
+        raise ValueError(f"vacancy_probability must be in [0, 1], got {vacancy_probability}")
+    lo, hi = (_check_float("rattle_range", r, 0.0) for r in rattle_range)
+    if hi < lo:
+        raise ValueError(f"rattle_range must be (low, high) with low <= high, got {rattle_range!r}")
+    _rng(seed)  # validate
+    out = []
+    for i in range(n):
+        r = _rng(seed, 2, i)
+        kind = kinds[int(r.integers(len(kinds)))]
+        vac = int(r.integers(1, 4)) if r.random() < p else 0
+        sigma = float(r.uniform(lo, hi))
+        sub_seed = int(r.integers(2**31))
+        atoms = hexagonal_cell(kind, sub_seed, vacancies=vac, rattle=sigma, rattle_z=0.4 * sigma, **kwargs)
+        atoms.info.update(dataset_seed=int(seed), dataset_index=i)
+        out.append(atoms)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Sec. 3.2.2: porous graphene
+# --------------------------------------------------------------------------------------------
+def porous_graphene(size: float = 35.0, n_pores: int | None = None, seed: int = 0, *,
+                    radius_range=(2.0, 6.0), lattice_constant: float = 2.46, vacuum: float = 20.0,
+                    rattle: float = 0.0, rattle_z: float = 0.0, prune_dangling: bool = True,
+                    min_distance: float = 1.0) -> Atoms:
+    """Porous graphene sheet (paper Sec. 3.2.2), deterministic from ``seed``.
+
+    A rectangular graphene sheet of about ``size x size`` Angstrom (``round(size / a)`` x
+    ``round(size / (sqrt(3) a))`` rectangular cells; the default is 34.44 x 34.09 A, 448 atoms)
+    from which every atom within (periodic) distance ``r`` of a pore centre is removed, for
+    ``n_pores`` pores with centres uniform in the cell and radii uniform in ``radius_range``.
+    ``n_pores=None`` draws 1-6 pores. With ``prune_dangling`` atoms left with fewer than two
+    neighbours within 1.2 bond lengths are removed too (repeated until none is left), so no
+    isolated atom or one-coordinated chain end remains.
+
+    Parameters
+    ----------
+    size : float
+        Target side length in Angstrom (>= 3 lattice constants).
+    n_pores : int >= 0 or None
+    seed : int >= 0
+    radius_range : (float, float)
+        Pore radii bounds, Angstrom.
+    lattice_constant : float
+        Graphene ``a`` in Angstrom (2.46).
+    vacuum : float
+        Cell height, Angstrom.
+    rattle, rattle_z : float
+        Optional Gaussian displacement (Angstrom); default 0 = ideal lattice positions.
+    prune_dangling : bool
+    min_distance : float
+        Minimum interatomic distance kept by rattling, Angstrom.
+
+    Raises ``ValueError`` if the pores remove every atom.
+    """
+    a = _check_float("lattice_constant", lattice_constant, 0.0, strict=True)
+    size = _check_float("size", size, 0.0, strict=True)
+    if size < 3 * a:
+        raise ValueError(f"size must be at least 3 lattice constants ({3 * a:.2f} A), got {size}")
+    rlo, rhi = (_check_float("radius_range", r, 0.0) for r in radius_range)
+    if rhi < rlo:
+        raise ValueError(f"radius_range must be (low, high) with low <= high, got {radius_range!r}")
+    rng = _rng(seed, 3)  # stream 3: porous graphene
+    if n_pores is None:
+        n_pores = int(rng.integers(1, 7))
+    n_pores = _check_int("n_pores", n_pores, 0)
+    nx = max(1, round(size / a))
+    ny = max(1, round(size / (math.sqrt(3.0) * a)))
+    atoms = honeycomb_sheet(nx, ny, a, ("C", "C"), vacuum)
+    cell_xy = atoms.cell.lengths()[:2]
+    xy = atoms.positions[:, :2]
+    keep = np.ones(len(atoms), dtype=bool)
+    pores = []
+    for _ in range(n_pores):
+        centre = rng.uniform(0.0, 1.0, 2) * cell_xy
+        radius = float(rng.uniform(rlo, rhi))
+        keep &= _periodic_xy_distance(xy, centre, cell_xy) >= radius
+        pores.append((float(centre[0]), float(centre[1]), radius))
+    atoms = atoms[keep]
+    if prune_dangling and len(atoms):
+        cutoff = 1.2 * a / math.sqrt(3.0)
+        while len(atoms):
+            d = _distance_matrix(atoms)
+            coordination = (d < cutoff).sum(axis=1) - 1
+            low = coordination < 2
+            if not low.any():
+                break
+            atoms = atoms[~low]
+    if len(atoms) == 0:
+        raise ValueError(f"the {n_pores} pores (radii {[p[2] for p in pores]}) removed every atom; "
+                         f"use fewer or smaller pores")
+    atoms = _rattle(atoms, rng, _check_float("rattle", rattle, 0.0), _check_float("rattle_z", rattle_z, 0.0),
+                    _check_float("min_distance", min_distance, 0.0))
+    del atoms.arrays["sublattice"]
+    atoms.info.update(generator="porous_graphene", seed=int(seed), size=size, n_pores=n_pores,
+                      pores=pores, lattice_constant=a)
+    return atoms
+
+
+def supercell(atoms: Atoms, k: int) -> Atoms:
+    """``k x k`` in-plane supercell, ``atoms.repeat((k, k, 1))`` (k^2 times the atoms and area)."""
+    if not isinstance(atoms, Atoms):
+        raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
+    k = _check_int("k", k, 1)
+    return atoms.repeat((k, k, 1))
