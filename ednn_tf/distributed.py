@@ -30,8 +30,8 @@ Design: :func:`make_distributed` replaces ``train_step`` (and wraps
 functional, Sequential and subclassed models without changing their class
 (saving/loading is unaffected). Classes that want data parallelism built in
 can inherit :class:`DataParallelMixin` instead; models with their own custom
-``train_step`` should call :func:`allreduce_gradients` and
-:func:`average_logs` inside it. See docs/distributed.md.
+``train_step`` call :func:`allreduce_gradients` inside it and use
+``make_distributed(model, replace_train_step=False)``. See docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ log = logging.getLogger(__name__)
 #:   submits - e.g. unequal numbers of batches per rank, or a collective
 #:   issued on rank 0 only - Horovod warns after the check time and shuts down
 #:   (every pending op raises) after the shutdown time. Horovod's default is
-#:   to warn forever and never shut down.
+#:   to warn forever and never shut down. Under Gloo this needs the one-word
+#:   fix applied by scripts/install_horovod.sh (stock 0.28.1 never detects a
+#:   stall with the Gloo controller).
 #:
 #: A rank that *dies* (crash, OOM kill, SIGKILL) is handled by ``horovodrun``
 #: itself: it terminates all remaining workers and exits non-zero.
@@ -333,6 +335,9 @@ def average_logs(logs):
 
     Non-float entries are returned unchanged. Identity when ``size() == 1``.
     Every rank must call it the same number of times (it is a collective).
+    Inside a traced ``train_step`` it issues one extra collective per step and
+    must not be used with ``steps_per_execution > 1`` (overlapping loop
+    iterations would submit two ops with the same Horovod name).
     """
     hvd = _backend()
     if not hvd or hvd.size() == 1 or not logs:
@@ -353,8 +358,8 @@ def distributed_train_step(model: keras.Model, data) -> dict:
     Forward pass and ``compute_loss`` under a ``tf.GradientTape``, gradients
     averaged over ranks with ``hvd.grouped_allreduce(op=hvd.Average)``, then
     ``optimizer.apply_gradients``; returns ``model.compute_metrics(...)``
-    (averaged over ranks when the model went through :func:`make_distributed`
-    or uses :class:`DataParallelMixin`, see :func:`make_distributed`). With
+    (rank-local running metrics; epoch-level metrics are averaged by the
+    ``get_metrics_result`` wrapper, see :func:`make_distributed`). With
     one process it performs exactly the operations of the stock
     ``train_step`` (bit-identical results).
     """
@@ -381,6 +386,14 @@ def distributed_train_step(model: keras.Model, data) -> dict:
     else:
         warnings.warn("The model does not have any trainable weights.")
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _average_metrics_if_eager(logs):
+    # Only outside tf.function (see make_distributed): epoch-end, evaluate-end
+    # and run_eagerly steps. Inside the traced step the logs stay rank-local.
+    import tensorflow as tf
+
+    return average_logs(logs) if tf.executing_eagerly() else logs
 
 
 def _disable_jit_if_distributed(model: keras.Model) -> None:
@@ -412,12 +425,18 @@ def make_distributed(model: keras.Model, *, average_metrics: bool = True,
 
     * replaces ``train_step`` by :func:`distributed_train_step` (gradients
       averaged over ranks before ``optimizer.apply_gradients``);
-    * wraps ``get_metrics_result`` so that every metric Keras reports (per
-      batch, per epoch, validation, ``evaluate``) is averaged over ranks
-      (``average_metrics=True``). Keras reads the epoch logs from the metric
-      objects, not from ``train_step``'s return value, so this is the place
-      to do it. Every rank then logs the same numbers, so EarlyStopping /
-      ReduceLROnPlateau take the same decision on all ranks;
+    * wraps ``get_metrics_result`` so that the metrics Keras reports at the
+      end of every epoch, for validation and from ``evaluate`` are averaged
+      over ranks (``average_metrics=True``). Keras builds those logs from the
+      metric objects (``get_metrics_result()``, called eagerly), not from
+      ``train_step``'s return value. Every rank then logs the same epoch
+      numbers, so EarlyStopping / ReduceLROnPlateau / ModelCheckpoint(monitor)
+      take the same decision on all ranks. Per-*batch* logs
+      (``on_train_batch_end``, the progress bar during an epoch) stay
+      rank-local: averaging inside the traced step would cost a second
+      collective per step and breaks ``steps_per_execution > 1`` (Keras runs
+      consecutive steps in a ``tf.while_loop`` whose iterations may overlap,
+      and Horovod rejects two in-flight ops with the same name);
     * switches XLA off (``jit_compile``) when ``size() > 1``.
 
     Can be called before or after ``compile`` (a cached train function is
@@ -461,7 +480,7 @@ def make_distributed(model: keras.Model, *, average_metrics: bool = True,
         return distributed_train_step(self, data)
 
     def get_metrics_result(self):
-        return average_logs(orig_metrics_result())
+        return _average_metrics_if_eager(orig_metrics_result())
 
     def make_train_function(self, force=False):
         _disable_jit_if_distributed(self)
@@ -500,7 +519,7 @@ class DataParallelMixin:
 
     def get_metrics_result(self):
         logs = super().get_metrics_result()
-        return average_logs(logs) if self.average_metrics else logs
+        return _average_metrics_if_eager(logs) if self.average_metrics else logs
 
     def make_train_function(self, force=False):
         _disable_jit_if_distributed(self)

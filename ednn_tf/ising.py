@@ -268,7 +268,23 @@ def _metropolis_sweep(s, lat, tables, rng):
         s[:, sel] = np.where(flip, -si, si)
 
 
-def _swendsen_wang(s, lat, p_bond, sign_j, rng):
+class _BondGraph:
+    """Per-chunk constant arrays for the Swendsen-Wang graph of ``R`` replicas of ``n`` sites.
+
+    Node ``r * n + i`` is site ``i`` of replica ``r``; ``targets[r, i]`` are the global indices of
+    its right and lower neighbour (its two bonds, each counted once as in ``ising_energy``).
+    """
+
+    def __init__(self, R, n, lat):
+        self.itype = np.int32 if 2 * R * n < 2**31 - 1 else np.int64
+        base = np.arange(R, dtype=self.itype)[:, None] * self.itype(n)
+        self.targets = np.stack([base + lat[0].astype(self.itype), base + lat[1].astype(self.itype)], axis=-1)
+        self.ones = np.ones(2 * R * n, dtype=np.float64)   # edge weights (csgraph works in float64)
+        self.indptr = np.zeros(R * n + 1, dtype=self.itype)
+        self.active = np.empty((R, n, 2), dtype=bool)
+
+
+def _swendsen_wang(s, lat, graph_arrays, p_bond, sign_j, rng):
     """One Swendsen-Wang update of all replicas at once. ``s``: (R, n) int8, modified in place.
 
     Every satisfied bond (``J s_i s_j > 0``) is activated with probability ``p_bond = 1 -
@@ -282,19 +298,17 @@ def _swendsen_wang(s, lat, p_bond, sign_j, rng):
     from scipy.sparse.csgraph import connected_components
 
     R, n = s.shape
-    right, down = lat[0], lat[1]
-    itype = np.int32 if R * n < 2**31 - 1 else np.int64
-    base = np.arange(R, dtype=itype)[:, None] * itype(n)
-    # CSR built directly in node order: node (r, i) has up to two out-edges, to its right and
-    # lower neighbour; connected_components(directed=False) follows edges both ways.
-    active = np.empty((R, n, 2), dtype=bool)
-    for k, nb in enumerate((right, down)):
+    g = graph_arrays
+    active = g.active
+    for k, nb in enumerate((lat[0], lat[1])):
         np.logical_and(s * s[:, nb] == sign_j, rng.random(s.shape, dtype=np.float32) < p_bond[:, None],
                        out=active[:, :, k])
-    targets = np.stack([base + right.astype(itype), base + down.astype(itype)], axis=-1)[active]
-    indptr = np.zeros(R * n + 1, dtype=itype)
-    np.cumsum(active.sum(axis=-1, dtype=itype).ravel(), out=indptr[1:])
-    graph = csr_array((np.ones(len(targets), dtype=np.int8), targets, indptr), shape=(R * n, R * n))
+    # CSR built directly in node order (up to two out-edges per node); connected_components with
+    # directed=False follows every edge both ways.
+    targets = g.targets[active]
+    counts = active[:, :, 0].view(np.int8) + active[:, :, 1].view(np.int8)
+    np.cumsum(counts.ravel(), dtype=g.itype, out=g.indptr[1:])
+    graph = csr_array((g.ones[:len(targets)], targets, g.indptr), shape=(R * n, R * n), copy=False)
     n_comp, labels = connected_components(graph, directed=False)
     sign = np.where(rng.random(n_comp) < 0.5, np.int8(-1), np.int8(1))
     s *= sign[labels].reshape(R, n)
@@ -388,12 +402,13 @@ def sample_configurations(L, temperatures, n_per_temperature=1, seed=0, n_therma
         s = _initial_state(len(tc), h, w, tc, J, rng)
         tables = _acceptance_tables(tc, J)
         p_bond = (-np.expm1(-2.0 * abs(J) / tc)).astype(np.float32)
+        graph_arrays = _BondGraph(len(tc), n, lat) if cluster else None
 
         def sweep():
             if metropolis:
                 _metropolis_sweep(s, lat, tables, rng)
             if cluster:
-                _swendsen_wang(s, lat, p_bond, sign_j, rng)
+                _swendsen_wang(s, lat, graph_arrays, p_bond, sign_j, rng)
 
         for _ in range(n_therm):
             sweep()

@@ -749,7 +749,7 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
         ``.npz`` file of finished indices and energies plus the oracle name/settings/versions and a
         fingerprint of the structures. Written atomically (temp file + rename) whenever results
         are pending and ``checkpoint_seconds`` have passed since the last write (0 = after every
-        structure), and always on completion, error or Ctrl-C. If it exists, its energies are
+        structure), and always on completion, error, Ctrl-C or SIGTERM. If it exists, its energies are
         reused and only the missing structures are computed; a checkpoint written for other
         structures or another oracle/settings raises ValueError.
     progress : bool
@@ -813,6 +813,12 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
         bar.update(1)
         save()
 
+    # SIGTERM (timeouts, schedulers) -> SystemExit, so the checkpoint below is still written
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _terminate(signum, frame):
+            raise SystemExit(128 + signum)
+        previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         if todo and (n_workers == 1 or len(todo) == 1):
             for i in todo:
@@ -826,6 +832,8 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
     finally:
         save(force=True)
         bar.close()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     return np.array([done[i] for i in range(n)], dtype=np.float64)
 
 
