@@ -51,6 +51,9 @@ __all__ = [
     "size",
     "local_rank",
     "is_root",
+    "allreduce_sum",
+    "allgather_object",
+    "barrier",
     "shard",
     "local_batch_size",
     "scale_learning_rate",
@@ -227,6 +230,39 @@ def is_root() -> bool:
 def is_distributed() -> bool:
     """True if more than one process takes part (collectives are needed)."""
     return size() > 1
+
+
+# ---------------------------------------------------------------------------
+# Small collectives (identity without Horovod)
+# ---------------------------------------------------------------------------
+def allreduce_sum(value):
+    """Sum a number or array over all ranks in float64 (returns a numpy float64 array/scalar)."""
+    import numpy as np
+
+    hvd = _backend()
+    arr = np.asarray(value, dtype=np.float64)
+    if not hvd or hvd.size() == 1:
+        return arr
+    import tensorflow as tf
+
+    return hvd.allreduce(tf.constant(arr), op=hvd.Sum, name=None).numpy()
+
+
+def allgather_object(obj) -> list:
+    """Every rank's ``obj`` (any picklable value), as a list ordered by rank."""
+    hvd = _backend()
+    if not hvd or hvd.size() == 1:
+        return [obj]
+    return list(hvd.allgather_object(obj))
+
+
+def barrier() -> None:
+    """Wait until every rank arrives (no-op without Horovod)."""
+    hvd = _backend()
+    if hvd and hvd.size() > 1:
+        import tensorflow as tf
+
+        hvd.allreduce(tf.constant(0.0), op=hvd.Sum)   # completes only when every rank has joined
 
 
 # ---------------------------------------------------------------------------

@@ -358,3 +358,31 @@ def test_vanished_rank_makes_survivors_fail_instead_of_hanging(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
     assert "Connection closed by peer" in out or "Horovod has been shut down" in out, out[-3000:]
+
+
+def test_sharded_sheet_two_ranks_equal_one_rank(tmp_path):
+    """experiments/large_sheet.py: 2 ranks (5 tile rows: uneven stripes) == 1 rank == whole-sheet EDNN."""
+    ok, why = _horovod_available()
+    if not ok:
+        pytest.skip(why)
+    import json
+
+    script = REPO / "experiments" / "large_sheet.py"
+    args = ["--repeats", "1", "--pixels-per-cell", "80", "--focus", "16", "--context", "8", "--width", "0.125",
+            "--no-progress", "--map"]
+    one = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / "one")], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    two = _horovodrun(2, script, *args, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert r2["ranks"] == 2 and r1["tiles"] == r2["tiles"] == 25
+    assert abs(r1["total_energy"] - r2["total_energy"]) <= 1e-9 * max(1e-6, abs(r1["total_energy"]))
+    import h5py
+    rows = []
+    for r in (0, 1):
+        with h5py.File(tmp_path / "two" / f"tile_map_rank{r}.h5", "r") as fh:
+            m = fh["tile_energy"][()]
+        rows.append(~np.isnan(m).all(axis=1))
+    assert rows[0].sum() == 3 and rows[1].sum() == 2 and not (rows[0] & rows[1]).any()   # 3 + 2 rows, disjoint
