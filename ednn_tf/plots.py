@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["parity_and_error", "context_scan", "training_curves", "save"]
+__all__ = ["parity_and_error", "context_scan", "training_curves", "scaling", "save"]
 
 
 def save(fig, path, dpi=130):
@@ -76,4 +76,37 @@ def training_curves(histories, path, key="loss"):
     ax.set_ylabel(key)
     ax.legend()
     ax.grid(alpha=0.3, which="both")
+    return save(fig, path)
+
+
+def scaling(atoms, seconds, peak_mb, path, exponent=None, ranks=()):
+    """Fig. 10/11 analogue: time and peak memory vs atoms (log-log), and time vs ranks if given."""
+    atoms, seconds, peak_mb = (np.asarray(a, float) for a in (atoms, seconds, peak_mb))
+    n = 3 if ranks else 2
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4))
+    a = axes[0]
+    a.loglog(atoms, seconds, "o-", label="ednn_tf")
+    ref = seconds[-1] * atoms / atoms[-1]
+    a.loglog(atoms, ref, "k--", lw=0.8, label="linear")
+    a.set_xlabel("atoms")
+    a.set_ylabel("wall time [s]")
+    a.set_title("time vs size" + (f" (slope {exponent:.2f})" if exponent is not None else ""))
+    a.legend()
+    a.grid(alpha=0.3, which="both")
+    b = axes[1]
+    b.semilogx(atoms, peak_mb, "s-")
+    b.set_ylim(0, max(peak_mb) * 1.3)
+    b.set_xlabel("atoms")
+    b.set_ylabel("peak RSS per rank [MB]")
+    b.set_title("memory vs size")
+    b.grid(alpha=0.3, which="both")
+    if ranks:
+        c = axes[2]
+        r, t = zip(*ranks)
+        c.plot(r, t, "o-")
+        c.set_xticks(r)
+        c.set_xlabel("ranks")
+        c.set_ylabel("wall time [s]")
+        c.set_title("rank scaling")
+        c.grid(alpha=0.3)
     return save(fig, path)

@@ -41,6 +41,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch-tiles", type=int, default=64)
     ap.add_argument("--count-atoms", action="store_true", help="count atoms exactly (an extra pass over the sheet)")
     ap.add_argument("--map", action="store_true", help="write per-tile energies to <out>/tile_map_rank<r>.h5")
+    ap.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads per rank (default: cores / ranks)")
     ap.add_argument("--out", default="results/large_sheet")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -62,6 +63,11 @@ def main(argv=None):
 
     distributed.init()
     rank, size, root = distributed.rank(), distributed.size(), distributed.is_root()
+    if args.threads or size > 1:   # ranks on one node share its cores instead of oversubscribing them
+        import tensorflow as tf
+        n_thr = args.threads or max(1, (os.cpu_count() or 1) // size)
+        tf.config.threading.set_intra_op_parallelism_threads(n_thr)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     sheet = PorousSheet((CELL[0] * args.repeats, CELL[1] * args.repeats), seed=args.seed)
     H = W = args.pixels_per_cell * args.repeats
     if args.model:
@@ -107,7 +113,7 @@ def main(argv=None):
         "image_px": [H, W], "focus": model.focus, "context": model.context, "tiles": res["n_tiles_all"],
         "model": args.model or f"untrained paper_cnn width={args.width} (timing only)",
         "ranks": size, "wall_seconds": max(walls), "rank_seconds": walls, "atoms_per_s": n / max(walls),
-        "core_hours": max(walls) * size * int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() // size or 1)) / 3600,
+        "cores": os.cpu_count(), "core_hours": max(walls) * (os.cpu_count() or 1) / 3600,
         "peak_rss_mb_per_rank": peaks, "total_energy": res["total"],
         "energy_per_atom": res["total"] / n, "seed": args.seed,
     }
