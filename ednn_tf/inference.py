@@ -157,16 +157,22 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
     return res
 
 
-def evaluate_sharded(model, source, grid_shape, **kwargs):
+def evaluate_sharded(model, source, grid_shape, n_tile_rows=None, **kwargs):
     """``evaluate_streaming`` on this Horovod rank's block of tile rows, then one float64 allreduce.
 
     Without Horovod (or with one process) this is ``evaluate_streaming`` over every row.
-    The returned ``total`` is the whole grid's; ``local_total`` and ``row_range`` are this rank's.
+    ``n_tile_rows`` restricts the work to the first rows of the grid (a timing sample of a grid too
+    large to finish). The returned ``total`` is the evaluated rows' sum over all ranks;
+    ``local_total`` and ``row_range`` are this rank's.
     """
     from . import distributed
 
     rank, size = distributed.rank(), distributed.size()
     n_rows = int(grid_shape[0]) // model.focus
+    if n_tile_rows is not None:
+        if not 1 <= n_tile_rows <= n_rows:
+            raise ValueError(f"n_tile_rows must be in 1..{n_rows}, got {n_tile_rows}")
+        n_rows = int(n_tile_rows)
     rr = shard_rows(n_rows, rank, size)
     res = evaluate_streaming(model, source, grid_shape, row_range=rr, **kwargs)
     res["local_total"] = res["total"]
