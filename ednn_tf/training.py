@@ -51,7 +51,7 @@ def save_model_atomic(model, path):
 
 
 def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=None, callbacks=(),
-        progress=True, desc="training", save_every_epochs=1, root=True, **fit_kwargs):
+        progress=True, desc="training", rank=0, **fit_kwargs):
     """``model.fit`` that survives interruption.
 
     Args:
@@ -59,8 +59,9 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
         x, y, batch_size, validation_data: as for ``model.fit`` (``x`` may be a ``tf.data.Dataset``).
         epochs: total epochs; a resumed run continues from the last completed epoch.
         workdir: folder for the backup (``backup/``) and the per-epoch CSV log (``log.csv``).
-        progress: show the epoch bar (rank 0 only when ``root`` is False).
-        root: False on non-zero Horovod ranks: no log, no bar (backups stay per-rank).
+        progress: show the epoch bar (on rank 0).
+        rank: the Horovod rank; only rank 0 logs and shows the bar, and every rank keeps its own
+            backup (``backup`` on rank 0, ``backup-rank<r>`` otherwise) so all resume together.
     Returns the ``History``; the backup is removed by Keras once training completes.
     """
     os.makedirs(workdir, exist_ok=True)
@@ -71,9 +72,9 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
         model(np.zeros((1,) + tuple(int(s) for s in shape[1:]), "float32"))
     if is_dataset:
         fit_kwargs.setdefault("shuffle", False)   # a Dataset shuffles itself
-    cbs = [keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), save_freq="epoch",
-                                            delete_checkpoint=True)]
-    if root:
+    backup = os.path.join(workdir, "backup" if rank == 0 else f"backup-rank{rank}")
+    cbs = [keras.callbacks.BackupAndRestore(backup, save_freq="epoch", delete_checkpoint=True)]
+    if rank == 0:
         cbs.append(keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True))
         if progress:
             cbs.append(EpochProgress(epochs, desc=desc))

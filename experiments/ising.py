@@ -154,7 +154,8 @@ def main(argv=None):
             t0 = time.time()
             cbs = [distributed.BroadcastInitialState()] if args.distributed else []
             hist = training.fit(model, ds, epochs=cfg["epochs"], workdir=os.path.join(args.out, f"train_c{c}"),
-                                progress=progress, desc=f"c={c}", root=root, callbacks=cbs)
+                                progress=progress, desc=f"c={c}", callbacks=cbs,
+                                rank=distributed.rank() if args.distributed else 0)
             results.setdefault("train_seconds", {})[c] = time.time() - t0
             histories[f"c={c}"] = hist.history["loss"]
             if root:
