@@ -23,22 +23,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from ase import Atoms  # noqa: E402
 
+from ednn_tf.structures import honeycomb_sheet  # noqa: E402
 from ednn_tf.render import render, render_tf, shape_for_cell  # noqa: E402
 
 
-def hexagonal_sheet(repeat=(3, 5), species=("C", "C"), a=2.46, vacuum=20.0):
-    """Flat honeycomb sheet in an orthorhombic cell: rectangular 4-atom cell sqrt(3) a x a.
-
-    (3, 5) repeats give the 60-atom 12.78 x 12.30 A cell; ``species`` = the two sublattices.
-    """
-    b = math.sqrt(3.0) * a
-    frac = np.array([[0.0, 0.0], [1 / 3, 0.0], [0.5, 0.5], [5 / 6, 0.5]])
-    cell = Atoms([species[0], species[1], species[0], species[1]],
-                 positions=np.c_[frac[:, 0] * b, frac[:, 1] * a, np.full(4, vacuum / 2)],
-                 cell=np.diag([b, a, vacuum]), pbc=True)
-    return cell.repeat((repeat[0], repeat[1], 1))
+def hexagonal_sheet(repeat=(5, 3), species=("C", "C"), a=2.46):
+    """Flat honeycomb sheet (``structures.honeycomb_sheet``): (5, 3) gives the 60-atom 12.30 x 12.78 A cell."""
+    return honeycomb_sheet(repeat[0], repeat[1], lattice_constant=a, symbols=species)
 
 
 def timings(fn, repeats, warmup=1):
@@ -63,7 +55,7 @@ def main():
     args = ap.parse_args()
     res = {}
 
-    atoms = hexagonal_sheet((3, 5), species=("B", "N"), a=2.46)
+    atoms = hexagonal_sheet((5, 3), species=("B", "N"), a=2.46)
     med, best = timings(lambda: render(atoms, shape=(256, 256)), args.repeats, warmup=5)
     res["small"] = {"atoms": len(atoms), "shape": [256, 256], "median_ms": med * 1e3, "min_ms": best * 1e3,
                     "atoms_per_s": len(atoms) / med}
@@ -72,15 +64,14 @@ def main():
           f"({len(atoms) / med:,.0f} atoms/s, {args.repeats} repeats)")
 
     if not args.skip_big:
-        # Rectangular 4-atom cells, close to square overall.
-        # Rectangular 4-atom cells (sqrt(3) a x a): the exact count if a divisor
-        # pair gives a roughly square sheet, else the nearest square-ish sheet.
+        # Rectangular 4-atom cells (a along x, sqrt(3) a along y): the exact count if a
+        # divisor pair gives a roughly square sheet, else the nearest square-ish sheet.
         cells = max(1, int(round(args.big_atoms / 4)))
         pairs = [(cells // d, d) for d in range(1, cells + 1) if cells % d == 0]
-        rx, ry = min(pairs, key=lambda p: abs(math.log(p[0] * math.sqrt(3) / p[1])))
-        if abs(math.log(rx * math.sqrt(3) / ry)) > 0.3:
-            ry = max(1, int(round(math.sqrt(cells * math.sqrt(3)))))
-            rx = max(1, int(round(cells / ry)))
+        rx, ry = min(pairs, key=lambda p: abs(math.log(p[0] / (p[1] * math.sqrt(3)))))
+        if abs(math.log(rx / (ry * math.sqrt(3)))) > 0.3:
+            rx = max(1, int(round(math.sqrt(cells * math.sqrt(3)))))
+            ry = max(1, int(round(cells / rx)))
         big = hexagonal_sheet((rx, ry), species=("B", "N"), a=2.46)
         shape = shape_for_cell(big.cell, pixel_size=0.05)
         px = shape[0] * shape[1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import keras
 
-from .tiling import check_focus_context
 
 __all__ = ["ising_dense", "paper_cnn", "plain_cnn", "PAPER_CNN_LAYERS"]
 

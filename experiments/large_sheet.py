@@ -94,8 +94,10 @@ def main(argv=None):
                                  fillvalue=np.nan)
         fh.attrs.update(focus=model.focus, context=model.context, rank=rank, size=size, unit="model output (eV)")
 
-        def writer(r, block):
+        def write_block(r, block):
             dset[r:r + len(block)] = block
+
+        writer = write_block
     t0 = time.perf_counter()
     res = evaluate_sharded(model, src, (H, W), n_tile_rows=args.sample_tile_rows, tile_rows_per_chunk=args.tile_rows_per_chunk,
                            batch_tiles=args.batch_tiles, map_writer=writer, progress=root and not args.no_progress,

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import ednn_tf
 from ednn_tf import networks, testing
 from ednn_tf.model import EDNN
 

@@ -6,6 +6,7 @@ import pytest
 from ase import Atoms
 from ase.io import write
 
+from ednn_tf.structures import honeycomb_sheet  # noqa: E402
 from ednn_tf.render import (
     DEFAULT_CUTOFF,
     StructureFileNotFoundError,
@@ -21,17 +22,9 @@ from ednn_tf.render import (
 GAMMA = 0.2
 
 
-def hexagonal_sheet(repeat=(3, 5), species=("C", "C"), a=2.46, vacuum=20.0):
-    """Flat honeycomb sheet in an orthorhombic cell: rectangular 4-atom cell sqrt(3) a x a.
-
-    (3, 5) repeats give the 60-atom 12.78 x 12.30 A cell; ``species`` = the two sublattices.
-    """
-    b = math.sqrt(3.0) * a
-    frac = np.array([[0.0, 0.0], [1 / 3, 0.0], [0.5, 0.5], [5 / 6, 0.5]])
-    cell = Atoms([species[0], species[1], species[0], species[1]],
-                 positions=np.c_[frac[:, 0] * b, frac[:, 1] * a, np.full(4, vacuum / 2)],
-                 cell=np.diag([b, a, vacuum]), pbc=True)
-    return cell.repeat((repeat[0], repeat[1], 1))
+def hexagonal_sheet(repeat=(5, 3), species=("C", "C"), a=2.46):
+    """Flat honeycomb sheet (``structures.honeycomb_sheet``): (5, 3) gives the 60-atom 12.30 x 12.78 A cell."""
+    return honeycomb_sheet(repeat[0], repeat[1], lattice_constant=a, symbols=species)
 
 
 def brute_force(positions, numbers, lengths, shape, gamma=GAMMA, cutoff=DEFAULT_CUTOFF):
@@ -52,7 +45,7 @@ def brute_force(positions, numbers, lengths, shape, gamma=GAMMA, cutoff=DEFAULT_
 @pytest.fixture(scope="module")
 def sheet():
     """60-atom h-BN/graphene-like cell (12.78 x 12.30 A) with some C and displacements."""
-    atoms = hexagonal_sheet((3, 5), species=("B", "N"))
+    atoms = hexagonal_sheet((5, 3), species=("B", "N"))
     atoms.numbers[::7] = 6
     rng = np.random.default_rng(0)
     atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
@@ -163,14 +156,14 @@ def test_3d_volume_matches_outer_product():
 
 
 def test_shape_for_cell_paper_resolution(sheet):
-    assert shape_for_cell(sheet.cell) == (256, 246)  # ~0.05 A/px like the paper
+    assert shape_for_cell(sheet.cell) == (246, 256)  # ~0.05 A/px like the paper
     assert shape_for_cell((12.5, 13.0), pixel_size=12.5 / 256) == (256, 266)
     assert shape_for_cell(sheet, pixel_size=0.05, multiple_of=64) == (256, 256)
 
 
 # --------------------------------------------------------------------------- batch + files
 def test_render_many_and_progress(sheet, capsys):
-    other = hexagonal_sheet((3, 5))
+    other = hexagonal_sheet((5, 3))
     batch = render_many([sheet, other, (other.positions, other.numbers, other.cell)],
                         shape=(64, 64), progress=True)
     assert batch.shape == (3, 64, 64, 1)
