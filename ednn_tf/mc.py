@@ -563,3 +563,447 @@ def binder_crossing(T, u_small, u_large, u_star=BINDER_ISING_2D):
         if best is None or abs(uc - u_star) < abs(best[1] - u_star):
             best = (float(tc), float(uc))
     return None if best is None else best[0]
+
+
+# ================================================================================================
+# Atom moves: local energy differences and Metropolis Monte Carlo for atomic structures
+# (Sec. 3.4 / Fig. 13 of Mills et al. 2019). Everything below is independent of the lattice code
+# above except for ``TileIndex``, which supplies the tile windows.
+# ================================================================================================
+#: Boltzmann constant in eV/K (CODATA 2018, as ``ase.units.kB``).
+KB_EV_PER_K = 8.617333262e-5
+
+
+class AtomicLocalEnergy:
+    """EDNN energy of one atomic structure, with cheap energy changes of single-atom moves.
+
+    The image is eqn (2), ``V(r) = sum_i w_i exp(-|r - r_i|^2 / (2 gamma^2))`` (``w_i = Z_i`` or
+    one channel per element), rendered exactly as :func:`ednn_tf.render.render` (each Gaussian
+    truncated per axis at ``cutoff * gamma``). Moving atom ``i`` from ``r`` to ``r'`` changes only
+    the pixels of its two stamps: ``V' = V - w_i G(r) + w_i G(r')``, where ``G`` is non-zero on a
+    ``~2 cutoff gamma``-wide square around the atom. Only the tiles whose window (focus plus
+    context) contains one of those pixels change, so
+
+        dE = sum_{affected k} [ g(tile_k[V']) - g(tile_k[V]) ]                           (eV)
+
+    needs the sub-network on those tiles only; the old terms ``g(tile_k[V])`` come from a cache
+    of per-tile contributions. The image is kept in float64 (stamps are added and subtracted
+    there, so no float32 round-off accumulates); tiles are cast to the model's input dtype.
+
+    Parameters
+    ----------
+    model : ednn_tf.EDNN or path to a ``.keras`` file (2D model).
+    atoms : ase.Atoms with an orthorhombic cell (copied; the original is not changed).
+    shape : (nx, ny) image grid the model was trained with; multiples of the model's focus.
+    gamma : float, Gaussian width in Angstrom.
+    cutoff : float, truncation in units of gamma (as in training; default 6).
+    channels : optional element channels (as :func:`render.render`).
+
+    Energies are in the model's unit (eV); positions in Angstrom. A 2D model sees the projection
+    on the xy plane: z coordinates are carried along but do not change the energy.
+
+    Example::
+
+        le = AtomicLocalEnergy(model, atoms, shape=(128, 128))
+        dE = le.delta_energy(7, atoms.positions[7] + [0.05, -0.02, 0.0])
+        if accept: le.accept()        # otherwise le.reject() (or just propose another move)
+    """
+
+    def __init__(self, model, atoms, shape, gamma=None, cutoff=None, channels=None):
+        from ase import Atoms
+
+        from . import render as _render
+        from .calculator import _subnet_input, load_model
+
+        self.model = load_model(model)
+        if not isinstance(atoms, Atoms):
+            raise ValueError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
+        if len(atoms) == 0:
+            raise ValueError("atoms must contain at least one atom, got 0")
+        shape = _render._check_shape(shape)
+        if len(shape) != 2:
+            raise ValueError(f"AtomicLocalEnergy supports 2D images only, got shape={shape!r}")
+        self.focus, self.context = int(self.model.focus), int(self.model.context)
+        if any(n % self.focus for n in shape):
+            raise ValueError(f"image shape {shape} must be a multiple of the model's focus {self.focus}")
+        self.gamma = _render._check_positive(_render.DEFAULT_GAMMA if gamma is None else gamma, "gamma")
+        self.cutoff = _render._check_positive(_render.DEFAULT_CUTOFF if cutoff is None else cutoff, "cutoff")
+        self.channels = channels
+        self.shape = shape
+        self.lengths = _render.cell_lengths(atoms.cell.array, 2)
+        self.atoms = atoms.copy()
+        self.atoms.calc = None
+        numbers = _render._to_atomic_numbers(self.atoms.numbers, "atoms.numbers")
+        self._weights, _ = _render._channel_weights(numbers, channels)          # (N, C)
+        self.n_channels = self._weights.shape[1]
+        nd_model, c_model, self._input_dtype = _subnet_input(self.model)
+        if nd_model not in (None, 2):
+            raise ValueError(f"the model works on {nd_model}D tiles; AtomicLocalEnergy needs a 2D model")
+        if c_model is not None and c_model != self.n_channels:
+            raise ValueError(f"the model expects {c_model} channel(s) but channels={channels!r} gives "
+                             f"{self.n_channels}")
+        self._render = _render
+        self._R = self.cutoff * self.gamma
+
+        # tile windows from the shared tiling code; per-axis membership tables derived from them
+        self.index = TileIndex(shape, self.focus, self.context)
+        nx, ny = shape
+        ntx, nty = self.index.tile_grid
+        t = self.index.tile_size
+        win = self.index.windows.astype(np.int64)                                # (n_tiles, t, t)
+        self._windows = win
+        self._member_x = np.zeros((ntx, nx), bool)
+        self._member_y = np.zeros((nty, ny), bool)
+        for i in range(ntx):
+            self._member_x[i, win[i * nty, :, 0] // ny] = True
+        for j in range(nty):
+            self._member_y[j, win[j, 0, :] % ny] = True
+        self._tile_shape = (t, t, self.n_channels)
+
+        import tensorflow as tf
+
+        sub = self.model.subnet
+        dt = self._input_dtype
+        self._subnet_fn = tf.function(
+            lambda x: tf.reshape(tf.cast(sub(x, training=False), tf.float64), (-1,)),
+            input_signature=[tf.TensorSpec((None,) + self._tile_shape, dt)])
+        self._full_fn = tf.function(
+            lambda x: tf.cast(self.model.tile_contributions(x, training=False)[0], tf.float64),
+            input_signature=[tf.TensorSpec((1, nx, ny, self.n_channels), dt)])
+        self._pending = None
+        self.n_evaluated_tiles = 0
+        self.refresh()
+
+    # -- rendering helpers -------------------------------------------------------------------------
+    def _axis_stamp(self, coord, axis):
+        """Pixel indices (unique) and 1D Gaussian values of one atom along one axis."""
+        r = self._render
+        n, L = self.shape[axis], float(self.lengths[axis])
+        start, vals = r._axis_profiles(np.array([coord], np.float64), L, n, self.gamma, self._R)
+        W = vals.shape[1]
+        if W <= n:
+            return (int(start[0]) + np.arange(W)) % n, vals[0]
+        dense = r._dense_matrix(start, vals, n, np.float64)[0]      # window wraps: fold it
+        return np.arange(n), dense
+
+    def _stamp(self, i, position):
+        """``(ix, iy, block (Wx, Wy, C))``: atom ``i``'s Gaussian at ``position`` on its pixels."""
+        ix, gx = self._axis_stamp(position[0], 0)
+        iy, gy = self._axis_stamp(position[1], 1)
+        block = np.outer(gx, gy)[:, :, None] * self._weights[i][None, None, :]
+        return ix, iy, block
+
+    def _render_full(self):
+        return self._render.render(self.atoms, shape=self.shape, gamma=self.gamma, cutoff=self.cutoff,
+                                   channels=self.channels, dtype=np.float64)
+
+    def _tiles(self, flat_tiles):
+        """Tile contents ``(k, t, t, C)`` of the current image for flat tile indices."""
+        return self.image.reshape(-1, self.n_channels)[self._windows[flat_tiles]]
+
+    def _affected(self, ix_list, iy_list):
+        """Flat indices of the tiles whose window contains a pixel of any of the rectangles."""
+        mask = np.zeros(self.index.tile_grid, bool)
+        for ix, iy in zip(ix_list, iy_list):
+            mask |= np.outer(self._member_x[:, ix].any(axis=1), self._member_y[:, iy].any(axis=1))
+        return np.flatnonzero(mask.ravel())
+
+    def _check_move(self, i, new_position):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < len(self.atoms):
+            raise ValueError(f"atom index must be an integer in [0, {len(self.atoms)}), got {i!r}")
+        p = np.asarray(new_position, dtype=np.float64).ravel()
+        if p.shape[0] not in (2, 3) or not np.all(np.isfinite(p)):
+            raise ValueError(f"new_position must be 2 or 3 finite coordinates in Angstrom, got {new_position!r}")
+        full = self.atoms.positions[int(i)].copy()
+        full[:p.shape[0]] = p
+        return int(i), full
+
+    # -- public API --------------------------------------------------------------------------------
+    @property
+    def positions(self):
+        """Current positions ``(N, 3)`` in Angstrom (copy)."""
+        return self.atoms.positions.copy()
+
+    @property
+    def contributions(self):
+        """Cached per-tile energies ``(nx/f, ny/f)`` in eV (copy, float64)."""
+        return self._cache.copy()
+
+    @property
+    def energy(self):
+        """Total energy (eV) from the cached tile terms, summed in float64."""
+        return float(self._cache.sum())
+
+    def full_energy(self):
+        """Energy (eV) from a fresh render and a full model evaluation (the reference)."""
+        img = self._render_full()
+        return float(self._full_fn(img[None].astype(self._input_dtype)).numpy().sum())
+
+    def refresh(self):
+        """Re-render the image and re-evaluate every tile; returns the change of the total (eV),
+        i.e. the drift accumulated by incremental updates (round-off only)."""
+        old = getattr(self, "_cache", None)
+        self.image = self._render_full()
+        self._cache = self._full_fn(self.image[None].astype(self._input_dtype)).numpy()
+        self._pending = None
+        return 0.0 if old is None else float(self._cache.sum() - old.sum())
+
+    def affected_tiles(self, i, new_position):
+        """Tile-grid coordinates ``(k, 2)`` of the tiles that change when atom ``i`` moves."""
+        i, new = self._check_move(i, new_position)
+        ox, oy, _ = self._stamp(i, self.atoms.positions[i])
+        nx_, ny_, _ = self._stamp(i, new)
+        return self.index.tile_coords(self._affected((ox, nx_), (oy, ny_)))
+
+    def delta_energy(self, i, new_position):
+        """Energy change (eV, float64) of moving atom ``i`` to ``new_position`` (Angstrom; 2 or 3
+        coordinates, z kept if 2). The state is not changed; :meth:`accept` applies the move.
+
+        Re-renders only the atom's old and new Gaussian stamps and re-evaluates only the tiles
+        that contain one of their pixels (one batched sub-network call)."""
+        i, new = self._check_move(i, new_position)
+        old_stamp = self._stamp(i, self.atoms.positions[i])
+        new_stamp = self._stamp(i, new)
+        aff = self._affected((old_stamp[0], new_stamp[0]), (old_stamp[1], new_stamp[1]))
+        img = self.image
+        so = np.ix_(old_stamp[0], old_stamp[1])
+        sn = np.ix_(new_stamp[0], new_stamp[1])
+        saved_old = img[so].copy()
+        img[so] -= old_stamp[2]
+        saved_new = img[sn].copy()
+        img[sn] += new_stamp[2]
+        try:
+            tiles = self._tiles(aff).astype(self._input_dtype)
+        finally:                       # restore exactly, in reverse order (stamps may overlap)
+            img[sn] = saved_new
+            img[so] = saved_old
+        new_terms = self._subnet_fn(tiles).numpy()
+        self.n_evaluated_tiles += len(aff)
+        dE = float(np.sum(new_terms - self._cache.ravel()[aff]))
+        self._pending = (i, new, old_stamp, new_stamp, aff, new_terms, dE)
+        return dE
+
+    def accept(self):
+        """Apply the last proposed move (image, position, cached tile terms); returns its dE (eV)."""
+        if self._pending is None:
+            raise RuntimeError("accept() needs a move proposed by delta_energy() first")
+        i, new, old_stamp, new_stamp, aff, new_terms, dE = self._pending
+        img = self.image
+        img[np.ix_(old_stamp[0], old_stamp[1])] -= old_stamp[2]
+        img[np.ix_(new_stamp[0], new_stamp[1])] += new_stamp[2]
+        self.atoms.positions[i] = new
+        flat = self._cache.reshape(-1)
+        flat[aff] = new_terms
+        self._pending = None
+        return dE
+
+    def reject(self):
+        """Forget the last proposed move (calling it is optional)."""
+        self._pending = None
+
+    def move(self, i, new_position):
+        """Move atom ``i`` unconditionally; returns dE (eV)."""
+        self.delta_energy(i, new_position)
+        return self.accept()
+
+
+class AtomMetropolis:
+    """Metropolis Monte Carlo of single-atom displacements with an EDNN energy.
+
+    Each move picks an atom uniformly and displaces it by a vector uniform in
+    ``[-step, step]`` along each of ``axes`` (a symmetric proposal), and accepts with probability
+    ``min(1, exp(-dE / (k_B T)))`` with ``dE`` from :class:`AtomicLocalEnergy` (eV). A sweep is
+    ``N`` moves. The step can be tuned towards a target acceptance during equilibration
+    (:meth:`tune`); keep it fixed while sampling so that detailed balance holds.
+
+    Parameters
+    ----------
+    local : AtomicLocalEnergy
+    temperature : float, Kelvin (> 0).
+    step : float, maximum displacement per axis in Angstrom (> 0).
+    axes : axes that moves change (default (0, 1): in-plane, the axes a 2D model sees; moves
+        along z would cost no energy and random-walk).
+    seed : int, seed of the move generator.
+    """
+
+    def __init__(self, local, temperature, step=0.05, axes=(0, 1), seed=0):
+        if not isinstance(local, AtomicLocalEnergy):
+            raise ValueError(f"local must be an AtomicLocalEnergy, got {type(local).__name__}")
+        if not isinstance(temperature, (int, float, np.floating, np.integer)) or not temperature > 0 \
+                or not math.isfinite(temperature):
+            raise ValueError(f"temperature must be a positive number of Kelvin, got {temperature!r}")
+        self.local = local
+        self.temperature = float(temperature)
+        self.kT = KB_EV_PER_K * self.temperature
+        self.step = self._check_step(step)
+        axes = tuple(int(a) for a in axes)
+        if not axes or any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+            raise ValueError(f"axes must be distinct values in (0, 1, 2), got {axes!r}")
+        self.axes = axes
+        self.rng = np.random.default_rng(seed)
+        self.attempted = 0
+        self.accepted = 0
+
+    @staticmethod
+    def _check_step(step):
+        if isinstance(step, bool) or not isinstance(step, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(step) or step <= 0:
+            raise ValueError(f"step must be a positive number of Angstrom, got {step!r}")
+        return float(step)
+
+    @property
+    def acceptance(self):
+        """Accepted fraction of all moves attempted since construction (or the last reset)."""
+        return self.accepted / max(self.attempted, 1)
+
+    def reset_counters(self):
+        self.attempted = self.accepted = 0
+
+    def sweep(self, n_sweeps=1):
+        """``n_sweeps * N`` moves; returns the accepted fraction of these moves."""
+        if isinstance(n_sweeps, bool) or not isinstance(n_sweeps, (int, np.integer)) or n_sweeps < 0:
+            raise ValueError(f"n_sweeps must be an integer >= 0, got {n_sweeps!r}")
+        le, n = self.local, len(self.local.atoms)
+        acc = 0
+        moves = int(n_sweeps) * n
+        for _ in range(moves):
+            i = int(self.rng.integers(n))
+            new = le.atoms.positions[i].copy()
+            new[list(self.axes)] += self.rng.uniform(-self.step, self.step, len(self.axes))
+            dE = le.delta_energy(i, new)
+            if dE <= 0.0 or self.rng.random() < math.exp(-dE / self.kT):
+                le.accept()
+                acc += 1
+            else:
+                le.reject()
+        self.attempted += moves
+        self.accepted += acc
+        return acc / max(moves, 1)
+
+    def tune(self, n_sweeps, target=0.4, factor=1.25, progress=False, desc="MC tune"):
+        """Equilibrate ``n_sweeps`` sweeps, after each one scaling the step by ``factor`` up
+        (acceptance above ``target``) or down; returns the final step (Angstrom)."""
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"target acceptance must be in (0, 1), got {target!r}")
+        it = range(int(n_sweeps))
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(it, desc=desc, unit="sweep")
+        for _ in it:
+            acc = self.sweep(1)
+            self.step *= factor if acc > target else 1.0 / factor
+            if progress:
+                it.set_postfix(acceptance=f"{acc:.2f}", step=f"{self.step:.3f}", refresh=False)
+        return self.step
+
+    def run(self, n_sweeps, every=1, progress=False, desc="MC"):
+        """Sample ``n_sweeps`` sweeps at fixed step, recording after every ``every``-th.
+
+        Returns a dict: ``positions`` ``(n_records, N, 3)`` (Angstrom), ``energy``
+        ``(n_records,)`` (eV, from the cache), ``acceptance`` (fraction over the run), ``step``.
+        """
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        n_rec = int(n_sweeps) // int(every)
+        pos, energy = [], []
+        a0, m0 = self.accepted, self.attempted
+        it = range(n_rec)
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(it, desc=desc, unit="record")
+        for _ in it:
+            self.sweep(int(every))
+            pos.append(self.local.positions)
+            energy.append(self.local.energy)
+            if progress:
+                it.set_postfix(acceptance=f"{(self.accepted - a0) / max(self.attempted - m0, 1):.2f}",
+                               refresh=False)
+        rest = int(n_sweeps) - n_rec * int(every)
+        if rest:
+            self.sweep(rest)
+        n_at = len(self.local.atoms)
+        return {"positions": np.array(pos).reshape(-1, n_at, 3), "energy": np.array(energy, np.float64),
+                "acceptance": (self.accepted - a0) / max(self.attempted - m0, 1), "step": self.step}
+
+
+def radial_distribution(frames, cell, r_max=6.0, n_bins=240, in_plane=True):
+    """Radial distribution function g(r) of periodic frames, averaged over frames.
+
+    Parameters
+    ----------
+    frames : array ``(n_frames, N, 3)`` or ``(N, 3)`` of positions (Angstrom), or a list of ase.Atoms.
+    cell : orthorhombic cell (lengths or 3x3 matrix, Angstrom); periodic along x and y.
+    r_max : float, largest distance (Angstrom); periodic images out to ``r_max`` are included,
+        so it may exceed half the cell.
+    n_bins : int, number of bins on ``[0, r_max]``.
+    in_plane : bool
+        True (default, for 2D sheets): distances in the xy plane and the 2D normalisation
+        ``g(r) = n(r) / (N rho_A 2 pi r dr)`` with ``rho_A = N / (Lx Ly)`` atoms per A^2.
+        False: 3D distances (the cell is still periodic in x, y only) with the same areal
+        normalisation, i.e. g is then a pair density per unit area of the sheet.
+
+    Returns ``(r, g)``: bin centres and g(r), float64 ``(n_bins,)``.
+    """
+    from . import render as _render
+
+    if isinstance(frames, (list, tuple)) and frames and hasattr(frames[0], "positions"):
+        frames = np.array([a.positions for a in frames])
+    x = np.asarray(frames, np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[2] != 3 or x.shape[1] < 2:
+        raise ValueError(f"frames must be (n_frames, N >= 2, 3) positions, got shape {x.shape}")
+    r_max = _render._check_positive(r_max, "r_max")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    L = _render.cell_lengths(cell, 2)
+    n_atoms = x.shape[1]
+    edges = np.linspace(0.0, r_max, int(n_bins) + 1)
+    ka, kb = int(math.ceil(r_max / L[0])), int(math.ceil(r_max / L[1]))
+    shifts = np.array([(a * L[0], b * L[1], 0.0) for a in range(-ka, ka + 1) for b in range(-kb, kb + 1)])
+    counts = np.zeros(int(n_bins), np.float64)
+    iu = ~np.eye(n_atoms, dtype=bool)
+    for pos in x:
+        d = pos[None, :, :] - pos[:, None, :]                                  # (N, N, 3)
+        d[..., :2] -= L * np.round(d[..., :2] / L)                            # minimum image in-plane
+        if in_plane:
+            d[..., 2] = 0.0
+        for s in shifts:
+            r = np.sqrt(((d + s) ** 2).sum(-1))
+            r = r[iu] if not s.any() else r.ravel()                          # no self-distance
+            counts += np.histogram(r[r < r_max], bins=edges)[0]
+    rho = n_atoms / (L[0] * L[1])
+    shell = np.pi * (edges[1:] ** 2 - edges[:-1] ** 2)
+    g = counts / (len(x) * n_atoms * rho * shell)
+    return 0.5 * (edges[1:] + edges[:-1]), g
+
+
+def rdf_peaks(r, g, n_peaks=3, smooth=1.0, min_height=0.5):
+    """Positions (Angstrom) of the first ``n_peaks`` maxima of g(r), in increasing r.
+
+    ``g`` is smoothed with a Gaussian of ``smooth`` bins, local maxima higher than ``min_height``
+    and separated by a dip below 90 % of the lower neighbouring peak are kept, and each position
+    is refined by a parabola through the three bins at the maximum. Missing peaks are NaN.
+    """
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
+    if r.shape != g.shape or r.ndim != 1 or r.size < 3:
+        raise ValueError(f"r and g must be 1D arrays of equal length >= 3, got {r.shape} and {g.shape}")
+    gs = gaussian_filter1d(g, smooth) if smooth > 0 else g
+    idx, props = find_peaks(gs, height=min_height, prominence=0.1 * max(float(gs.max()), 1e-12))
+    out = []
+    dr = r[1] - r[0]
+    for k in idx[:n_peaks]:
+        if 0 < k < len(r) - 1:
+            y0, y1, y2 = gs[k - 1], gs[k], gs[k + 1]
+            den = y0 - 2 * y1 + y2
+            off = 0.5 * (y0 - y2) / den if den != 0 else 0.0
+            out.append(float(r[k] + np.clip(off, -1, 1) * dr))
+        else:
+            out.append(float(r[k]))
+    return np.array(out + [np.nan] * (n_peaks - len(out)))
+
+
+__all__ += ["KB_EV_PER_K", "AtomicLocalEnergy", "AtomMetropolis", "radial_distribution", "rdf_peaks"]

