@@ -143,6 +143,8 @@ def parse_args(argv=None):
         raise SystemExit("transfer/timing sizes and counts must be >= 1")
     if max(cfg["transfer_counts"], default=0) > n_test:
         raise SystemExit(f"transfer counts {cfg['transfer_counts']} exceed the {n_test} test structures")
+    if args.blur_widths is None:   # preset widths that fit a changed --context
+        cfg["blur_widths"] = tuple(w for w in cfg["blur_widths"] if w <= cfg["context"])
     if any(w < 0 or w > cfg["context"] for w in cfg["blur_widths"]):
         raise SystemExit(f"--blur-widths must lie in 0..context={cfg['context']}, got {cfg['blur_widths']}")
     if args.oracle_threads < 1 or args.workers < 1:

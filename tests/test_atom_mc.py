@@ -1,0 +1,189 @@
+"""Atom-move Monte Carlo with an EDNN: local dE from the affected tiles equals the full difference."""
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from ednn_tf import EDNN, networks
+from ednn_tf.mc import AtomicLocalEnergy, AtomMetropolis, radial_distribution, rdf_peaks
+from ednn_tf.render import render
+from ednn_tf.structures import hexagonal_cell
+
+SHAPE = (64, 64)
+FOCUS, CONTEXT = 16, 8
+
+
+def _smooth_subnet(t, dtype, seed=1):
+    init = lambda k: keras.initializers.GlorotUniform(seed=seed + k)  # noqa: E731
+    inp = keras.Input((t, t, 1), dtype=dtype)
+    h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(0))(inp)
+    h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(1))(h)
+    out = keras.layers.Dense(1, dtype=dtype, kernel_initializer=init(2))(keras.layers.Flatten(dtype=dtype)(h))
+    return keras.Model(inp, out)
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float64"), FOCUS, CONTEXT, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def model32():
+    sub = networks.paper_cnn(FOCUS + 2 * CONTEXT, width=0.125, dense=16, seed=3)
+    return EDNN(keras.Model(sub.input, keras.layers.Rescaling(100.0)(sub.output)), FOCUS, CONTEXT)
+
+
+def _cell(seed=0):
+    a = hexagonal_cell("graphene", seed=seed, rattle=0.05)
+    a.positions[0, :2] = [0.05, 0.10]          # stamps wrap around both periodic boundaries
+    a.positions[1, :2] = [12.45, 6.0]
+    return a
+
+
+def _full(model, atoms, dtype):
+    """Reference: full numpy render + full model evaluation, float64 sum of the tiles."""
+    img = render(atoms, shape=SHAPE, gamma=0.2, cutoff=6.0, dtype=np.float64)[None].astype(dtype)
+    return float(np.asarray(model.tile_contributions(img), np.float64).sum())
+
+
+def _moves(rng, atoms, n):
+    """Random moves, including ones that cross the periodic boundary."""
+    out = [(0, atoms.positions[0] + [-0.12, -0.2, 0.0]),      # across x = 0 and y = 0
+           (1, atoms.positions[1] + [0.15, 0.05, 0.0])]       # across x = Lx
+    for _ in range(n):
+        i = int(rng.integers(len(atoms)))
+        out.append((i, atoms.positions[i] + np.r_[rng.uniform(-0.4, 0.4, 2), 0.0]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_local_delta_equals_full_rerender(model64, model32, dtype):
+    model = model64 if dtype == "float64" else model32
+    rng = np.random.default_rng(1)
+    atoms = _cell()
+    le = AtomicLocalEnergy(model, atoms, SHAPE, gamma=0.2, cutoff=6.0)
+    e_ref = _full(model, atoms, dtype)
+    scale = float(np.abs(le.contributions).sum())
+    tol = 1e-11 * scale if dtype == "float64" else 3e-6 * scale
+    assert le.energy == pytest.approx(e_ref, abs=tol)
+    changed = 0.0
+    for k, (i, new) in enumerate(_moves(rng, atoms, 10)):
+        dE = le.delta_energy(i, new)
+        before = le.atoms.copy()
+        after = before.copy()
+        after.positions[i] = new
+        ref = _full(model, after, dtype) - _full(model, before, dtype)
+        assert dE == pytest.approx(ref, abs=tol), (k, i)
+        changed = max(changed, abs(ref))
+        if k % 2 == 0:                 # accept every other move: the cache must follow
+            le.accept()
+            assert le.energy == pytest.approx(_full(model, le.atoms, dtype), abs=tol)
+        else:
+            le.reject()
+    assert changed > 100 * tol         # the moves change the energy: the check is not vacuous
+    assert abs(le.refresh()) <= tol    # incremental image == fresh render (round-off only)
+
+
+def test_only_affected_tiles_change(model64):
+    atoms = _cell()
+    le = AtomicLocalEnergy(model64, atoms, SHAPE, gamma=0.2, cutoff=6.0)
+    i, new = 0, atoms.positions[0] + [-0.3, 0.2, 0.0]
+    aff = {tuple(t) for t in le.affected_tiles(i, new)}
+    before = le.contributions
+    le.move(i, new)
+    le.refresh()
+    diff = np.abs(le.contributions - before) > 1e-13
+    changed = {tuple(t) for t in np.argwhere(diff)}
+    assert changed and changed <= aff          # every changed tile was re-evaluated
+    assert len(aff) < before.size              # ... and not every tile is affected
+
+
+def test_reject_keeps_state(model64):
+    le = AtomicLocalEnergy(model64, _cell(), SHAPE)
+    img, pos, e = le.image.copy(), le.positions, le.energy
+    le.delta_energy(5, pos[5] + [0.2, 0.1, 0.0])
+    le.reject()
+    assert np.array_equal(le.image, img) and np.array_equal(le.positions, pos) and le.energy == e
+    with pytest.raises(RuntimeError, match="delta_energy"):
+        le.accept()
+
+
+def test_bad_input(model64):
+    atoms = _cell()
+    with pytest.raises(ValueError, match="multiple of the model's focus"):
+        AtomicLocalEnergy(model64, atoms, (60, 64))
+    with pytest.raises(ValueError, match="2D"):
+        AtomicLocalEnergy(model64, atoms, (64, 64, 64))
+    with pytest.raises(ValueError, match="ase.Atoms"):
+        AtomicLocalEnergy(model64, atoms.positions, SHAPE)
+    skew = atoms.copy()
+    skew.cell[1, 0] = 1.0
+    with pytest.raises(ValueError, match="orthorhombic"):
+        AtomicLocalEnergy(model64, skew, SHAPE)
+    le = AtomicLocalEnergy(model64, atoms, SHAPE)
+    with pytest.raises(ValueError, match="got 60"):
+        le.delta_energy(60, [0, 0, 0])
+    with pytest.raises(ValueError, match="nan"):
+        le.delta_energy(3, [np.nan, 0.0])
+    with pytest.raises(ValueError, match="temperature"):
+        AtomMetropolis(le, -5.0)
+    with pytest.raises(ValueError, match="step"):
+        AtomMetropolis(le, 1000.0, step=0.0)
+
+
+def test_metropolis_runs_and_cache_stays_exact(model64):
+    le = AtomicLocalEnergy(model64, _cell(), SHAPE)
+    mc = AtomMetropolis(le, temperature=1000.0, step=0.05, seed=0)
+    step = mc.tune(2, target=0.4)
+    assert step > 0 and step != 0.05
+    rec = mc.run(2, every=1)
+    assert rec["positions"].shape == (2, 60, 3) and rec["energy"].shape == (2,)
+    assert 0.0 < rec["acceptance"] < 1.0
+    assert np.array_equal(rec["positions"][-1, :, 2], _cell().positions[:, 2])   # in-plane moves only
+    assert le.energy == pytest.approx(le.full_energy(), abs=1e-10 * np.abs(le.contributions).sum())
+
+
+def test_radial_distribution_of_lattice_and_ideal_gas():
+    a = hexagonal_cell("graphene", seed=0, rattle=0.0)           # a = 2.50 A: bond 1.443 A
+    r, g = radial_distribution(a.positions, a.cell, r_max=6.0, n_bins=300)
+    peaks = rdf_peaks(r, g, n_peaks=3, smooth=0.0)
+    np.testing.assert_allclose(peaks, [2.5 / np.sqrt(3), 2.5, 5.0 / np.sqrt(3)], atol=0.02)
+    # coordination: integral of rho g(r) 2 pi r dr up to 1.7 A is 3 for graphene
+    rho = len(a) / (a.cell[0, 0] * a.cell[1, 1])
+    dr = r[1] - r[0]
+    assert np.sum(rho * g[r < 1.7] * 2 * np.pi * r[r < 1.7] * dr) == pytest.approx(3.0, rel=1e-6)
+    # uniform random points: g(r) = 1 (beyond r_max = half the cell, periodic images included)
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 1, (400, 30, 3)) * [10.0, 11.0, 0.0]
+    r, g = radial_distribution(frames, [10.0, 11.0, 20.0], r_max=8.0, n_bins=16)
+    np.testing.assert_allclose(g, 1.0, atol=0.08)
+    with pytest.raises(ValueError, match="r_max"):
+        radial_distribution(frames, [10.0, 11.0, 20.0], r_max=-1.0)
+
+
+def test_speedup_vs_full_evaluation(capsys):
+    """Report the time of a local dE against a full render + evaluation (timings, not asserted
+    beyond a sanity margin: the machine is shared). 2 x 2 cells of the hexagonal 'cpu' setting."""
+    f, c, px = 32, 16, 128
+    model = EDNN(networks.paper_cnn(f + 2 * c, width=0.25, dense=64, seed=0), f, c)
+    atoms = hexagonal_cell("graphene", seed=0).repeat((2, 2, 1))
+    shape = (2 * px, 2 * px)
+    le = AtomicLocalEnergy(model, atoms, shape)
+    rng = np.random.default_rng(0)
+    moves = [(int(i), le.positions[i] + np.r_[rng.uniform(-0.1, 0.1, 2), 0]) for i in rng.integers(240, size=12)]
+    le.delta_energy(*moves[0])
+    le.full_energy()
+    t0 = time.perf_counter()
+    for m in moves:
+        le.delta_energy(*m)
+    t_local = (time.perf_counter() - t0) / len(moves)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        le.full_energy()
+    t_full = (time.perf_counter() - t0) / 3
+    with capsys.disabled():
+        print(f"\n[atom MC] 240 atoms, {shape} grid, f={f} c={c}: local dE {1e3 * t_local:.1f} ms, "
+              f"full {1e3 * t_full:.1f} ms, speed-up {t_full / t_local:.1f}x "
+              f"({le.n_evaluated_tiles / (len(moves) + 1):.1f} of {le.index.n_tiles} tiles per move)")
+    assert t_local < t_full
