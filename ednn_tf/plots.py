@@ -180,3 +180,40 @@ def blur_curves(area, edge, centre, path, focus_fraction=None, ylabel="MAE", xla
 
 
 __all__ += ["transfer_and_timing", "blur_curves"]
+
+
+# ------------------------------------------------------------------------------------------------
+# porous graphene (Fig. 7)
+# ------------------------------------------------------------------------------------------------
+def porous_parity(image, extent, true, pred, path, title=None, color=None, label=None):
+    """Fig. 7 analogue. Left: an example input image (``image[ix, iy]``, row = x, ``extent`` =
+    (0, Lx, 0, Ly) in A); (a) predicted vs true energy per area in eV/A^2; (b) error (predicted - true)
+    in meV/A^2 vs true. ``true``/``pred`` are energies per cell area in eV/A^2."""
+    true, pred = np.asarray(true, float).ravel(), np.asarray(pred, float).ravel()
+    err = 1e3 * (pred - true)
+    fig, (im, a, b) = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1.1, 1.1]})
+    im.imshow(np.asarray(image)[..., 0].T if np.ndim(image) == 3 else np.asarray(image).T, origin="lower",
+              extent=extent, cmap="magma")
+    im.set_xlabel("x [A]")
+    im.set_ylabel("y [A]")
+    im.set_title("example input V(x, y)")
+    kw = dict(s=4, alpha=0.6, c=color, cmap="viridis" if color is not None else None)
+    sc = a.scatter(true, pred, **kw)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    a.set_xlabel("true E / A [eV/A^2]")
+    a.set_ylabel("predicted E / A [eV/A^2]")
+    a.set_title("(a) predicted vs true")
+    b.scatter(true, err, **kw)
+    b.axhline(0, color="k", lw=0.8)
+    b.set_xlabel("true E / A [eV/A^2]")
+    b.set_ylabel("error (predicted - true) [meV/A^2]")
+    b.set_title(f"(b) error; median |err| = {np.median(np.abs(err)):.3g} meV/A^2")
+    if color is not None:
+        fig.colorbar(sc, ax=[a, b], label=label or "")
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+__all__ += ["porous_parity"]

@@ -390,9 +390,17 @@ def main(argv=None):
         if name == "cnn" and "cnn" in args.skip:
             continue
         model_path = os.path.join(args.out, f"{name}.keras")
+        info_path = os.path.join(args.out, f"{name}.train.json")
         if os.path.exists(model_path):
             print(f"{name}: reusing {model_path}")
             model = keras.models.load_model(model_path)
+            if os.path.exists(info_path):
+                with open(info_path) as fh:
+                    results["train_seconds"][name] = json.load(fh)["seconds"]
+            log = os.path.join(args.out, f"train_{name}", "log.csv")
+            if os.path.exists(log):
+                hist = np.genfromtxt(log, delimiter=",", names=True)
+                histories[name] = np.atleast_1d(hist["loss"]).tolist()
         else:
             lr = cfg["lr"]
             if cfg["lr_decay"]:
@@ -406,6 +414,8 @@ def main(argv=None):
             results["train_seconds"][name] = time.time() - t0
             histories[name] = hist.history["loss"]
             training.save_model_atomic(model, model_path)
+            write_json_atomic({"seconds": results["train_seconds"][name], "epochs": cfg["epochs"],
+                               "note": "wall seconds of the last (possibly resumed) training session"}, info_path)
         models[name] = model
         t0 = time.perf_counter()
         if name == "ednn":
