@@ -251,7 +251,7 @@ class EDNNCalculator(Calculator):
             def run(pos):
                 total, contrib = energy(pos)
                 return total, contrib, tf.zeros_like(pos)
-        fn = tf.function(run, input_signature=spec)
+        fn = tf.function(run, input_signature=spec, autograph=False)
         self._functions[key] = fn
         while len(self._functions) > self._max_cached:
             self._functions.popitem(last=False)

@@ -602,6 +602,11 @@ class AtomicLocalEnergy:
     Energies are in the model's unit (eV); positions in Angstrom. A 2D model sees the projection
     on the xy plane: z coordinates are carried along but do not change the energy.
 
+    Attributes: ``atoms`` (current structure), ``image`` (``(nx, ny, C)`` float64, the current
+    rendered image), ``index`` (the ``TileIndex`` of the grid), ``n_evaluated_tiles`` (sub-network
+    evaluations so far, for cost accounting). ``energy``, ``contributions`` and ``positions`` are
+    read-only views of the state.
+
     Example::
 
         le = AtomicLocalEnergy(model, atoms, shape=(128, 128))
@@ -666,10 +671,10 @@ class AtomicLocalEnergy:
         dt = self._input_dtype
         self._subnet_fn = tf.function(
             lambda x: tf.reshape(tf.cast(sub(x, training=False), tf.float64), (-1,)),
-            input_signature=[tf.TensorSpec((None,) + self._tile_shape, dt)])
+            input_signature=[tf.TensorSpec((None,) + self._tile_shape, dt)], autograph=False)
         self._full_fn = tf.function(
             lambda x: tf.cast(self.model.tile_contributions(x, training=False)[0], tf.float64),
-            input_signature=[tf.TensorSpec((1, nx, ny, self.n_channels), dt)])
+            input_signature=[tf.TensorSpec((1, nx, ny, self.n_channels), dt)], autograph=False)
         self._pending = None
         self.n_evaluated_tiles = 0
         self.refresh()
@@ -880,18 +885,20 @@ class AtomMetropolis:
         self.accepted += acc
         return acc / max(moves, 1)
 
-    def tune(self, n_sweeps, target=0.4, factor=1.25, progress=False, desc="MC tune"):
+    def tune(self, n_sweeps, target=0.4, factor=1.25, max_step=0.5, progress=False, desc="MC tune"):
         """Equilibrate ``n_sweeps`` sweeps, after each one scaling the step by ``factor`` up
-        (acceptance above ``target``) or down; returns the final step (Angstrom)."""
+        (acceptance above ``target``) or down, never beyond ``max_step`` (Angstrom; a flat energy
+        would otherwise grow it without bound); returns the final step (Angstrom)."""
         if not 0.0 < target < 1.0:
             raise ValueError(f"target acceptance must be in (0, 1), got {target!r}")
+        max_step = self._check_step(max_step)
         it = range(int(n_sweeps))
         if progress:
             from tqdm.auto import tqdm
             it = tqdm(it, desc=desc, unit="sweep")
         for _ in it:
             acc = self.sweep(1)
-            self.step *= factor if acc > target else 1.0 / factor
+            self.step = min(max_step, self.step * (factor if acc > target else 1.0 / factor))
             if progress:
                 it.set_postfix(acceptance=f"{acc:.2f}", step=f"{self.step:.3f}", refresh=False)
         return self.step
@@ -981,9 +988,10 @@ def radial_distribution(frames, cell, r_max=6.0, n_bins=240, in_plane=True):
 def rdf_peaks(r, g, n_peaks=3, smooth=1.0, min_height=0.5):
     """Positions (Angstrom) of the first ``n_peaks`` maxima of g(r), in increasing r.
 
-    ``g`` is smoothed with a Gaussian of ``smooth`` bins, local maxima higher than ``min_height``
-    and separated by a dip below 90 % of the lower neighbouring peak are kept, and each position
-    is refined by a parabola through the three bins at the maximum. Missing peaks are NaN.
+    ``g`` is smoothed with a Gaussian of ``smooth`` bins (0: none); local maxima higher than
+    ``min_height`` with a prominence of at least 10 % of the highest value are kept (this drops
+    noise wiggles), and each position is refined by a parabola through the three bins at the
+    maximum. Missing peaks are NaN.
     """
     from scipy.ndimage import gaussian_filter1d
     from scipy.signal import find_peaks

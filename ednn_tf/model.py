@@ -112,7 +112,7 @@ class EDNN(keras.Model):
             raise ValueError(f"input must be finite numbers (dtype {x.dtype}); found NaN/inf or non-numeric data")
         out = np.empty(len(x), dtype=np.float64)
         for lo in range(0, len(x), int(batch_size)):
-            contrib = self.tile_contributions(tf.convert_to_tensor(x[lo:lo + batch_size], tf.float32))
+            contrib = self.tile_contributions(tf.convert_to_tensor(x[lo:lo + batch_size], self.compute_dtype))
             c = np.asarray(contrib, dtype=np.float64)
             out[lo:lo + batch_size] = c.reshape(len(c), -1).sum(axis=1)
         return out

@@ -19,6 +19,9 @@ Steps (every one cached or resumable; rerunning the same command continues where
    ``E = s * mean_tiles(raw) + E0`` (tile value ``s/n raw + E0/n``; the plain CNN is one tile), with
    ``E0`` the mean training energy and ``s`` the training standard deviation. ``E0/n`` is a constant
    per tile, i.e. per area, so the EDNN stays extensive on bigger inputs. Loss: MSE in eV^2.
+   With ``--augment 1`` (cpu preset) every training image is randomly translated by whole pixels
+   (periodically) and mirrored along x and/or y: exact symmetries, the label is unchanged. Without
+   it the 800-structure cpu training set is memorised (train RMSE 19 eV, validation 48 eV).
 3. test: MAE in meV/A^2 (paper's unit) and meV/atom for both; ratio CNN/EDNN (paper: 2.25).
 4. transfer: test cells rebuilt unrattled, repeated k x k and *independently* re-rattled with the
    cell's own rattle sigma (genuinely new structures), labelled by the oracle (serial, timed),
@@ -59,18 +62,18 @@ PRESETS = {
     # GFN1-xTB labels of 26,449 cells take ~2 core-hours, the transfer labels (4x4 = 960 atoms,
     # ~4 min each on one core) ~1 hour.
     "paper": dict(n_structures=26449, n_train=18515, n_val=2645, grid=256, focus=64, context=32, width=1.0,
-                  dense=1024, batch_size=100, lr=1e-5, lr_decay=False, epochs=500, oracle="gfn1-xtb",
+                  dense=1024, batch_size=100, lr=1e-5, lr_decay=False, epochs=500, augment=False, oracle="gfn1-xtb",
                   transfer_sizes=(1, 2, 3, 4), transfer_counts=(5, 20, 10, 5), timing_sizes=(1, 2, 4, 8, 16),
                   blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16, 24, 32), n_blur=1000),
     # The same cell and the same physical focus/context (3.1 / 1.6 A wide) on a coarser 128 x 128
     # grid (0.1 A/px), the same 13-conv + 2-dense CNN at a quarter of the filters and dense 256.
     "cpu": dict(n_structures=1000, n_train=800, n_val=100, grid=128, focus=32, context=16, width=0.25,
-                dense=256, batch_size=16, lr=1e-3, lr_decay=True, epochs=100, oracle="gfn1-xtb",
+                dense=256, batch_size=16, lr=1e-3, lr_decay=True, epochs=100, augment=True, oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3, 4), transfer_counts=(3, 3, 1, 1), timing_sizes=(1, 2, 4, 8, 16),
                 blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8, 12, 16), n_blur=None),
     # Seconds, for tests of the script itself: a cheap empirical oracle and a tiny grid.
     "tiny": dict(n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
-                 batch_size=4, lr=1e-3, lr_decay=False, epochs=2, oracle="tersoff-bnc",
+                 batch_size=4, lr=1e-3, lr_decay=False, epochs=2, augment=True, oracle="tersoff-bnc",
                  transfer_sizes=(1, 2), transfer_counts=(2, 2), timing_sizes=(1, 2, 4),
                  blur_sigma=0.4, blur_widths=(0, 1, 2, 4), n_blur=None),
 }
@@ -100,6 +103,8 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--lr-decay", type=int, choices=(0, 1), help="cosine-decay the step 100x over training")
+    ap.add_argument("--augment", type=int, choices=(0, 1),
+                    help="random periodic translations and mirrors of the training images (1) or not (0)")
     ap.add_argument("--transfer-sizes", type=int, nargs="*", help="supercell sizes k (k x k cells) to label")
     ap.add_argument("--transfer-counts", type=int, nargs="*", help="structures per transfer size")
     ap.add_argument("--timing-sizes", type=int, nargs="*", help="k of the k x k repeats timed with the EDNN")
@@ -288,6 +293,26 @@ def build_models(cfg, e0, scale, seed):
     return ednn, plain
 
 
+def periodic_augment(x, y, seed=0):
+    """Random whole-pixel periodic translation and random mirror along each image axis, per sample.
+
+    Both are exact symmetries of a labelled periodic cell (the image of the translated / mirrored
+    structure; the energy is unchanged), so ``y`` is passed through. ``x`` is a ``(B, H, W, C)``
+    tensor; every sample gets its own shifts and mirrors (one gather per axis).
+    """
+    import tensorflow as tf
+
+    out = x
+    for axis in (1, 2):
+        n = tf.shape(x)[axis]
+        b = tf.shape(x)[0]
+        shift = tf.random.uniform((b, 1), 0, n, dtype=tf.int32, seed=seed + axis)
+        sign = 2 * tf.random.uniform((b, 1), 0, 2, dtype=tf.int32, seed=seed + 10 + axis) - 1
+        idx = tf.math.floormod(sign * tf.range(n)[None, :] + shift, n)
+        out = tf.gather(out, idx, axis=axis, batch_dims=1)
+    return out, y
+
+
 def errors(true_ev, pred_ev, n_atoms, areas):
     from ednn_tf.metrics import extensive_errors
 
@@ -407,6 +432,8 @@ def main(argv=None):
                 lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg["epochs"] * steps_per_epoch, alpha=0.01)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
             ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=seed)
+            if cfg["augment"]:
+                ds = ds.map(lambda x, y: periodic_augment(x, y, seed))
             val = data.h5_dataset(path, batch_size=64, indices=val_idx)
             t0 = time.time()
             hist = training.fit(model, ds, epochs=cfg["epochs"], workdir=os.path.join(args.out, f"train_{name}"),

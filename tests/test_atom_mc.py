@@ -14,9 +14,9 @@ SHAPE = (64, 64)
 FOCUS, CONTEXT = 16, 8
 
 
-def _smooth_subnet(t, dtype, seed=1):
+def _smooth_subnet(t, dtype, seed=1, channels=1):
     init = lambda k: keras.initializers.GlorotUniform(seed=seed + k)  # noqa: E731
-    inp = keras.Input((t, t, 1), dtype=dtype)
+    inp = keras.Input((t, t, channels), dtype=dtype)
     h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(0))(inp)
     h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(1))(h)
     out = keras.layers.Dense(1, dtype=dtype, kernel_initializer=init(2))(keras.layers.Flatten(dtype=dtype)(h))
@@ -83,6 +83,28 @@ def test_local_delta_equals_full_rerender(model64, model32, dtype):
             le.reject()
     assert changed > 100 * tol         # the moves change the energy: the check is not vacuous
     assert abs(le.refresh()) <= tol    # incremental image == fresh render (round-off only)
+
+
+def test_element_channels():
+    """One channel per element (h-BN, channels B and N): stamps go to the atom's own channel."""
+    model = EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float64", seed=7, channels=2), FOCUS, CONTEXT, dtype="float64")
+    atoms = hexagonal_cell("hbn", seed=2, rattle=0.05)
+    le = AtomicLocalEnergy(model, atoms, SHAPE, channels=["B", "N"])
+    rng = np.random.default_rng(3)
+
+    def full(a):
+        img = render(a, shape=SHAPE, channels=["B", "N"], dtype=np.float64)[None]
+        return float(np.asarray(model.tile_contributions(img)).sum())
+
+    for i in (0, 1, 17, 40):       # both elements
+        new = le.positions[i] + np.r_[rng.uniform(-0.3, 0.3, 2), 0.0]
+        after = le.atoms.copy()
+        after.positions[i] = new
+        ref = full(after) - full(le.atoms)
+        assert le.delta_energy(i, new) == pytest.approx(ref, abs=1e-11)
+        le.accept()
+    with pytest.raises(ValueError, match="channel"):
+        AtomicLocalEnergy(model, atoms, SHAPE)          # the model wants 2 channels
 
 
 def test_only_affected_tiles_change(model64):
@@ -163,8 +185,9 @@ def test_radial_distribution_of_lattice_and_ideal_gas():
 
 
 def test_speedup_vs_full_evaluation(capsys):
-    """Report the time of a local dE against a full render + evaluation (timings, not asserted
-    beyond a sanity margin: the machine is shared). 2 x 2 cells of the hexagonal 'cpu' setting."""
+    """Report the time of a local dE against a full render + evaluation (median seconds; not
+    asserted beyond a sanity margin: the machine is shared). 2 x 2 cells of the hexagonal 'cpu'
+    setting (0.1 A pixels, gamma 0.2 A, f = 32, c = 16)."""
     f, c, px = 32, 16, 128
     model = EDNN(networks.paper_cnn(f + 2 * c, width=0.25, dense=64, seed=0), f, c)
     atoms = hexagonal_cell("graphene", seed=0).repeat((2, 2, 1))
@@ -174,16 +197,50 @@ def test_speedup_vs_full_evaluation(capsys):
     moves = [(int(i), le.positions[i] + np.r_[rng.uniform(-0.1, 0.1, 2), 0]) for i in rng.integers(240, size=12)]
     le.delta_energy(*moves[0])
     le.full_energy()
-    t0 = time.perf_counter()
-    for m in moves:
-        le.delta_energy(*m)
-    t_local = (time.perf_counter() - t0) / len(moves)
-    t0 = time.perf_counter()
-    for _ in range(3):
-        le.full_energy()
-    t_full = (time.perf_counter() - t0) / 3
+
+    def median_seconds(fn, items):
+        times = []
+        for it in items:
+            t0 = time.perf_counter()
+            fn(it)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    n0 = le.n_evaluated_tiles
+    t_local = median_seconds(lambda m: le.delta_energy(*m), moves)
+    tiles_per_move = (le.n_evaluated_tiles - n0) / len(moves)
+    t_full = median_seconds(lambda _: le.full_energy(), range(5))
     with capsys.disabled():
         print(f"\n[atom MC] 240 atoms, {shape} grid, f={f} c={c}: local dE {1e3 * t_local:.1f} ms, "
               f"full {1e3 * t_full:.1f} ms, speed-up {t_full / t_local:.1f}x "
-              f"({le.n_evaluated_tiles / (len(moves) + 1):.1f} of {le.index.n_tiles} tiles per move)")
+              f"({tiles_per_move:.1f} of {le.index.n_tiles} tiles per move)")
+    assert tiles_per_move < le.index.n_tiles / 4
     assert t_local < t_full
+
+
+def test_graphene_mc_script_tiny(tmp_path):
+    """Smoke test of experiments/graphene_mc.py (tiny preset): results, plot, cached rerun."""
+    import importlib.util
+    import json
+    import os
+
+    from ednn_tf import oracles
+
+    if not oracles.available_oracles().get("rebo"):
+        pytest.skip("the tiny preset needs the REBO oracle (lammps)")
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "graphene_mc.py")
+    spec = importlib.util.spec_from_file_location("graphene_mc", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = str(tmp_path / "out")
+    res = script.main(["--preset", "tiny", "--out", out, "--no-progress"])
+    with open(os.path.join(out, "results.json")) as fh:
+        saved = json.load(fh)
+    assert os.path.isfile(os.path.join(out, "gr.png")) and os.path.isfile(os.path.join(out, "ednn.json"))
+    assert len(saved["gr"]["peaks_md_A"]) == 3 and len(saved["gr"]["peak_difference_A"]) == 3
+    assert abs(saved["gr"]["peaks_md_A"][0] - 1.44) < 0.05          # C-C bond of the a = 2.50 A cell
+    for key in ("ednn_full_calculator_s", "ednn_local_dE_s", "oracle_energy_s"):
+        assert saved["timing"][key] > 0
+    assert 0 <= saved["mc"]["acceptance"] <= 1
+    again = script.main(["--preset", "tiny", "--out", out, "--no-progress"])   # reuses md/model/mc
+    assert again["gr"]["peaks_mc_A"].tolist() == res["gr"]["peaks_mc_A"].tolist()

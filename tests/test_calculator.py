@@ -13,10 +13,10 @@ SHAPE = (64, 64)          # 0.195 x 0.203 A pixels over the 12.50 x 12.99 A cell
 FOCUS, CONTEXT = 16, 8    # 32 x 32 tiles, 4 x 4 of them
 
 
-def _smooth_subnet(t, dtype, seed=1):
+def _smooth_subnet(t, dtype, seed=1, channels=1):
     """A small conv net with tanh (smooth everywhere, so finite differences converge cleanly)."""
     init = lambda k: keras.initializers.GlorotUniform(seed=seed + k)  # noqa: E731
-    inp = keras.Input((t, t, 1), dtype=dtype)
+    inp = keras.Input((t, t, channels), dtype=dtype)
     h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(0))(inp)
     h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(1))(h)
     h = keras.layers.Flatten(dtype=dtype)(h)
@@ -103,6 +103,24 @@ def test_energy_equals_predict_total_of_numpy_render(model32, model64, atoms, cu
         assert tiles.shape == (SHAPE[0] // FOCUS, SHAPE[1] // FOCUS)
         assert tiles.sum() == pytest.approx(e, rel=1e-12, abs=1e-12)
         assert calc.get_property("free_energy", atoms) == e
+
+
+def test_element_channels_energy_and_forces():
+    """channels=["B", "N"]: a 2-channel model on h-BN; energy as the numpy path, forces as FD."""
+    model = EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float64", seed=9, channels=2), FOCUS, CONTEXT,
+                 dtype="float64")
+    atoms = hexagonal_cell("hbn", seed=1, rattle=0.06)
+    calc = EDNNCalculator(model, shape=SHAPE, channels=["B", "N"], cutoff=6.0)
+    img = render(atoms, shape=SHAPE, channels=["B", "N"], dtype=np.float64)[None]
+    assert calc.get_potential_energy(atoms) == pytest.approx(float(model(img).numpy()[0, 0]), rel=1e-10)
+    smooth = EDNNCalculator(model, shape=SHAPE, channels=["B", "N"])
+    f = smooth.get_forces(atoms)
+    pairs = [(0, 0), (1, 1), (30, 0)]
+    np.testing.assert_allclose([f[i, a] for i, a in pairs], _fd_forces(smooth, atoms, pairs, 1e-5), atol=1e-7)
+    carbon = atoms.copy()
+    carbon.numbers[0] = 6
+    with pytest.raises(ValueError, match="not in channels"):
+        calc.get_potential_energy(carbon)
 
 
 def test_translation_by_tile_stride_is_a_symmetry(calc64, atoms):

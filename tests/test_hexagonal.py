@@ -118,6 +118,24 @@ def test_predict_with_blur_limits(small_ednn):
         blur.predict_with_blur(small_ednn, x[:, :12], np.ones((t, t), bool), sigma=1.0)
 
 
+def test_periodic_augment_is_a_translation_and_mirror_of_each_image():
+    import tensorflow as tf
+    mod = _script()
+    rng = np.random.default_rng(2)
+    x = rng.random((6, 12, 10, 2)).astype(np.float32)
+    y = rng.random((6, 1)).astype(np.float32)
+    xa, ya = mod.periodic_augment(tf.constant(x), tf.constant(y), seed=4)
+    xa = xa.numpy()
+    np.testing.assert_array_equal(ya.numpy(), y)
+    changed = 0
+    for k in range(len(x)):
+        images = [np.roll(x[k][::sx, ::sy], (dx, dy), axis=(0, 1))
+                  for sx in (1, -1) for sy in (1, -1) for dx in range(12) for dy in range(10)]
+        assert any(np.array_equal(im, xa[k]) for im in images), k
+        changed += not np.array_equal(xa[k], x[k])
+    assert changed >= 4     # per-sample random transforms
+
+
 # ------------------------------------------------------------------------------------------------
 # transfer structures
 # ------------------------------------------------------------------------------------------------
