@@ -424,6 +424,18 @@ def main(argv=None):
     kinds = meta["kind"][test_idx]
     carbon = np.array([np.mean(a.numbers == 6) for a in load_structures(path, test_idx)])
 
+    # reference points that need no network: the training mean, and a least-squares fit of the energy
+    # on the element counts (B, C, N, ...) -- information the networks must find in the images themselves
+    counts = data.read_arrays(path, ["numbers"])["numbers"]
+    elements = [z for z in np.unique(counts) if z > 0]
+    F = np.stack([(counts == z).sum(axis=1) for z in elements] + [np.ones(N)], axis=1).astype(np.float64)
+    coef = np.linalg.lstsq(F[train_idx], E_all[train_idx], rcond=None)[0]
+    results["baselines"] = {
+        "training_mean": errors(y_test, np.full(len(y_test), e0), n_test_atoms, a_test),
+        "composition_linear": {**errors(y_test, F[test_idx] @ coef, n_test_atoms, a_test),
+                               "eV_per_atom": {int(z): float(c) for z, c in zip(elements, coef)},
+                               "constant_eV": float(coef[-1])}}
+
     # ------------------------------------------------------------ 2. train (resumable)
     ednn, plain = build_models(cfg, e0, scale, seed)
     steps_per_epoch = -(-len(train_idx) // cfg["batch_size"])

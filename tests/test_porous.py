@@ -221,6 +221,41 @@ def test_tiny_preset_resumes_without_recomputing(tiny_run):
     assert again["test"]["eV"]["median_abs_error"] == pytest.approx(res["test"]["eV"]["median_abs_error"], rel=1e-6)
 
 
+def test_augmentations_are_exact_symmetries_of_the_rendered_structure():
+    """A periodic pixel shift and an axis reversal of the image are the images of the translated and
+    the mirrored structure, and the augmented batches are such images of the originals."""
+    import tensorflow as tf
+
+    atoms = _small_sheet()
+    n = (24, 16)
+    L = np.diag(atoms.cell)[:2]
+    x = render.render(atoms, shape=n)
+    moved = atoms.copy()
+    moved.positions[:, :2] += np.array([5 * L[0] / n[0], 3 * L[1] / n[1]])
+    np.testing.assert_allclose(np.roll(x, (5, 3), axis=(0, 1)), render.render(moved, shape=n), atol=1e-5)
+    mirrored = atoms.copy()
+    mirrored.positions[:, 0] = (n[0] - 1) * L[0] / n[0] - atoms.positions[:, 0]
+    np.testing.assert_allclose(x[::-1], render.render(mirrored, shape=n), atol=1e-5)
+
+    batch = np.stack([x, 2 * x]).astype(np.float32)
+    ds = tf.data.Dataset.from_tensors((batch, np.array([[1.0], [2.0]], np.float32))).repeat(6)
+    out = list(_script().augment_symmetries(ds, seed=0).as_numpy_iterator())
+    seen = set()
+    for xb, yb in out:
+        np.testing.assert_array_equal(yb, [[1.0], [2.0]])
+        for img, ref in zip(xb, batch):
+            hits = [(dx, dy, fx, fy) for fx in (0, 1) for fy in (0, 1) for dx in range(n[0]) for dy in range(n[1])
+                    if np.array_equal(img, _flip(np.roll(ref, (dx, dy), axis=(0, 1)), fx, fy))]
+            assert hits, "augmented image is not a shift/mirror of the original"
+            seen.add(hits[0])
+    assert len(seen) > 2                                    # it does vary
+
+
+def _flip(img, fx, fy):
+    img = img[::-1] if fx else img
+    return img[:, ::-1] if fy else img
+
+
 def test_script_argument_checks():
     mod = _script()
     with pytest.raises(SystemExit, match="multiple of 12"):
