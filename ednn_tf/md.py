@@ -46,7 +46,6 @@ import os
 import pickle
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -376,14 +375,6 @@ def _run_one(oracle, packed, seed, settings, store_forces):
     return out
 
 
-_WORKER_BOOT = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('_ednn_tf_md_worker', sys.argv[1])\n"
-    "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod\n"
-    "spec.loader.exec_module(mod); mod._worker_main()\n"
-)
-
-
 def _worker_main():  # runs in a worker subprocess: pickled messages over stdin/stdout
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
     out = os.fdopen(os.dup(1), "wb")
@@ -413,39 +404,9 @@ def _worker_main():  # runs in a worker subprocess: pickled messages over stdin/
         out.flush()
 
 
-class _Worker:
-    def __init__(self, threads):
-        env = os.environ.copy()
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(threads)
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
-
-    def send(self, msg):
-        pickle.dump(msg, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self.proc.stdin.flush()
-
-    def recv(self):
-        try:
-            return pickle.load(self.proc.stdout)
-        except (EOFError, pickle.UnpicklingError):
-            return ("died", None, f"worker process exited with code {self.proc.wait()}")
-
-    def close(self, kill=False):
-        if self.proc.poll() is None:
-            try:
-                if kill:
-                    self.proc.kill()
-                else:
-                    self.send(("stop",))
-                    self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _Worker(threads):
+    """One MD worker subprocess running this file's ``_worker_main`` (see ``oracles.PickleWorker``)."""
+    return _oracles_module().PickleWorker(__file__, "_ednn_tf_md_worker", threads)
 
 
 # --------------------------------------------------------------------------------------------

@@ -657,27 +657,24 @@ def _cpu_count():
 
 _WORKER_BOOT = (
     "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('_ednn_tf_oracle_worker', sys.argv[1])\n"
+    "spec = importlib.util.spec_from_file_location(sys.argv[2], sys.argv[1])\n"
     "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod\n"
     "spec.loader.exec_module(mod); mod._worker_main()\n"
 )
 
 
-class _Worker:
-    """One labelling subprocess. It loads this file by path (not the ``ednn_tf`` package, so no
-    TensorFlow import) and exchanges pickles over its stdin/stdout."""
+class PickleWorker:
+    """A worker subprocess that loads one module *by file path* (not the ``ednn_tf`` package, so no
+    TensorFlow import), runs its ``_worker_main()`` and exchanges pickles over stdin/stdout.
+    Shared by the labelling pool here and the MD pool in ``md.py``."""
 
-    def __init__(self, oracle: Oracle, threads: int):
+    def __init__(self, module_file: str, module_name: str, threads: int):
         env = os.environ.copy()
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__)],
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, os.path.abspath(module_file), module_name],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                      start_new_session=True)
-        try:
-            self.send(("init", oracle.name, oracle.settings, oracle.runtime))
-        except (BrokenPipeError, OSError):
-            pass  # the process died at start-up; recv() reports its exit code
 
     def send(self, msg):
         pickle.dump(msg, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
@@ -705,6 +702,17 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class _Worker(PickleWorker):
+    """One labelling subprocess (this file's ``_worker_main``), initialised with the oracle."""
+
+    def __init__(self, oracle: Oracle, threads: int):
+        super().__init__(__file__, "_ednn_tf_oracle_worker", threads)
+        try:
+            self.send(("init", oracle.name, oracle.settings, oracle.runtime))
+        except (BrokenPipeError, OSError):
+            pass  # the process died at start-up; recv() reports its exit code
 
 
 def _worker_main():  # runs in the worker subprocess
