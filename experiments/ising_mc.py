@@ -139,7 +139,8 @@ def plot(results, cfg, onsager, tc_exact, path):
     axes[1, 1].legend(fontsize=7)
     for ax in axes[1]:
         ax.set_xlabel("T [J / k_B]")
-    fig.suptitle(f"Metropolis with the EDNN energy vs the exact Ising Hamiltonian ({cfg['preset']} preset)")
+    fig.suptitle(f"Metropolis with the EDNN energy vs the exact Ising Hamiltonian "
+                 f"({cfg['preset']} preset, {cfg['burn']} + {cfg['sweeps']} sweeps, {cfg['replicas']} replicas)")
     return plots.save(fig, path)
 
 
