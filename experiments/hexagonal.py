@@ -2,7 +2,7 @@
 sheets (Fig. 5), transfer of the EDNN to larger sheets with time vs size (Fig. 9), and the blur
 study (Fig. 6).
 
-    python experiments/hexagonal.py                    # cpu preset (~25 min on 2 shared cores)
+    python experiments/hexagonal.py                    # cpu preset (~30 min on 2 shared cores)
     python experiments/hexagonal.py --preset paper     # the paper's grid/network/budget (GPU)
     python experiments/hexagonal.py --preset tiny      # seconds, for tests (Tersoff oracle)
     python experiments/hexagonal.py --epochs 200 --out results/hex200
@@ -68,9 +68,11 @@ PRESETS = {
                   blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16, 24, 32), n_blur=1000),
     # The same cell and the same physical focus/context (3.1 / 1.6 A wide) on a coarser 128 x 128
     # grid (0.1 A/px), the same 13-conv + 2-dense CNN at a quarter of the filters and dense 256.
+    # Transfer stops at 3x3 (~520 atoms, 45-130 s of GFN1-xTB); a 4x4 cell (~930 atoms) takes 6 min on
+    # a quiet core and 30+ min on a loaded one: add it with --transfer-sizes 1 2 3 4 --transfer-counts 3 3 1 1.
     "cpu": dict(n_structures=1000, n_train=800, n_val=100, grid=128, focus=32, context=16, width=0.25,
                 dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=False, oracle="gfn1-xtb",
-                transfer_sizes=(1, 2, 3, 4), transfer_counts=(3, 3, 1, 1), timing_sizes=(1, 2, 4, 8, 16),
+                transfer_sizes=(1, 2, 3), transfer_counts=(3, 3, 1), timing_sizes=(1, 2, 4, 8, 16),
                 blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8, 12, 16), n_blur=None),
     # Seconds, for tests of the script itself: a cheap empirical oracle and a tiny grid.
     "tiny": dict(n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
