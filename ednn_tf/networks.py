@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 
 
-__all__ = ["ising_dense", "paper_cnn", "plain_cnn", "PAPER_CNN_LAYERS"]
+__all__ = ["ising_dense", "paper_cnn", "plain_cnn", "PAPER_CNN_LAYERS", "INITIALIZERS"]
 
 #: The paper's 13 convolutions as (filters, kernel, stride): 2 reducing 3x3/64/s2, 6 non-reducing
 #: 4x4/16/s1, one reducing 3x3/64/s2, 4 non-reducing 3x3/32/s1 (Sec. 2.1).
@@ -38,37 +38,56 @@ def ising_dense(tile_size: int, channels: int = 1, seed: int | None = None, name
     return keras.Model(inp, out, name=name)
 
 
-def _cnn(input_shape, width=1.0, dense=1024, layers=PAPER_CNN_LAYERS, seed=None, name="paper_cnn"):
+#: Kernel initialisers of the CNN builders. ``"glorot"`` (Keras' default, uniform) keeps the
+#: signal's variance only for linear layers: through the 13 ReLU convolutions of the paper CNN it
+#: shrinks by ~2x per layer, and a fresh network's output barely depends on its input.
+#: ``"he"`` (normal, std sqrt(2 / fan_in)) preserves it through ReLUs (He et al. 2015).
+INITIALIZERS = {"glorot": keras.initializers.GlorotUniform, "he": keras.initializers.HeNormal}
+
+
+def _initializer(kind, seed):
+    if kind not in INITIALIZERS:
+        raise ValueError(f"initializer must be one of {sorted(INITIALIZERS)}, got {kind!r}")
+    return INITIALIZERS[kind](seed=seed)
+
+
+def _cnn(input_shape, width=1.0, dense=1024, layers=PAPER_CNN_LAYERS, seed=None, name="paper_cnn",
+         initializer="glorot"):
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width!r}")
+    _initializer(initializer, None)  # validate before building
+    init = lambda k: _initializer(initializer, None if seed is None else seed + k)  # noqa: E731
     inp = keras.Input(input_shape, name="tile")
     h = inp
     for k, (filters, kernel, stride) in enumerate(layers):
         h = keras.layers.Conv2D(max(1, int(round(filters * width))), kernel, strides=stride, padding="same",
                                 activation="relu",
-                                kernel_initializer=keras.initializers.GlorotUniform(seed=None if seed is None else seed + k),
-                                name=f"conv{k + 1}")(h)
+                                kernel_initializer=init(k), name=f"conv{k + 1}")(h)
     h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(max(1, int(round(dense))), activation="relu", name="dense1")(h)
-    out = keras.layers.Dense(1, name="tile_value")(h)
+    n = len(layers)
+    h = keras.layers.Dense(max(1, int(round(dense))), activation="relu", kernel_initializer=init(n),
+                           name="dense1")(h)
+    out = keras.layers.Dense(1, kernel_initializer=init(n + 1), name="tile_value")(h)
     return keras.Model(inp, out, name=name)
 
 
 def paper_cnn(tile_size: int, channels: int = 1, width: float = 1.0, dense: int = 1024, seed: int | None = None,
-              name="paper_cnn"):
+              name="paper_cnn", initializer: str = "glorot"):
     """The paper's DFT CNN on one ``t x t`` tile: 13 ReLU convolutions (``PAPER_CNN_LAYERS``), Dense
     ``dense`` (1024) with ReLU, Dense 1 linear. ``width`` scales every filter count (1.0 = paper),
     for the narrower CPU presets of the same shape. Three stride-2 layers reduce ``t`` by 8.
+    ``initializer``: ``"glorot"`` (Keras default) or ``"he"`` for every kernel (see ``INITIALIZERS``;
+    use ``"he"`` for narrow networks, whose Glorot output is nearly input-independent). Biases are 0.
     """
     _check_tile(tile_size, channels)
-    return _cnn((tile_size, tile_size, channels), width, dense, seed=seed, name=name)
+    return _cnn((tile_size, tile_size, channels), width, dense, seed=seed, name=name, initializer=initializer)
 
 
 def plain_cnn(height: int, width_px: int | None = None, channels: int = 1, width: float = 1.0, dense: int = 1024,
-              seed: int | None = None, name="plain_cnn"):
+              seed: int | None = None, name="plain_cnn", initializer: str = "glorot"):
     """The non-EDNN baseline: the same CNN applied to the whole ``height x width_px`` image at once
     (one output, no tiling, fixed input size), as in the paper's comparison (Fig. 5)."""
     width_px = height if width_px is None else width_px
     _check_tile(height, channels)
     _check_tile(width_px, channels)
-    return _cnn((height, width_px, channels), width, dense, seed=seed, name=name)
+    return _cnn((height, width_px, channels), width, dense, seed=seed, name=name, initializer=initializer)

@@ -15,14 +15,23 @@ Steps (every one cached or resumable; rerunning the same command continues where
    ``grid x grid`` image and written to ``data/`` (X, Y [eV], and per-sample cell, atomic numbers,
    positions, kind, generator info so the images can be re-rendered).
 2. models: the EDNN (paper CNN on f + 2c tiles) and the plain CNN on the whole image, same split,
-   epochs, batch and optimiser. Targets: both networks end in the same fixed affine map to eV,
-   ``E = s * mean_tiles(raw) + E0`` (tile value ``s/n raw + E0/n``; the plain CNN is one tile), with
-   ``E0`` the mean training energy and ``s`` the training standard deviation. ``E0/n`` is a constant
-   per tile, i.e. per area, so the EDNN stays extensive on bigger inputs. Loss: MSE in eV^2.
+   epochs, batch, optimiser and the same fixed output map to eV (MSE loss in eV^2):
+   ``E = s * mean_tiles(raw) + E0 [+ sum_p alpha_p * sum_pixels(x^p)]``; each tile adds
+   ``s/n raw + E0/n [+ sum_p alpha_p sum_focus(x^p)]`` (the plain CNN is one tile, its focus the
+   whole image). ``E0/n`` is a constant per tile, i.e. per area, and the moment term is a sum over
+   pixels, so the EDNN stays extensive on bigger inputs.
+   * ``--baseline none`` (paper preset): ``E0`` = mean training energy, ``s`` = its std.
+   * ``--baseline moments`` (cpu, tiny): ``alpha_p`` and ``E0`` by least squares of the training
+     energies on ``sum(x^p)``, p = 1, 2, 3, and ``s`` = std of the residual. For well-separated atoms
+     ``sum(x^p) = (I/p) sum_i Z_i^p``, so p = 1..3 identify the B, C and N counts from the image
+     itself: a per-element reference energy that uses nothing but the input (no atom counts are
+     passed in). The networks learn what composition does not explain (166 -> 10 eV std here).
+   * ``--init he`` (cpu, tiny) draws the CNN kernels He-normal (``networks.paper_cnn(initializer=)``):
+     with Glorot kernels a fresh narrow network's output barely depends on its input.
    ``--augment 1`` randomly translates every training image by whole pixels (periodically) and
    mirrors it along x and/or y: exact symmetries, the label is unchanged. It is off in the cpu
-   preset: all cells share one lattice registry, and with the registry randomised the narrow CNN
-   collapsed to a constant output within the first epochs (3 seeds, He init, with/without warm-up).
+   preset (all cells share one lattice registry; with it randomised, learning is much slower, and
+   with Glorot kernels and no moment term the narrow CNN collapsed to a constant output).
 3. test: MAE in meV/A^2 (paper's unit) and meV/atom for both; ratio CNN/EDNN (paper: 2.25).
 4. transfer: test cells rebuilt unrattled, repeated k x k and *independently* re-rattled with the
    cell's own rattle sigma (genuinely new structures), labelled by the oracle (serial, timed),
@@ -63,7 +72,8 @@ PRESETS = {
     # GFN1-xTB labels of 26,449 cells take ~2 core-hours, the transfer labels (4x4 = 960 atoms,
     # ~4 min each on one core) ~1 hour.
     "paper": dict(n_structures=26449, n_train=18515, n_val=2645, grid=256, focus=64, context=32, width=1.0,
-                  dense=1024, batch_size=100, lr=1e-5, lr_decay=False, warmup_epochs=0, epochs=500, augment=False, oracle="gfn1-xtb",
+                  dense=1024, batch_size=100, lr=1e-5, lr_decay=False, warmup_epochs=0, epochs=500, augment=False, baseline="none", moments=(1, 2, 3), init="glorot",
+                  oracle="gfn1-xtb",
                   transfer_sizes=(1, 2, 3, 4), transfer_counts=(5, 20, 10, 5), timing_sizes=(1, 2, 4, 8, 16),
                   blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16, 24, 32), n_blur=1000),
     # The same cell and the same physical focus/context (3.1 / 1.6 A wide) on a coarser 128 x 128
@@ -71,12 +81,14 @@ PRESETS = {
     # Transfer stops at 3x3 (~520 atoms, 45-130 s of GFN1-xTB); a 4x4 cell (~930 atoms) takes 6 min on
     # a quiet core and 30+ min on a loaded one: add it with --transfer-sizes 1 2 3 4 --transfer-counts 3 3 1 1.
     "cpu": dict(n_structures=1000, n_train=800, n_val=100, grid=128, focus=32, context=16, width=0.25,
-                dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=False, oracle="gfn1-xtb",
+                dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=False, baseline="moments", moments=(1, 2, 3),
+                init="he", oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3), transfer_counts=(3, 3, 1), timing_sizes=(1, 2, 4, 8, 16),
                 blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8, 12, 16), n_blur=None),
     # Seconds, for tests of the script itself: a cheap empirical oracle and a tiny grid.
     "tiny": dict(n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
-                 batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=1, epochs=2, augment=True, oracle="tersoff-bnc",
+                 batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=1, epochs=2, augment=True, baseline="moments", moments=(1, 2, 3),
+                 init="he", oracle="tersoff-bnc",
                  transfer_sizes=(1, 2), transfer_counts=(2, 2), timing_sizes=(1, 2, 4),
                  blur_sigma=0.4, blur_widths=(0, 1, 2, 4), n_blur=None),
 }
@@ -106,6 +118,10 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--lr-decay", type=int, choices=(0, 1), help="cosine-decay the step 100x over training")
+    ap.add_argument("--baseline", choices=("moments", "none"),
+                    help="fixed image-moment term sum_p alpha_p sum(x^p) in both models (moments) or only E0 (none)")
+    ap.add_argument("--moments", type=int, nargs="+", help="powers p of the image-moment term (default 1 2 3)")
+    ap.add_argument("--init", choices=("he", "glorot"), help="CNN kernel initialiser (networks.INITIALIZERS)")
     ap.add_argument("--warmup-epochs", type=int, help="linear warm-up of the step from lr/100 over these epochs")
     ap.add_argument("--augment", type=int, choices=(0, 1),
                     help="random periodic translations and mirrors of the training images (1) or not (0)")
@@ -274,28 +290,82 @@ def label_timed(structs, oracle, path, progress=True, desc="labelling"):
 # ------------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------------
-def to_ev(raw_model, scale, offset, name):
-    """``raw_model`` followed by the fixed affine map ``raw * scale + offset`` (eV)."""
+def to_ev(raw_model, scale, offset, name, moments=None, crop=0):
+    """``raw_model`` followed by the fixed affine map ``raw * scale + offset`` (eV), plus, with
+    ``moments = {p: alpha_p}``, the fixed term ``sum_p alpha_p * sum(x**p)`` over the input's central
+    region (``crop`` pixels removed on each side: the focus of an EDNN tile)."""
     import keras
 
     out = keras.layers.Rescaling(float(scale), offset=float(offset), name="to_eV")(raw_model.output)
-    return keras.Model(raw_model.input, out, name=name)
+    if moments:
+        x = keras.layers.Cropping2D(crop, name="focus")(raw_model.input) if crop else raw_model.input
+        feats = []
+        for p in sorted(moments):
+            xp = x if p == 1 else keras.layers.Multiply(name=f"x_pow{p}")([x] * p)
+            feats.append(keras.layers.GlobalAveragePooling2D(name=f"mean_x_pow{p}")(xp))
+        cat = keras.layers.Concatenate(name="moments")(feats) if len(feats) > 1 else feats[0]
+        term = keras.layers.Dense(1, use_bias=False, trainable=False, name="moments_eV")(cat)
+        out = keras.layers.Add(name="tile_eV")([out, term])
+    model = keras.Model(raw_model.input, out, name=name)
+    if moments:
+        h, w = (int(d) - 2 * crop for d in raw_model.input.shape[1:3])
+        model.get_layer("moments_eV").set_weights([np.array([[moments[p] * h * w] for p in sorted(moments)])])
+    return model
 
 
-def build_models(cfg, e0, scale, seed):
-    """The EDNN and the plain CNN, both ending in the same map to eV (see the module docstring)."""
+def learned_part(ednn):
+    """The EDNN without its fixed moment term (``to_ev(..., moments)``): same focus, context and
+    weights, tile value ``s/n raw + E0/n``. Returns ``ednn`` itself if it has no moment term."""
+    import keras
+
+    from ednn_tf import EDNN
+
+    sub = ednn.subnet
+    if "moments_eV" not in [layer.name for layer in sub.layers]:
+        return ednn
+    core = keras.Model(sub.input, sub.get_layer("to_eV").output, name=sub.name + "_learned")
+    return EDNN(core, focus=ednn.focus, context=ednn.context)
+
+
+def moment_features(X, powers, batch=256):
+    """``sum(X**p)`` per image for each power (float64), ``(N, len(powers))``."""
+    out = np.empty((len(X), len(powers)))
+    for lo in range(0, len(X), batch):
+        x = np.asarray(X[lo:lo + batch], np.float64)
+        out[lo:lo + batch] = np.stack([(x ** p).sum(axis=(1, 2, 3)) for p in powers], axis=1)
+    return out
+
+
+def fit_target_map(E, F=None, powers=()):
+    """The fixed part of both models: ``E0`` (constant per training cell), the moment coefficients
+    ``alpha_p`` (least squares of E on ``[F, 1]``, or none) and ``scale`` = std of what the CNN learns."""
+    E = np.asarray(E, np.float64)
+    if powers:
+        A = np.column_stack([F, np.ones(len(E))])
+        coef = np.linalg.lstsq(A, E, rcond=None)[0]
+        alphas, e0 = {int(p): float(a) for p, a in zip(powers, coef[:-1])}, float(coef[-1])
+        resid = E - A @ coef
+    else:
+        alphas, e0, resid = {}, float(E.mean()), E - E.mean()
+    return {"E0_eV": e0, "moment_coefficients": alphas, "scale_eV": float(resid.std()) or 1.0,
+            "train_residual_mae_eV": float(np.mean(np.abs(resid)))}
+
+
+def build_models(cfg, tmap, seed):
+    """The EDNN and the plain CNN, both ending in the same fixed map to eV (see the module docstring)."""
     import keras
 
     from ednn_tf import EDNN, networks
 
     f, c, n = cfg["focus"], cfg["context"], cfg["grid"]
     n_tiles = (n // f) ** 2
+    e0, scale, alphas = tmap["E0_eV"], tmap["scale_eV"], {int(k): v for k, v in tmap["moment_coefficients"].items()}
     keras.utils.set_random_seed(seed)
-    sub = networks.paper_cnn(f + 2 * c, width=cfg["width"], dense=cfg["dense"], seed=seed)
-    ednn = EDNN(to_ev(sub, scale / n_tiles, e0 / n_tiles, "paper_cnn_eV"), focus=f, context=c)
+    sub = networks.paper_cnn(f + 2 * c, width=cfg["width"], dense=cfg["dense"], seed=seed, initializer=cfg["init"])
     keras.utils.set_random_seed(seed + 1)
-    plain = to_ev(networks.plain_cnn(n, n, width=cfg["width"], dense=cfg["dense"], seed=seed + 1),
-                  scale, e0, "plain_cnn_eV")
+    cnn = networks.plain_cnn(n, n, width=cfg["width"], dense=cfg["dense"], seed=seed + 1, initializer=cfg["init"])
+    ednn = EDNN(to_ev(sub, scale / n_tiles, e0 / n_tiles, "paper_cnn_eV", alphas, crop=c), focus=f, context=c)
+    plain = to_ev(cnn, scale, e0, "plain_cnn_eV", alphas)
     return ednn, plain
 
 
@@ -413,17 +483,25 @@ def main(argv=None):
                           "energy_eV": {"min": float(E_all.min()), "max": float(E_all.max()),
                                         "std": float(E_all.std())}}
 
-    # the fixed affine map to eV: E0 = mean training energy (all training cells have the same area),
-    # s = training standard deviation; applied identically to both networks
-    e0 = float(E_all[train_idx].mean())
-    scale = float(E_all[train_idx].std()) or 1.0
-    results["target_map"] = {"E0_eV": e0, "scale_eV": scale, "E0_per_area_eV_per_A2": e0 / float(areas_all[0]),
-                             "note": "E = scale * mean_over_tiles(raw) + E0 * area / cell_area"}
+    # the fixed part of both models (identical for the two): E0 per training cell, optionally the
+    # image-moment term sum_p alpha_p sum(x^p) (least squares on the training images), and the scale of
+    # what the networks learn
+    powers = tuple(cfg["moments"]) if cfg["baseline"] == "moments" else ()
+    F_train = None
+    if powers:
+        X_h5 = data.read_arrays(path, ["X"], indices=train_idx)["X"]
+        F_train = moment_features(X_h5, powers)
+        del X_h5
+    tmap = fit_target_map(E_all[train_idx], F_train, powers)
+    results["target_map"] = {**tmap, "baseline": cfg["baseline"], "init": cfg["init"],
+                             "E0_per_area_eV_per_A2": tmap["E0_eV"] / float(areas_all[0]),
+                             "note": "E = scale * mean_over_tiles(raw) + E0 * area / cell_area "
+                                     "+ sum_p alpha_p * sum_pixels(x^p)"}
 
     test = data.read_arrays(path, ["X", "Y"], indices=test_idx)
     x_test, y_test = test["X"].astype(np.float32), test["Y"][:, 0]
     a_test, n_test_atoms = areas_all[test_idx], n_atoms_all[test_idx]
-    kinds = meta["kind"][test_idx]
+    kinds = np.array([k.decode() if isinstance(k, bytes) else str(k) for k in meta["kind"][test_idx]])
     carbon = np.array([np.mean(a.numbers == 6) for a in load_structures(path, test_idx)])
 
     # reference points that need no network: the training mean, and a least-squares fit of the energy
@@ -433,13 +511,13 @@ def main(argv=None):
     F = np.stack([(counts == z).sum(axis=1) for z in elements] + [np.ones(N)], axis=1).astype(np.float64)
     coef = np.linalg.lstsq(F[train_idx], E_all[train_idx], rcond=None)[0]
     results["baselines"] = {
-        "training_mean": errors(y_test, np.full(len(y_test), e0), n_test_atoms, a_test),
+        "training_mean": errors(y_test, np.full(len(y_test), E_all[train_idx].mean()), n_test_atoms, a_test),
         "composition_linear": {**errors(y_test, F[test_idx] @ coef, n_test_atoms, a_test),
                                "eV_per_atom": {int(z): float(c) for z, c in zip(elements, coef)},
                                "constant_eV": float(coef[-1])}}
 
     # ------------------------------------------------------------ 2. train (resumable)
-    ednn, plain = build_models(cfg, e0, scale, seed)
+    ednn, plain = build_models(cfg, tmap, seed)
     steps_per_epoch = -(-len(train_idx) // cfg["batch_size"])
     histories, models, preds = {}, {}, {}
     results.setdefault("train_seconds", {})
@@ -457,7 +535,9 @@ def main(argv=None):
             log = os.path.join(args.out, f"train_{name}", "log.csv")
             if os.path.exists(log):
                 hist = np.genfromtxt(log, delimiter=",", names=True)
-                histories[name] = np.atleast_1d(hist["loss"]).tolist()
+                histories[f"{name} train"] = np.atleast_1d(hist["loss"]).tolist()
+                if "val_loss" in hist.dtype.names:
+                    histories[f"{name} validation"] = np.atleast_1d(hist["val_loss"]).tolist()
         else:
             lr = make_schedule(cfg, steps_per_epoch)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
@@ -469,7 +549,8 @@ def main(argv=None):
             hist = training.fit(model, ds, epochs=cfg["epochs"], workdir=os.path.join(args.out, f"train_{name}"),
                                 validation_data=val, progress=progress, desc=name.upper())
             results["train_seconds"][name] = time.time() - t0
-            histories[name] = hist.history["loss"]
+            histories[f"{name} train"] = hist.history["loss"]
+            histories[f"{name} validation"] = hist.history.get("val_loss", [])
             training.save_model_atomic(model, model_path)
             write_json_atomic({"seconds": results["train_seconds"][name], "epochs": cfg["epochs"],
                                "note": "wall seconds of the last (possibly resumed) training session"}, info_path)
@@ -576,6 +657,9 @@ def main(argv=None):
             print(f"EDNN {k}x{k}: {len(big)} atoms, {k * n}^2 px, {min(reps):.3f} s "
                   f"(render {t_render:.3f} s); pred/k^2 - pred(cell) = {pk / k ** 2 - p1:+.2e} eV")
         tr["ednn_time_exponent"] = fit_exponent(timing["n_atoms"], timing["inference_seconds"])
+        # small inputs are dominated by fixed per-call overhead: the slope of the three largest sizes
+        tr["ednn_time_exponent_largest3"] = fit_exponent(timing["n_atoms"][-3:], timing["inference_seconds"][-3:])
+        tr["ednn_seconds_per_tile_largest"] = timing["inference_seconds"][-1] / timing["tiles"][-1]
         tr["oracle_time_exponent"] = fit_exponent(oracle_atoms, oracle_secs)
         sizes = sorted(err_pts)
         oracle_med = {}
@@ -599,24 +683,37 @@ def main(argv=None):
         t = f + 2 * c
         clean = preds["ednn"][:nb]
         no_blur_mae = float(np.mean(np.abs(clean - yb) * 1e3 / ab))
+        # With the fixed moment term, blurring the focus changes sum(x^2), sum(x^3) (it flattens the
+        # peaks) and the fixed term's estimate of the composition with it: that measures the image
+        # moments, not what the network learned. The main curves therefore blur only what the
+        # network sees, with the fixed term on the unblurred image; the full model's are kept too.
+        learned = learned_part(ednn)
+        fixed = clean - learned.predict_total(xb, batch_size=32) if learned is not ednn else 0.0
         bl = results["blur"] = {"sigma_A": cfg["blur_sigma"], "sigma_px": sigma_px.tolist(), "n_images": nb,
                                 "tile_px": t, "focus_px": f, "no_blur_mae_meV_per_A2": no_blur_mae, "widths_px": [], "area_px": [], "area_fraction_of_tile": [],
+                                "fixed_term_on_unblurred_image": learned is not ednn,
                                 "edge_mae_meV_per_A2": [], "centre_mae_meV_per_A2": [],
                                 "edge_shift_meV_per_A2": [], "centre_shift_meV_per_A2": []}
+        if learned is not ednn:
+            bl.update(full_model_edge_mae_meV_per_A2=[], full_model_centre_mae_meV_per_A2=[])
         for w in cfg["blur_widths"]:
             area = blur.band_area(t, w)
             bl["widths_px"].append(w)
             bl["area_px"].append(area)
             bl["area_fraction_of_tile"].append(area / t ** 2)
             for kind, mask in (("edge", blur.edge_mask(t, area)), ("centre", blur.centre_mask(t, area))):
-                p = blur.predict_with_blur(ednn, xb, mask, x_blurred=x_blurred, batch_size=32)
+                p = fixed + blur.predict_with_blur(learned, xb, mask, x_blurred=x_blurred, batch_size=32)
                 bl[f"{kind}_mae_meV_per_A2"].append(float(np.mean(np.abs(p - yb) * 1e3 / ab)))
                 bl[f"{kind}_shift_meV_per_A2"].append(float(np.mean(np.abs(p - clean) * 1e3 / ab)))
+                if learned is not ednn:
+                    q = blur.predict_with_blur(ednn, xb, mask, x_blurred=x_blurred, batch_size=32)
+                    bl[f"full_model_{kind}_mae_meV_per_A2"].append(float(np.mean(np.abs(q - yb) * 1e3 / ab)))
             print(f"blur {area:5d} px ({area / t ** 2:5.1%} of tile): MAE edge {bl['edge_mae_meV_per_A2'][-1]:.3f}, "
                   f"centre {bl['centre_mae_meV_per_A2'][-1]:.3f} meV/A^2")
         plots.blur_curves(np.array(bl["area_fraction_of_tile"]), bl["edge_mae_meV_per_A2"], bl["centre_mae_meV_per_A2"],
                           os.path.join(args.out, "fig6_blur.png"), focus_fraction=f * f / t ** 2,
-                          ylabel="test MAE [meV/A^2]", baseline=bl["no_blur_mae_meV_per_A2"],
+                          ylabel="test MAE [meV/A^2]" + (" (network input blurred)" if learned is not ednn else ""),
+                          baseline=bl["no_blur_mae_meV_per_A2"],
                           title=f"Gaussian blur sigma = {cfg['blur_sigma']} A on part of every tile (t={t}, f={f})")
         save_results()
 

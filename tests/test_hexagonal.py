@@ -136,6 +136,45 @@ def test_periodic_augment_is_a_translation_and_mirror_of_each_image():
     assert changed >= 4     # per-sample random transforms
 
 
+def test_moment_term_and_target_map():
+    """The fixed part of both models: E0 + sum_p alpha_p sum_focus(x^p), fitted by least squares."""
+    import keras
+    mod = _script()
+    rng = np.random.default_rng(5)
+    x = (7 * rng.random((4, 12, 12, 1))).astype(np.float32)
+    inp = keras.Input((12, 12, 1))
+    raw = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(inp)))
+    alphas = {1: 0.5, 2: -0.25, 3: 0.01}
+    m = mod.to_ev(raw, 0.0, 3.0, "t", alphas, crop=2)          # scale 0: only offset + moment term
+    centre = x[:, 2:10, 2:10].astype(np.float64)
+    want = 3.0 + sum(a * (centre ** p).sum(axis=(1, 2, 3)) for p, a in alphas.items())
+    np.testing.assert_allclose(np.asarray(m(x))[:, 0], want, rtol=1e-5)
+    assert not m.get_layer("moments_eV").trainable
+    # least squares recovers an exact moment model; without powers E0 is the mean
+    F = mod.moment_features(x, (1, 2, 3))
+    np.testing.assert_allclose(F[:, 1], (x.astype(np.float64) ** 2).sum(axis=(1, 2, 3)))
+    E = -2.0 + F @ np.array([0.3, -0.02, 0.001])
+    xs = (7 * rng.random((9, 12, 12, 1))).astype(np.float32)
+    F9 = mod.moment_features(xs, (1, 2, 3))
+    E9 = -2.0 + F9 @ np.array([0.3, -0.02, 0.001])
+    tm = mod.fit_target_map(E9, F9, (1, 2, 3))
+    assert tm["E0_eV"] == pytest.approx(-2.0, abs=1e-6) and tm["moment_coefficients"][2] == pytest.approx(-0.02)
+    tm0 = mod.fit_target_map(E)
+    assert tm0["moment_coefficients"] == {} and tm0["E0_eV"] == pytest.approx(E.mean())
+    assert tm0["scale_eV"] == pytest.approx(E.std())
+    # the EDNN's fixed part, tile by tile, sums to the moment term of the whole image (focus regions
+    # partition it), and learned_part() removes exactly that
+    from ednn_tf import EDNN
+    tin = keras.Input((8, 8, 1))
+    sub = keras.Model(tin, keras.layers.Dense(1)(keras.layers.Flatten()(tin)))
+    ednn = EDNN(mod.to_ev(sub, 2.0, 0.5, "s", alphas, crop=2), focus=4, context=2)
+    learned = mod.learned_part(ednn)
+    assert learned is not ednn and mod.learned_part(learned) is learned
+    img = (7 * rng.random((3, 12, 12, 1))).astype(np.float32)
+    whole = sum(a * (img.astype(np.float64) ** p).sum(axis=(1, 2, 3)) for p, a in alphas.items())
+    np.testing.assert_allclose(ednn.predict_total(img) - learned.predict_total(img), whole, rtol=2e-5)
+
+
 # ------------------------------------------------------------------------------------------------
 # transfer structures
 # ------------------------------------------------------------------------------------------------

@@ -194,3 +194,24 @@ def test_bad_inputs_and_mismatched_subnet():
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN/inf"):
         model.predict_total(bad)
+
+
+def test_cnn_initializers_he_keeps_the_signal_through_relus():
+    """He-normal kernels have std sqrt(2 / fan_in); through the 13 ReLU convolutions they keep the
+    output's dependence on the input, which Glorot kernels shrink by orders of magnitude."""
+    x = np.random.default_rng(0).random((16, 32, 32, 1)).astype(np.float32) * 6.0
+    spread = {}
+    for init in ("glorot", "he"):
+        cnn = networks.paper_cnn(32, width=0.25, dense=32, seed=4, initializer=init)
+        k = cnn.get_layer("conv5").kernel.numpy()
+        if init == "he":
+            assert k.std() == pytest.approx(np.sqrt(2.0 / np.prod(k.shape[:3])), rel=0.15)
+        y = np.asarray(cnn(x))[:, 0]
+        spread[init] = y.std() / x.std()
+        same = networks.paper_cnn(32, width=0.25, dense=32, seed=4, initializer=init)
+        np.testing.assert_array_equal(same(x), cnn(x))       # seeded: reproducible
+    assert spread["he"] > 10 * spread["glorot"], spread
+    plain = networks.plain_cnn(32, 32, width=0.25, dense=8, seed=1, initializer="he")
+    assert plain.get_layer("conv1").kernel_initializer.__class__.__name__ == "HeNormal"
+    with pytest.raises(ValueError, match="initializer must be one of .*'xavier'"):
+        networks.paper_cnn(32, initializer="xavier")
