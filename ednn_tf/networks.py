@@ -91,3 +91,43 @@ def plain_cnn(height: int, width_px: int | None = None, channels: int = 1, width
     _check_tile(height, channels)
     _check_tile(width_px, channels)
     return _cnn((height, width_px, channels), width, dense, seed=seed, name=name, initializer=initializer)
+
+
+def normalise_to_data(model, x, target: float = 1.0, batch_size: int = 256):
+    """Data-dependent initialisation (LSUV-like, Mishkin & Matas 2016): layer by layer, in order,
+    divide each kernel by the standard deviation of that layer's output on the sample ``x``, so that
+    every layer's output, and the network's, has standard deviation ``target`` on real inputs.
+
+    With zero biases and ReLU (positively homogeneous) activations this rescales each layer's output
+    exactly. Why: a fresh deep ReLU network fed sparse images (Gaussian atoms on an empty
+    background) gives an output that barely depends on its input (std ~1e-2 of its mean), and MSE
+    training can then sit on the constant-prediction plateau for tens of epochs. Only kernels are
+    changed, in place; ``model`` must be built and ``x`` a batch of its inputs (for an EDNN subnet:
+    tiles, e.g. ``tiling.fold_tiles(tiling.extract_tiles(images, f, c), 2)[0]``). Returns the list of
+    ``(layer name, std before scaling)``.
+    """
+    import numpy as np
+
+    x = np.asarray(x)
+    if x.shape[1:] != tuple(model.input.shape[1:]):
+        raise ValueError(f"x must be a batch of the model's inputs {tuple(model.input.shape[1:])}, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains non-finite values")
+    if float(target) <= 0:
+        raise ValueError(f"target must be > 0, got {target!r}")
+    out = []
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None or not layer.trainable:
+            continue
+        probe = keras.Model(model.input, layer.output)
+        std = float(np.std(probe.predict(x, batch_size=batch_size, verbose=0)))
+        if not np.isfinite(std) or std == 0.0:
+            raise ValueError(f"layer {layer.name!r} gives a constant output on x (std {std}): cannot normalise; "
+                             "check the input scale or the initialiser")
+        kernel.assign(kernel.numpy() * (float(target) / std))
+        out.append((layer.name, std))
+    return out
+
+
+__all__ += ["normalise_to_data"]

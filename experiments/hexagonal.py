@@ -76,19 +76,22 @@ PRESETS = {
                   oracle="gfn1-xtb",
                   transfer_sizes=(1, 2, 3, 4), transfer_counts=(5, 20, 10, 5), timing_sizes=(1, 2, 4, 8, 16),
                   blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16, 24, 32), n_blur=1000),
-    # The same cell and the same physical focus/context (3.1 / 1.6 A wide) on a coarser 128 x 128
-    # grid (0.1 A/px), the same 13-conv + 2-dense CNN at a quarter of the filters and dense 256.
+    # The same cell and the same physical focus/context (3.1 / 1.6 A wide) on a coarser 64 x 64 grid
+    # (0.2 A/px = gamma: the Gaussians stay resolved), the same 13-conv + 2-dense CNN at half the
+    # filters and dense 256, 4000 cells (GFN1-xTB labels ~15 min on 2 cores), exact-symmetry
+    # augmentation, He kernels rescaled to unit std on training images (lsuv). Measured trade-offs
+    # (docs/hexagonal.md): 128 px / width 0.25 / 800 cells gave the same error at the same cost.
     # Transfer stops at 3x3 (~520 atoms, 45-130 s of GFN1-xTB); a 4x4 cell (~930 atoms) takes 6 min on
     # a quiet core and 30+ min on a loaded one: add it with --transfer-sizes 1 2 3 4 --transfer-counts 3 3 1 1.
-    "cpu": dict(n_structures=1000, n_train=800, n_val=100, grid=128, focus=32, context=16, width=0.25,
-                dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=False, baseline="moments", moments=(1, 2, 3),
-                init="he", oracle="gfn1-xtb",
+    "cpu": dict(n_structures=4000, n_train=3200, n_val=400, grid=64, focus=16, context=8, width=0.5,
+                dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=True,
+                baseline="moments", moments=(1, 2, 3), init="lsuv", oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3), transfer_counts=(3, 3, 1), timing_sizes=(1, 2, 4, 8, 16),
-                blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8, 12, 16), n_blur=None),
+                blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8), n_blur=None),
     # Seconds, for tests of the script itself: a cheap empirical oracle and a tiny grid.
     "tiny": dict(n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
                  batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=1, epochs=2, augment=True, baseline="moments", moments=(1, 2, 3),
-                 init="he", oracle="tersoff-bnc",
+                 init="lsuv", oracle="tersoff-bnc",
                  transfer_sizes=(1, 2), transfer_counts=(2, 2), timing_sizes=(1, 2, 4),
                  blur_sigma=0.4, blur_widths=(0, 1, 2, 4), n_blur=None),
 }
@@ -121,7 +124,8 @@ def parse_args(argv=None):
     ap.add_argument("--baseline", choices=("moments", "none"),
                     help="fixed image-moment term sum_p alpha_p sum(x^p) in both models (moments) or only E0 (none)")
     ap.add_argument("--moments", type=int, nargs="+", help="powers p of the image-moment term (default 1 2 3)")
-    ap.add_argument("--init", choices=("he", "glorot"), help="CNN kernel initialiser (networks.INITIALIZERS)")
+    ap.add_argument("--init", choices=("he", "glorot", "lsuv"),
+                    help="CNN kernels: networks.INITIALIZERS, or lsuv = He rescaled to unit std per layer on training images")
     ap.add_argument("--warmup-epochs", type=int, help="linear warm-up of the step from lr/100 over these epochs")
     ap.add_argument("--augment", type=int, choices=(0, 1),
                     help="random periodic translations and mirrors of the training images (1) or not (0)")
@@ -351,8 +355,10 @@ def fit_target_map(E, F=None, powers=()):
             "train_residual_mae_eV": float(np.mean(np.abs(resid)))}
 
 
-def build_models(cfg, tmap, seed):
-    """The EDNN and the plain CNN, both ending in the same fixed map to eV (see the module docstring)."""
+def build_models(cfg, tmap, seed, x_init=None):
+    """The EDNN and the plain CNN, both ending in the same fixed map to eV (see the module docstring).
+    With ``cfg["init"] == "lsuv"`` the He-normal kernels are rescaled layer by layer to unit output
+    std on the sample images ``x_init`` (tiles of them for the EDNN; ``networks.normalise_to_data``)."""
     import keras
 
     from ednn_tf import EDNN, networks
@@ -361,9 +367,17 @@ def build_models(cfg, tmap, seed):
     n_tiles = (n // f) ** 2
     e0, scale, alphas = tmap["E0_eV"], tmap["scale_eV"], {int(k): v for k, v in tmap["moment_coefficients"].items()}
     keras.utils.set_random_seed(seed)
-    sub = networks.paper_cnn(f + 2 * c, width=cfg["width"], dense=cfg["dense"], seed=seed, initializer=cfg["init"])
+    kernels = "he" if cfg["init"] == "lsuv" else cfg["init"]
+    sub = networks.paper_cnn(f + 2 * c, width=cfg["width"], dense=cfg["dense"], seed=seed, initializer=kernels)
     keras.utils.set_random_seed(seed + 1)
-    cnn = networks.plain_cnn(n, n, width=cfg["width"], dense=cfg["dense"], seed=seed + 1, initializer=cfg["init"])
+    cnn = networks.plain_cnn(n, n, width=cfg["width"], dense=cfg["dense"], seed=seed + 1, initializer=kernels)
+    if cfg["init"] == "lsuv":
+        if x_init is None:
+            raise ValueError("init='lsuv' needs sample training images x_init")
+        from ednn_tf import tiling
+        tiles = tiling.fold_tiles(tiling.extract_tiles(np.asarray(x_init, np.float32), f, c), 2)[0]
+        networks.normalise_to_data(sub, np.asarray(tiles))
+        networks.normalise_to_data(cnn, x_init)
     ednn = EDNN(to_ev(sub, scale / n_tiles, e0 / n_tiles, "paper_cnn_eV", alphas, crop=c), focus=f, context=c)
     plain = to_ev(cnn, scale, e0, "plain_cnn_eV", alphas)
     return ednn, plain
@@ -517,7 +531,8 @@ def main(argv=None):
                                "constant_eV": float(coef[-1])}}
 
     # ------------------------------------------------------------ 2. train (resumable)
-    ednn, plain = build_models(cfg, tmap, seed)
+    x_init = data.read_arrays(path, ["X"], indices=np.sort(train_idx[:64]))["X"] if cfg["init"] == "lsuv" else None
+    ednn, plain = build_models(cfg, tmap, seed, x_init)
     steps_per_epoch = -(-len(train_idx) // cfg["batch_size"])
     histories, models, preds = {}, {}, {}
     results.setdefault("train_seconds", {})

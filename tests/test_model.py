@@ -215,3 +215,26 @@ def test_cnn_initializers_he_keeps_the_signal_through_relus():
     assert plain.get_layer("conv1").kernel_initializer.__class__.__name__ == "HeNormal"
     with pytest.raises(ValueError, match="initializer must be one of .*'xavier'"):
         networks.paper_cnn(32, initializer="xavier")
+
+
+def test_normalise_to_data_gives_unit_std_on_real_inputs():
+    rng = np.random.default_rng(1)
+    x = np.zeros((64, 32, 32, 1), np.float32)                   # sparse "atoms" on an empty background
+    idx = rng.integers(0, 32, size=(64, 6, 2))
+    for b in range(64):
+        x[b, idx[b, :, 0], idx[b, :, 1], 0] = rng.uniform(5, 7, 6)
+    cnn = networks.paper_cnn(32, width=0.25, dense=16, seed=2, initializer="he")
+    before = float(np.std(cnn.predict(x, verbose=0)))
+    stds = networks.normalise_to_data(cnn, x, target=1.0)
+    assert [n for n, _ in stds][0] == "conv1" and len(stds) == 15     # 13 convs + 2 dense
+    # zero biases + ReLU: each division rescales the output exactly, so the stds multiply to the old one
+    assert np.prod([s for _, s in stds]) == pytest.approx(before, rel=1e-3)
+    after = np.asarray(cnn.predict(x, verbose=0))
+    assert after.std() == pytest.approx(1.0, rel=1e-3)
+    for name in ("conv7", "dense1"):                               # every layer at unit std
+        probe = keras.Model(cnn.input, cnn.get_layer(name).output)
+        assert float(np.std(probe.predict(x, verbose=0))) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ValueError, match=r"batch of the model's inputs \(32, 32, 1\), got \(4, 16, 16, 1\)"):
+        networks.normalise_to_data(cnn, np.zeros((4, 16, 16, 1)))
+    with pytest.raises(ValueError, match="constant output"):
+        networks.normalise_to_data(cnn, np.zeros((4, 32, 32, 1)))
