@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-__all__ = ["extensive_errors", "write_json_atomic"]
+__all__ = ["extensive_errors", "energy_errors", "write_json_atomic"]
 
 
 def extensive_errors(true, pred, n_sites=None, level=None):
@@ -42,6 +42,19 @@ def extensive_errors(true, pred, n_sites=None, level=None):
     if level is not None:
         out["fraction_right_level"] = float(np.mean(np.round(pred / level) == np.round(true / level)))
     return out
+
+
+def energy_errors(true_ev, pred_ev, n_atoms, areas):
+    """:func:`extensive_errors` of total energies in the three units the atomistic experiments
+    report: ``"eV"`` (totals), ``"meV_per_A2"`` (per cell area in A^2, the paper's unit) and
+    ``"meV_per_atom"``. ``n_atoms`` and ``areas`` are per sample (or scalars)."""
+    true_ev, pred_ev = np.asarray(true_ev, np.float64), np.asarray(pred_ev, np.float64)
+    areas, n_atoms = np.asarray(areas, np.float64), np.asarray(n_atoms, np.float64)
+    if np.any(areas <= 0) or np.any(n_atoms <= 0):
+        raise ValueError("areas and n_atoms must be > 0")
+    return {"eV": extensive_errors(true_ev, pred_ev),
+            "meV_per_A2": extensive_errors(1e3 * true_ev / areas, 1e3 * pred_ev / areas),
+            "meV_per_atom": extensive_errors(1e3 * true_ev / n_atoms, 1e3 * pred_ev / n_atoms)}
 
 
 def write_json_atomic(obj, path):

@@ -360,12 +360,9 @@ def predict_chunked(model, path, indices, chunk=256, batch_size=32):
 
 
 def errors(true_ev, pred_ev, n_atoms, areas):
-    from ednn_tf.metrics import extensive_errors
+    from ednn_tf.metrics import energy_errors
 
-    true_ev, pred_ev = np.asarray(true_ev, np.float64), np.asarray(pred_ev, np.float64)
-    return {"eV": extensive_errors(true_ev, pred_ev),
-            "meV_per_A2": extensive_errors(1e3 * true_ev / areas, 1e3 * pred_ev / areas),
-            "meV_per_atom": extensive_errors(1e3 * true_ev / n_atoms, 1e3 * pred_ev / n_atoms)}
+    return energy_errors(true_ev, pred_ev, n_atoms, areas)
 
 
 def _plain(o):

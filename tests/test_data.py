@@ -101,3 +101,17 @@ def test_split_by_group_never_leaks():
     assert len(a) == 90 and len(b) == 10 and not set(a) & set(b)
     with pytest.raises(ValueError, match="sum to 1"):
         data.split_indices(10, (0.5, 0.2))
+
+
+def test_energy_errors_in_the_three_reported_units():
+    from ednn_tf.metrics import energy_errors
+    true = np.array([-100.0, -200.0, -300.0])
+    pred = true + np.array([0.5, -1.0, 2.0])               # eV
+    areas, atoms = np.array([10.0, 20.0, 40.0]), np.array([5.0, 10.0, 20.0])
+    r = energy_errors(true, pred, atoms, areas)
+    assert r["eV"]["mean_abs_error"] == pytest.approx(3.5 / 3)
+    assert r["meV_per_A2"]["mean_abs_error"] == pytest.approx(1e3 * (0.05 + 0.05 + 0.05) / 3)
+    assert r["meV_per_atom"]["max_abs_error"] == pytest.approx(100.0)
+    assert r["meV_per_A2"]["mean_error"] == pytest.approx(1e3 * (0.05 - 0.05 + 0.05) / 3)
+    with pytest.raises(ValueError, match="must be > 0"):
+        energy_errors(true, pred, atoms, np.array([10.0, 0.0, 1.0]))
