@@ -178,6 +178,23 @@ def test_moment_term_and_target_map():
 # ------------------------------------------------------------------------------------------------
 # transfer structures
 # ------------------------------------------------------------------------------------------------
+def test_local_descriptors_count_bonds_and_strain():
+    from ednn_tf.structures import hexagonal_cell
+    mod = _script()
+    flat = [hexagonal_cell("graphene", 1, rattle=0.0, rattle_z=0.0), hexagonal_cell("hbn", 2, rattle=0.0, rattle_z=0.0),
+            hexagonal_cell("graphene", 3, vacancies=1, rattle=0.0, rattle_z=0.0)]
+    D = mod.local_descriptors(flat)
+    # columns: B-B, B-C, B-N, C-C, C-N, N-N bonds, bond strain, out-of-plane
+    np.testing.assert_array_equal(D[0], [0, 0, 0, 90, 0, 0, 0, 0])     # 60 atoms x 3 bonds / 2
+    np.testing.assert_array_equal(D[1], [0, 0, 90, 0, 0, 0, 0, 0])     # B on A, N on B sites only
+    assert D[2, 3] == 87                                               # a vacancy removes 3 bonds
+    hot = hexagonal_cell("graphene", 1, rattle=0.08, rattle_z=0.03)
+    d = mod.local_descriptors([hot])[0]
+    assert d[3] == 90 and d[7] == pytest.approx(np.sum((hot.positions[:, 2] - flat[0].positions[:, 2]) ** 2))
+    # uncorrelated in-plane rattle sigma: each bond length changes by ~sigma (variance 2 sigma^2 / 2)
+    assert 0.3 * 90 * 0.08 ** 2 < d[6] < 3 * 90 * 0.08 ** 2
+
+
 def test_rattled_supercell_is_a_new_structure_of_the_same_kind():
     from ednn_tf.structures import hexagonal_dataset, min_interatomic_distance, supercell
     mod = _script()
