@@ -70,6 +70,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: their name.
 DEFAULT_RATTLE = (0.05, 0.10)
 
+#: Atomic numbers of the per-element channels (``--channels element``).
+ELEMENTS = (5, 6, 7)
+
 PRESETS = {
     # Paper Sec. 3.2.1 / Table 1: 256 x 256 grid, f=64, c=32, the paper CNN at full width, batch 100,
     # Adam 1e-5, MSE, 500 epochs, 18,515 training structures (26,449 in all). Meant for a GPU; the
@@ -80,7 +83,7 @@ PRESETS = {
     # so these are strongly perturbed cells, not a thermal ensemble. A cooler set (--rattle 0.02 0.05,
     # 160-1000 K) leaves bond types as the main energy variation, and on it both narrow networks stayed
     # on the constant-prediction plateau for 8-26 epochs (lr 1e-4 .. 1e-3, He or lsuv): docs/hexagonal.md.
-    "paper": dict(rattle=DEFAULT_RATTLE, n_structures=26449, n_train=18515, n_val=2645, grid=256, focus=64, context=32, width=1.0,
+    "paper": dict(channels="z", rattle=DEFAULT_RATTLE, n_structures=26449, n_train=18515, n_val=2645, grid=256, focus=64, context=32, width=1.0,
                   dense=1024, batch_size=100, lr=1e-5, lr_decay=False, warmup_epochs=0, epochs=500, augment=False, baseline="none", moments=(1, 2, 3), init="glorot",
                   oracle="gfn1-xtb",
                   transfer_sizes=(1, 2, 3, 4), transfer_counts=(5, 20, 10, 5), timing_sizes=(1, 2, 4, 8, 16),
@@ -92,13 +95,13 @@ PRESETS = {
     # (docs/hexagonal.md): 128 px / width 0.25 / 800 cells gave the same error at the same cost.
     # Transfer stops at 3x3 (~520 atoms, 45-130 s of GFN1-xTB); a 4x4 cell (~930 atoms) takes 6 min on
     # a quiet core and 30+ min on a loaded one: add it with --transfer-sizes 1 2 3 4 --transfer-counts 3 3 1 1.
-    "cpu": dict(rattle=DEFAULT_RATTLE, n_structures=4000, n_train=3200, n_val=400, grid=64, focus=16, context=8, width=0.5,
+    "cpu": dict(channels="z", rattle=DEFAULT_RATTLE, n_structures=4000, n_train=3200, n_val=400, grid=64, focus=16, context=8, width=0.5,
                 dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=True,
                 baseline="moments", moments=(1, 2, 3), init="lsuv", oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3), transfer_counts=(3, 3, 1), timing_sizes=(1, 2, 4, 8, 16),
                 blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8), n_blur=None),
     # Seconds, for tests of the script itself: a cheap empirical oracle and a tiny grid.
-    "tiny": dict(rattle=DEFAULT_RATTLE, n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
+    "tiny": dict(channels="z", rattle=DEFAULT_RATTLE, n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
                  batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=1, epochs=2, augment=True, baseline="moments", moments=(1, 2, 3),
                  init="lsuv", oracle="tersoff-bnc",
                  transfer_sizes=(1, 2), transfer_counts=(2, 2), timing_sizes=(1, 2, 4),
@@ -134,7 +137,10 @@ def parse_args(argv=None):
     ap.add_argument("--lr-decay", type=int, choices=(0, 1), help="cosine-decay the step 100x over training")
     ap.add_argument("--baseline", choices=("moments", "none"),
                     help="fixed image-moment term sum_p alpha_p sum(x^p) in both models (moments) or only E0 (none)")
-    ap.add_argument("--moments", type=int, nargs="+", help="powers p of the image-moment term (default 1 2 3)")
+    ap.add_argument("--moments", type=int, nargs="+",
+                    help="powers p of the image-moment term (default 1 2 3; 1 with --channels element)")
+    ap.add_argument("--channels", choices=("z", "element"),
+                    help="image: one Z-weighted channel (eqn 2, the paper's) or one channel per element (B, C, N)")
     ap.add_argument("--init", choices=("he", "glorot", "lsuv"),
                     help="CNN kernels: networks.INITIALIZERS, or lsuv = He rescaled to unit std per layer on training images")
     ap.add_argument("--warmup-epochs", type=int, help="linear warm-up of the step from lr/100 over these epochs")
@@ -158,6 +164,8 @@ def parse_args(argv=None):
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = tuple(v) if isinstance(v, list) else v
+    if cfg["channels"] == "element" and args.moments is None:
+        cfg["moments"] = (1,)   # per-element sums: exact element counts, unchanged by a blur
     settings = {}
     for item in args.oracle_setting:
         if "=" not in item:
@@ -237,10 +245,10 @@ def load_structures(path, indices=None):
     return out
 
 
-def build_dataset(path, structs, energies, shape, gamma, attrs, progress):
+def build_dataset(path, structs, energies, shape, gamma, attrs, progress, channels=None):
     from ednn_tf import data, render
 
-    X = render.render_many(structs, shape=shape, progress=progress, gamma=gamma)
+    X = render.render_many(structs, shape=shape, progress=progress, gamma=gamma, channels=channels)
     return data.write_dataset(path, X, energies, attrs=attrs, **pack_structures(structs))
 
 
@@ -331,7 +339,8 @@ def label_timed(structs, oracle, path, progress=True, desc="labelling"):
 def to_ev(raw_model, scale, offset, name, moments=None, crop=0):
     """``raw_model`` followed by the fixed affine map ``raw * scale + offset`` (eV), plus, with
     ``moments = {p: alpha_p}``, the fixed term ``sum_p alpha_p * sum(x**p)`` over the input's central
-    region (``crop`` pixels removed on each side: the focus of an EDNN tile)."""
+    region (``crop`` pixels removed on each side: the focus of an EDNN tile). With C > 1 channels
+    ``alpha_p`` is a length-C list, one coefficient per channel."""
     import keras
 
     out = keras.layers.Rescaling(float(scale), offset=float(offset), name="to_eV")(raw_model.output)
@@ -347,7 +356,8 @@ def to_ev(raw_model, scale, offset, name, moments=None, crop=0):
     model = keras.Model(raw_model.input, out, name=name)
     if moments:
         h, w = (int(d) - 2 * crop for d in raw_model.input.shape[1:3])
-        model.get_layer("moments_eV").set_weights([np.array([[moments[p] * h * w] for p in sorted(moments)])])
+        model.get_layer("moments_eV").set_weights(
+            [np.array([[a * h * w] for p in sorted(moments) for a in np.atleast_1d(moments[p])])])
     return model
 
 
@@ -366,22 +376,26 @@ def learned_part(ednn):
 
 
 def moment_features(X, powers, batch=256):
-    """``sum(X**p)`` per image for each power (float64), ``(N, len(powers))``."""
-    out = np.empty((len(X), len(powers)))
+    """``sum(X**p)`` per image, power and channel (float64), ``(N, len(powers) * C)``, power-major."""
+    C = X.shape[-1]
+    out = np.empty((len(X), len(powers) * C))
     for lo in range(0, len(X), batch):
         x = np.asarray(X[lo:lo + batch], np.float64)
-        out[lo:lo + batch] = np.stack([(x ** p).sum(axis=(1, 2, 3)) for p in powers], axis=1)
+        out[lo:lo + batch] = np.concatenate([(x ** p).sum(axis=(1, 2)) for p in powers], axis=1)
     return out
 
 
 def fit_target_map(E, F=None, powers=()):
     """The fixed part of both models: ``E0`` (constant per training cell), the moment coefficients
-    ``alpha_p`` (least squares of E on ``[F, 1]``, or none) and ``scale`` = std of what the CNN learns."""
+    ``alpha_p`` (least squares of E on ``[F, 1]``, or none; a float per power for one channel, a list
+    per channel otherwise) and ``scale`` = std of what the CNN learns."""
     E = np.asarray(E, np.float64)
     if powers:
         A = np.column_stack([F, np.ones(len(E))])
         coef = np.linalg.lstsq(A, E, rcond=None)[0]
-        alphas, e0 = {int(p): float(a) for p, a in zip(powers, coef[:-1])}, float(coef[-1])
+        per = coef[:-1].reshape(len(powers), -1)
+        alphas = {int(p): (float(a[0]) if len(a) == 1 else [float(v) for v in a]) for p, a in zip(powers, per)}
+        e0 = float(coef[-1])
         resid = E - A @ coef
     else:
         alphas, e0, resid = {}, float(E.mean()), E - E.mean()
@@ -402,9 +416,12 @@ def build_models(cfg, tmap, seed, x_init=None):
     e0, scale, alphas = tmap["E0_eV"], tmap["scale_eV"], {int(k): v for k, v in tmap["moment_coefficients"].items()}
     keras.utils.set_random_seed(seed)
     kernels = "he" if cfg["init"] == "lsuv" else cfg["init"]
-    sub = networks.paper_cnn(f + 2 * c, width=cfg["width"], dense=cfg["dense"], seed=seed, initializer=kernels)
+    nch = len(ELEMENTS) if cfg["channels"] == "element" else 1
+    sub = networks.paper_cnn(f + 2 * c, channels=nch, width=cfg["width"], dense=cfg["dense"], seed=seed,
+                             initializer=kernels)
     keras.utils.set_random_seed(seed + 1)
-    cnn = networks.plain_cnn(n, n, width=cfg["width"], dense=cfg["dense"], seed=seed + 1, initializer=kernels)
+    cnn = networks.plain_cnn(n, n, channels=nch, width=cfg["width"], dense=cfg["dense"], seed=seed + 1,
+                             initializer=kernels)
     if cfg["init"] == "lsuv":
         if x_init is None:
             raise ValueError("init='lsuv' needs sample training images x_init")
@@ -500,7 +517,8 @@ def main(argv=None):
     rattle = tuple(float(r) for r in cfg["rattle"])
     rtag = "" if rattle == DEFAULT_RATTLE else f"_rattle{rattle[0]:g}-{rattle[1]:g}"
     stem = os.path.join(args.data_dir, f"hexagonal_{tag}_n{N}_seed{seed}{rtag}")
-    path = f"{stem}_grid{n}.h5"
+    rkw = {"gamma": gamma, "channels": list(ELEMENTS) if cfg["channels"] == "element" else None}
+    path = f"{stem}_grid{n}{'_elements' if cfg['channels'] == 'element' else ''}.h5"
     if not os.path.exists(path):
         print(f"generating {N} hexagonal sheets (seed {seed}) -> {path}")
         t0 = time.time()
@@ -513,9 +531,10 @@ def main(argv=None):
         attrs = {**oracle.attrs(), "unit": "eV", "generator": "ednn_tf.structures.hexagonal_dataset",
                  "n_structures": N, "seed": seed, "rattle_range_A": list(rattle), "grid": [n, n], "gamma_A": gamma,
                  "cutoff_gamma": render.DEFAULT_CUTOFF, "pixel_size_A": [cell[0] / n, cell[1] / n],
-                 "cell_A": cell.tolist(), "image": "eqn (2): sum_i Z_i exp(-r^2 / 2 gamma^2), row = x",
+                 "cell_A": cell.tolist(), "channels": "Z-weighted" if rkw["channels"] is None else rkw["channels"],
+                 "image": "eqn (2): sum_i Z_i exp(-r^2 / 2 gamma^2) (or one channel per element, weight 1), row = x",
                  "labelling_seconds": t2 - t1}
-        build_dataset(path, structs, energies, (n, n), gamma, attrs, progress)
+        build_dataset(path, structs, energies, (n, n), gamma, attrs, progress, channels=rkw["channels"])
         print(f"  labelled in {t2 - t1:.0f} s, total {time.time() - t0:.0f} s")
         del structs
     attrs = data.read_attrs(path)
@@ -662,7 +681,7 @@ def main(argv=None):
             structs = bases if k == 1 else [rattled_supercell(b, k, seed=seed * 100003 + i) for i, b in enumerate(bases)]
             tpath = f"{args.data_dir}/hexagonal_transfer_{oracle_tag(ork)}_k{k}_n{count}_seed{seed}_from_{os.path.basename(stem)}.json"
             E_k, secs = label_timed(structs, ork, tpath, progress, desc=f"labelling {k}x{k} ({len(structs[0])} atoms)")
-            X_k = render.render_many(structs, shape=(k * n, k * n), gamma=gamma)
+            X_k = render.render_many(structs, shape=(k * n, k * n), **rkw)
             pred = ednn.predict_total(X_k, batch_size=1)
             natoms = np.array([len(s) for s in structs], float)
             area = np.array([oracles.cell_area(s) for s in structs])
@@ -690,14 +709,14 @@ def main(argv=None):
             save_results()
         # EDNN inference time vs size on exact k x k repeats (also: prediction = k^2 x cell's prediction)
         base = test_structs[0]
-        x1 = render.render(base, shape=(n, n), gamma=gamma)[None]
+        x1 = render.render(base, shape=(n, n), **rkw)[None]
         p1 = float(ednn.predict_total(x1, batch_size=1)[0])
         timing = tr["ednn_timing"] = {"k": [], "n_atoms": [], "grid": [], "tiles": [], "inference_seconds": [],
                                       "render_seconds": [], "repeat_rel_deviation": []}
         for k in cfg["timing_sizes"]:
             big = structures.supercell(base, k)
             t0 = time.perf_counter()
-            xk = render.render(big, shape=(k * n, k * n), gamma=gamma)[None]
+            xk = render.render(big, shape=(k * n, k * n), **rkw)[None]
             t_render = time.perf_counter() - t0
             ednn.predict_total(xk, batch_size=1)        # warm-up
             reps = []

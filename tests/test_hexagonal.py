@@ -331,3 +331,30 @@ def test_bad_arguments():
         mod.parse_args(["--preset", "tiny", "--transfer-sizes", "2"])  # counts do not match
     _, cfg = mod.parse_args(["--preset", "tiny", "--oracle-setting", "parameters=\"matsunaga2000\""])
     assert cfg["oracle_settings"] == {"parameters": "matsunaga2000"}
+
+
+def test_per_element_moment_term_is_a_per_element_reference_energy():
+    """With one channel per element and p = 1, the fixed term is sum_e alpha_e * (pixel sum of
+    channel e) = sum_e mu_e * n_e: per-element reference energies from the image alone."""
+    import keras
+    from ednn_tf import render
+    from ednn_tf.structures import hexagonal_dataset
+    mod = _script()
+    structs = hexagonal_dataset(12, seed=3)
+    X = render.render_many(structs, shape=(64, 64), channels=[5, 6, 7])   # sigma ~ 1 px: exact sums
+    counts = np.array([[np.sum(a.numbers == z) for z in (5, 6, 7)] for a in structs], float)
+    mu = np.array([-5.0, -9.0, -7.5])
+    E = counts @ mu + 3.0
+    F = mod.moment_features(X, (1,))
+    assert F.shape == (12, 3)
+    tm = mod.fit_target_map(E, F, (1,))
+    alphas = tm["moment_coefficients"][1]
+    assert len(alphas) == 3 and tm["train_residual_mae_eV"] < 1e-6
+    # per-pixel-sum coefficients times the integral of one atom's Gaussian give mu back
+    per_atom = F / np.maximum(counts, 1)
+    scale = np.array([np.median(per_atom[counts[:, k] > 0, k]) for k in range(3)])
+    np.testing.assert_allclose(np.array(alphas) * scale, mu, rtol=1e-3)
+    inp = keras.Input((64, 64, 3))
+    raw = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(inp)))
+    m = mod.to_ev(raw, 0.0, tm["E0_eV"], "t", tm["moment_coefficients"])
+    np.testing.assert_allclose(np.asarray(m(X.astype(np.float32)))[:, 0], E, rtol=1e-5)
