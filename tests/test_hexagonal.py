@@ -358,3 +358,25 @@ def test_per_element_moment_term_is_a_per_element_reference_energy():
     raw = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(inp)))
     m = mod.to_ev(raw, 0.0, tm["E0_eV"], "t", tm["moment_coefficients"])
     np.testing.assert_allclose(np.asarray(m(X.astype(np.float32)))[:, 0], E, rtol=1e-5)
+
+
+def test_tiny_with_one_channel_per_element(tmp_path):
+    """The script end to end with --channels element: 3-channel data, per-element reference term,
+    a saved EDNN that is extensive on 3-channel repeats and reloads without custom objects."""
+    import keras
+
+    from ednn_tf import render
+    from ednn_tf.structures import supercell
+    mod = _script()
+    res = mod.main(["--preset", "tiny", "--channels", "element", "--skip", "transfer", "blur",
+                    "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), "--no-progress"])
+    assert res["dataset"]["path"].endswith("_elements.h5")
+    alphas = res["target_map"]["moment_coefficients"]
+    assert list(alphas) == [1] and len(alphas[1]) == 3          # one coefficient per element, p = 1
+    model = keras.models.load_model(tmp_path / "out" / "ednn.keras")
+    cell = mod.load_structures(res["dataset"]["path"], [2])[0]
+    x1 = render.render(cell, shape=(32, 32), channels=[5, 6, 7])[None]
+    x3 = render.render(supercell(cell, 3), shape=(96, 96), channels=[5, 6, 7])[None]
+    assert x1.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(model.predict_total(x3), 9 * model.predict_total(x1), rtol=1e-5)
+    assert res["test"]["cnn"]["params"] > 0
