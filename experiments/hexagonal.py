@@ -2,7 +2,7 @@
 sheets (Fig. 5), transfer of the EDNN to larger sheets with time vs size (Fig. 9), and the blur
 study (Fig. 6).
 
-    python experiments/hexagonal.py                    # cpu preset (~30 min on 2 shared cores)
+    python experiments/hexagonal.py                    # cpu preset (~45 min on 2 shared cores)
     python experiments/hexagonal.py --preset paper     # the paper's grid/network/budget (GPU)
     python experiments/hexagonal.py --preset tiny      # seconds, for tests (Tersoff oracle)
     python experiments/hexagonal.py --epochs 200 --out results/hex200
@@ -12,7 +12,8 @@ Steps (every one cached or resumable; rerunning the same command continues where
 1. data: ``hexagonal_dataset(n, seed)`` (graphene, h-BN, B-C-N mixtures, 0-3 vacancies, rattled;
    12.50 x 12.99 A cell) labelled with ``--oracle`` (GFN1-xTB) through ``label_structures``
    (parallel workers, resumable ``.labels.npz`` checkpoint), rendered with eqn (2) on a
-   ``grid x grid`` image and written to ``data/`` (X, Y [eV], and per-sample cell, atomic numbers,
+   ``grid x grid`` image (``--channels z``: one Z-weighted channel, the paper's; ``element``: one
+   channel per element B, C, N, the cpu preset) and written to ``data/`` (X, Y [eV], and per-sample cell, atomic numbers,
    positions, kind, generator info so the images can be re-rendered).
 2. models: the EDNN (paper CNN on f + 2c tiles) and the plain CNN on the whole image, same split,
    epochs, batch, optimiser and the same fixed output map to eV (MSE loss in eV^2):
@@ -26,12 +27,14 @@ Steps (every one cached or resumable; rerunning the same command continues where
      ``sum(x^p) = (I/p) sum_i Z_i^p``, so p = 1..3 identify the B, C and N counts from the image
      itself: a per-element reference energy that uses nothing but the input (no atom counts are
      passed in). The networks learn what composition does not explain (166 -> 10 eV std here).
-   * ``--init he`` (cpu, tiny) draws the CNN kernels He-normal (``networks.paper_cnn(initializer=)``):
-     with Glorot kernels a fresh narrow network's output barely depends on its input.
+     With ``--channels element`` p = 1 suffices (``--moments`` defaults to 1 there): each channel's
+     pixel sum is its element count times a constant, and a blur leaves it unchanged.
+   * ``--init he`` draws the CNN kernels He-normal (``networks.paper_cnn(initializer=)``): with
+     Glorot kernels a fresh narrow network's output barely depends on its input. ``--init lsuv``
+     (cpu, tiny) then rescales every layer to unit output std on 64 training images
+     (``networks.normalise_to_data``).
    ``--augment 1`` randomly translates every training image by whole pixels (periodically) and
-   mirrors it along x and/or y: exact symmetries, the label is unchanged. It is off in the cpu
-   preset (all cells share one lattice registry; with it randomised, learning is much slower, and
-   with Glorot kernels and no moment term the narrow CNN collapsed to a constant output).
+   mirrors it along x and/or y: exact symmetries, the label is unchanged (cpu, tiny; both models).
 3. test: MAE in meV/A^2 (paper's unit) and meV/atom for both; ratio CNN/EDNN (paper: 2.25).
 4. transfer: test cells rebuilt unrattled, repeated k x k and *independently* re-rattled with the
    cell's own rattle sigma (genuinely new structures), labelled by the oracle (serial, timed),
@@ -40,7 +43,8 @@ Steps (every one cached or resumable; rerunning the same command continues where
    of each base cell is labelled too, which measures the oracle's own finite-size (k-point)
    inconsistency, E(2x2 repeat)/4 - E(cell).
 5. blur: inference with a Gaussian blur (``--blur-sigma`` A) on (a) an edge band of each tile's
-   context or (b) an equal-area centre square of its focus; MAE vs blurred area.
+   context or (b) an equal-area centre square of its focus; MAE vs blurred area. The blur acts on
+   what the network sees; the fixed moment term keeps its unblurred value (``learned_part``).
 
 Writes ``results.json``, the two models and PNG plots to ``--out`` (default results/hexagonal-<preset>).
 """
