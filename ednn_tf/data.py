@@ -20,7 +20,8 @@ from typing import Iterable, Mapping
 import h5py
 import numpy as np
 
-__all__ = ["write_dataset", "read_attrs", "read_arrays", "dataset_length", "h5_dataset", "split_indices"]
+__all__ = ["write_dataset", "read_attrs", "read_arrays", "dataset_length", "h5_dataset", "split_indices",
+           "periodic_augment"]
 
 
 def _jsonable(value):
@@ -228,3 +229,23 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(2)
+
+
+def periodic_augment(x, y, seed=0):
+    """Random whole-pixel periodic translation and random mirror along each image axis, per sample.
+
+    Both are exact symmetries of a labelled periodic cell (the image of the translated / mirrored
+    structure; the energy is unchanged), so ``y`` is passed through. ``x`` is a ``(B, H, W, C)``
+    tensor; every sample gets its own shifts and mirrors (one gather per axis).
+    """
+    import tensorflow as tf
+
+    out = x
+    for axis in (1, 2):
+        n = tf.shape(x)[axis]
+        b = tf.shape(x)[0]
+        shift = tf.random.uniform((b, 1), 0, n, dtype=tf.int32, seed=seed + axis)
+        sign = 2 * tf.random.uniform((b, 1), 0, 2, dtype=tf.int32, seed=seed + 10 + axis) - 1
+        idx = tf.math.floormod(sign * tf.range(n)[None, :] + shift, n)
+        out = tf.gather(out, idx, axis=axis, batch_dims=1)
+    return out, y

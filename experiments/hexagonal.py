@@ -455,26 +455,6 @@ def make_schedule(cfg, steps_per_epoch):
                                                   warmup_target=lr if warm else None, warmup_steps=warm)
 
 
-def periodic_augment(x, y, seed=0):
-    """Random whole-pixel periodic translation and random mirror along each image axis, per sample.
-
-    Both are exact symmetries of a labelled periodic cell (the image of the translated / mirrored
-    structure; the energy is unchanged), so ``y`` is passed through. ``x`` is a ``(B, H, W, C)``
-    tensor; every sample gets its own shifts and mirrors (one gather per axis).
-    """
-    import tensorflow as tf
-
-    out = x
-    for axis in (1, 2):
-        n = tf.shape(x)[axis]
-        b = tf.shape(x)[0]
-        shift = tf.random.uniform((b, 1), 0, n, dtype=tf.int32, seed=seed + axis)
-        sign = 2 * tf.random.uniform((b, 1), 0, 2, dtype=tf.int32, seed=seed + 10 + axis) - 1
-        idx = tf.math.floormod(sign * tf.range(n)[None, :] + shift, n)
-        out = tf.gather(out, idx, axis=axis, batch_dims=1)
-    return out, y
-
-
 def errors(true_ev, pred_ev, n_atoms, areas):
     from ednn_tf.metrics import energy_errors
 
@@ -624,7 +604,7 @@ def main(argv=None):
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
             ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=seed)
             if cfg["augment"]:
-                ds = ds.map(lambda x, y: periodic_augment(x, y, seed))
+                ds = ds.map(lambda x, y: data.periodic_augment(x, y, seed))
             val = data.h5_dataset(path, batch_size=64, indices=val_idx)
             t0 = time.time()
             hist = training.fit(model, ds, epochs=cfg["epochs"], workdir=os.path.join(args.out, f"train_{name}"),
@@ -675,7 +655,6 @@ def main(argv=None):
     # ------------------------------------------------------------ 3. transfer + time vs size
     if "transfer" not in args.skip:
         test_structs = load_structures(path, test_idx)
-        pos_in_test = {}
         tr = results["transfer"] = {"sizes": {}}
         err_pts = {}
         oracle_atoms, oracle_secs = [], []
