@@ -51,7 +51,7 @@ from __future__ import annotations
 import collections
 import math
 import os
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
