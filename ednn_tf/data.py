@@ -231,6 +231,71 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     return ds.prefetch(2)
 
 
+def periodic_augment_numpy(x, rng):
+    """``periodic_augment`` in numpy for any backend: each sample of ``x`` ``(B, H, W, C)`` gets its
+    own random whole-pixel periodic shift and mirror along both image axes (``rng`` a numpy
+    ``Generator``). Returns a new array."""
+    x = np.asarray(x)
+    b = len(x)
+    rows = np.arange(b)[:, None]
+    out = x
+    for axis in (1, 2):
+        n = x.shape[axis]
+        shift = rng.integers(0, n, size=(b, 1))
+        sign = 2 * rng.integers(0, 2, size=(b, 1)) - 1
+        idx = (sign * np.arange(n)[None, :] + shift) % n
+        out = out[rows, idx] if axis == 1 else out[rows[:, :, None], np.arange(out.shape[1])[None, :, None],
+                                                   idx[:, None, :]]
+    return out
+
+
+class ArrayBatches:
+    """Shuffled ``(x, y)`` mini-batches of in-memory arrays as a ``keras.utils.PyDataset``
+    (works under every Keras backend, unlike ``h5_dataset``'s ``tf.data``).
+
+    The order is re-drawn every epoch from ``(seed, epoch)``; with ``augment`` every batch gets
+    ``periodic_augment_numpy``. Build with ``ArrayBatches.make(x, y, batch_size, ...)``.
+    """
+
+    @staticmethod
+    def make(x, y, batch_size, shuffle=True, seed=0, augment=False, x_dtype="float32"):
+        import keras
+
+        x = np.asarray(x, dtype=x_dtype)
+        y = np.asarray(y, dtype="float32")
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        y = y.reshape(len(x), -1)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+        class _Batches(keras.utils.PyDataset):
+            def __init__(self):
+                super().__init__()
+                self.batch_size, self.epoch = int(batch_size), 0
+                self._draw()
+
+            def _draw(self):
+                self.rng = np.random.default_rng([seed, self.epoch])
+                self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+
+            def __len__(self):
+                return -(-len(x) // self.batch_size)
+
+            def __getitem__(self, i):
+                rows = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+                xb = x[rows]
+                if augment:
+                    xb = periodic_augment_numpy(xb, self.rng)
+                return xb, y[rows]
+
+            def on_epoch_end(self):
+                self.epoch += 1
+                self._draw()
+
+        return _Batches()
+
+
 def periodic_augment(x, y, seed=0):
     """Random whole-pixel periodic translation and random mirror along each image axis, per sample.
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from . import tiling
 
@@ -22,7 +21,8 @@ class TileLayer(keras.layers.Layer):
         focus: focus width ``f`` (int >= 1), in grid points.
         context: context width ``c`` (int >= 0), in grid points; may exceed the grid (wraps).
         check_finite: if True, non-finite inputs raise ``ValueError`` when called eagerly (and
-            ``tf.errors.InvalidArgumentError`` from ``tf.debugging.check_numerics`` inside a graph).
+            ``tf.errors.InvalidArgumentError`` from ``tf.debugging.check_numerics`` inside a graph;
+            under other Keras backends only concrete, not traced, inputs are checked).
     """
 
     def __init__(self, focus, context, check_finite=False, **kwargs):
@@ -37,12 +37,18 @@ class TileLayer(keras.layers.Layer):
 
     def call(self, inputs):
         if self.check_finite:
-            if tf.executing_eagerly():
-                arr = np.asarray(inputs)
+            tf = None
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+            try:
+                arr = np.asarray(keras.ops.convert_to_numpy(inputs)) if tf is None or tf.executing_eagerly() else None
+            except Exception:  # a JAX tracer or symbolic tensor: no values to check
+                arr = None
+            if arr is not None:
                 if not np.all(np.isfinite(arr)):
                     bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
                     raise ValueError(f"input contains {bad} non-finite value(s) (NaN or inf)")
-            else:
+            elif tf is not None:
                 inputs = tf.debugging.check_numerics(inputs, "TileLayer input contains NaN or inf")
         return tiling.extract_tiles(inputs, self.focus, self.context)
 

@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from . import tiling
 from .layers import TileLayer
 
 __all__ = ["EDNN"]
+
+
+def _sum_dtype():
+    """float64 for the sum over tiles, except under JAX without ``jax_enable_x64`` (float32 there)."""
+    if keras.backend.backend() == "jax":
+        import jax
+        if not jax.config.jax_enable_x64:
+            return "float32"
+    return "float64"
 
 
 @keras.saving.register_keras_serializable(package="ednn_tf")
@@ -81,19 +89,18 @@ class EDNN(keras.Model):
         The subnet runs once on all tiles of the batch (tiles folded into the batch axis).
         """
         tiles = self.tiler(inputs)
-        nd = (tiles.shape.rank - 2) // 2  # tiles are (B, *grid, *tile, C): rank 2 + 2*nd
+        nd = (len(tiles.shape) - 2) // 2  # tiles are (B, *grid, *tile, C): rank 2 + 2*nd
         folded, grid_shape = tiling.fold_tiles(tiles, nd)
         out = self.subnet(folded, training=training)
-        if out.shape.rank is not None and out.shape.rank > 1 and out.shape[-1] not in (None, 1):
-            raise ValueError(f"subnet must output one number per tile, got output shape {out.shape}")
-        contrib = tf.reshape(out, grid_shape)
-        return contrib
+        if len(out.shape) > 1 and out.shape[-1] not in (None, 1):
+            raise ValueError(f"subnet must output one number per tile, got output shape {tuple(out.shape)}")
+        return keras.ops.reshape(out, grid_shape)
 
     def call(self, inputs, training=False):
         contrib = self.tile_contributions(inputs, training=training)
-        axes = list(range(1, contrib.shape.rank))
-        total = tf.reduce_sum(tf.cast(contrib, tf.float64), axis=axes)[:, None]
-        return tf.cast(total, self.output_dtype)
+        axes = tuple(range(1, len(contrib.shape)))
+        total = keras.ops.sum(keras.ops.cast(contrib, _sum_dtype()), axis=axes)[:, None]
+        return keras.ops.cast(total, self.output_dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
@@ -112,8 +119,8 @@ class EDNN(keras.Model):
             raise ValueError(f"input must be finite numbers (dtype {x.dtype}); found NaN/inf or non-numeric data")
         out = np.empty(len(x), dtype=np.float64)
         for lo in range(0, len(x), int(batch_size)):
-            contrib = self.tile_contributions(tf.convert_to_tensor(x[lo:lo + batch_size], self.compute_dtype))
-            c = np.asarray(contrib, dtype=np.float64)
+            contrib = self.tile_contributions(keras.ops.convert_to_tensor(x[lo:lo + batch_size], self.compute_dtype))
+            c = np.asarray(keras.ops.convert_to_numpy(contrib), dtype=np.float64)
             out[lo:lo + batch_size] = c.reshape(len(c), -1).sum(axis=1)
         return out
 

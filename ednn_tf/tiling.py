@@ -15,11 +15,18 @@ Shapes:
 
 ``H``, ``W``, ``D`` may be unknown until call time; ``c`` may exceed the grid size (the padding
 wraps as many times as needed).
+
+Backends: under Keras' TensorFlow backend (the default) the tiles come from
+``tf.image.extract_patches`` / ``tf.extract_volume_patches``. Under any other Keras 3 backend
+(JAX, PyTorch: ``KERAS_BACKEND=jax``) the same functions use two or three ``keras.ops.take``
+gathers with static index tables instead (``_tiles_from_padded_ops``; tested to give identical
+tiles), so an EDNN also trains on machines that have JAX but no TensorFlow. TensorFlow is imported
+only when the TensorFlow backend is in use.
 """
 from __future__ import annotations
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 __all__ = [
     "check_focus_context", "tile_size", "validate_grid", "periodic_pad", "extract_tiles", "tiles_from_padded",
@@ -60,6 +67,10 @@ def validate_grid(shape, focus, check_channels=True):
     return len(shape) - 2
 
 
+def _tf_backend() -> bool:
+    return keras.backend.backend() == "tensorflow"
+
+
 def _wrap_axis(x, axis, context):
     """Periodically pad one axis of ``x`` by ``context`` on each side.
 
@@ -70,11 +81,15 @@ def _wrap_axis(x, axis, context):
         return x
     n_static = x.shape[axis]
     if n_static is not None and context <= n_static:
-        sl_hi = [slice(None)] * x.shape.rank
+        sl_hi = [slice(None)] * len(x.shape)
         sl_hi[axis] = slice(n_static - context, n_static)
-        sl_lo = [slice(None)] * x.shape.rank
+        sl_lo = [slice(None)] * len(x.shape)
         sl_lo[axis] = slice(0, context)
-        return tf.concat([x[tuple(sl_hi)], x, x[tuple(sl_lo)]], axis=axis)
+        return keras.ops.concatenate([x[tuple(sl_hi)], x, x[tuple(sl_lo)]], axis=axis)
+    if not _tf_backend():  # static shapes (JAX, PyTorch): gather with a fixed index table
+        return keras.ops.take(x, np.arange(-context, n_static + context) % n_static, axis=axis)
+    import tensorflow as tf
+
     n = tf.shape(x)[axis]
     idx = tf.math.floormod(tf.range(-context, n + context), n)
     return tf.gather(x, idx, axis=axis)
@@ -86,9 +101,9 @@ def periodic_pad(x, context: int, axes=None):
     ``axes`` (default: every spatial axis) selects which axes wrap; a stripe that already carries
     its halo rows is padded along its columns only (``axes=(2,)``).
     """
-    x = tf.convert_to_tensor(x)
+    x = keras.ops.convert_to_tensor(x)
     _, context = check_focus_context(1, context)
-    for axis in (range(1, x.shape.rank - 1) if axes is None else axes):
+    for axis in (range(1, len(x.shape) - 1) if axes is None else axes):
         x = _wrap_axis(x, axis, context)
     return x
 
@@ -97,11 +112,11 @@ def extract_tiles(x, focus: int, context: int):
     """Cut a batched periodic grid into focus/context tiles in one batched op.
 
     ``(B, H, W, C) -> (B, H/f, W/f, f+2c, f+2c, C)`` via ``tf.image.extract_patches``;
-    ``(B, D, H, W, C) -> (B, D/f, H/f, W/f, t, t, t, C)`` via ``tf.extract_volume_patches``.
-    Differentiable with respect to ``x``.
+    ``(B, D, H, W, C) -> (B, D/f, H/f, W/f, t, t, t, C)`` via ``tf.extract_volume_patches``
+    (gathers under other Keras backends). Differentiable with respect to ``x``.
     """
     focus, context = check_focus_context(focus, context)
-    x = tf.convert_to_tensor(x)
+    x = keras.ops.convert_to_tensor(x)
     validate_grid(x.shape, focus)
     return tiles_from_padded(periodic_pad(x, context), focus, context)
 
@@ -114,10 +129,14 @@ def tiles_from_padded(xp, focus: int, context: int):
     come from the neighbouring stripe, not from a wrap of the stripe itself).
     """
     focus, context = check_focus_context(focus, context)
-    xp = tf.convert_to_tensor(xp)
-    nd = xp.shape.rank - 2
+    xp = keras.ops.convert_to_tensor(xp)
+    nd = len(xp.shape) - 2
     if nd not in (2, 3):
         raise ValueError(f"padded grid must be (B, H, W, C) or (B, D, H, W, C), got shape {tuple(xp.shape)}")
+    if not _tf_backend():
+        return _tiles_from_padded_ops(xp, focus, context)
+    import tensorflow as tf
+
     t = focus + 2 * context
     channels = xp.shape[-1] if xp.shape[-1] is not None else tf.shape(xp)[-1]
     if nd == 2:
@@ -134,12 +153,48 @@ def tiles_from_padded(xp, focus: int, context: int):
     return out
 
 
+def _tiles_from_padded_ops(xp, focus: int, context: int):
+    """``tiles_from_padded`` from ``keras.ops`` alone (any backend; static spatial sizes).
+
+    One ``take`` per spatial axis with the index table ``i*f + k`` (tile ``i``, offset ``k < t``)
+    turns axis ``a`` of length ``n*f + 2c`` into ``n*t`` rows, reshaped to ``(n, t)``; a final
+    transpose moves the tile-grid axes in front of the within-tile axes.
+    """
+    nd = len(xp.shape) - 2
+    t = focus + 2 * context
+    spatial = tuple(xp.shape[1:-1])
+    if any(s is None for s in spatial):
+        raise ValueError(f"the keras.ops tiling needs static spatial sizes, got shape {tuple(xp.shape)}")
+    grid = []
+    for a, s in enumerate(spatial):
+        n = (int(s) - 2 * context) // focus
+        if n < 1 or n * focus + 2 * context != s:
+            raise ValueError(f"padded axis {a + 1} has size {s}, not n*focus + 2*context "
+                             f"(focus={focus}, context={context})")
+        grid.append(n)
+    out = xp
+    for a, n in enumerate(grid):  # axis 1 + 2a: after earlier axes were split into (n, t) pairs
+        axis = 1 + 2 * a
+        idx = (np.arange(n)[:, None] * focus + np.arange(t)[None, :]).ravel()
+        out = keras.ops.take(out, idx, axis=axis)
+        shape = tuple(out.shape)
+        out = keras.ops.reshape(out, (-1,) + shape[1:axis] + (n, t) + shape[axis + 1:])
+    # (B, n1, t, n2, t[, n3, t], C) -> (B, n1, n2[, n3], t, t[, t], C)
+    perm = [0] + [1 + 2 * a for a in range(nd)] + [2 + 2 * a for a in range(nd)] + [1 + 2 * nd]
+    return keras.ops.transpose(out, perm)
+
+
 def fold_tiles(tiles, nd: int):
     """Fold the tile-grid axes into the batch axis: ``(B, *grid, *tile, C) -> (B*prod(grid), *tile, C)``.
 
     Returns ``(folded, grid_shape)`` where ``grid_shape`` is the dynamic ``(B, *grid)`` shape needed
     to unfold per-tile outputs.
     """
+    if not _tf_backend():  # static tile grid
+        grid_shape = (-1,) + tuple(int(s) for s in tiles.shape[1:1 + nd])
+        return keras.ops.reshape(tiles, (-1,) + tuple(tiles.shape[1 + nd:])), grid_shape
+    import tensorflow as tf
+
     shp = tf.shape(tiles)
     grid_shape = shp[: 1 + nd]
     tile_part = shp[1 + nd:]

@@ -56,7 +56,8 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
 
     Args:
         model: a compiled Keras model (e.g. ``ednn_tf.EDNN``).
-        x, y, batch_size, validation_data: as for ``model.fit`` (``x`` may be a ``tf.data.Dataset``).
+        x, y, batch_size, validation_data: as for ``model.fit`` (``x`` may be a ``tf.data.Dataset``
+            or a ``keras.utils.PyDataset`` such as ``data.ArrayBatches``).
         epochs: total epochs; a resumed run continues from the last completed epoch.
         workdir: folder for the backup (``backup/``) and the per-epoch CSV log (``log.csv``).
         progress: show the epoch bar (on rank 0).
@@ -66,9 +67,11 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
     """
     os.makedirs(workdir, exist_ok=True)
     is_dataset = hasattr(x, "element_spec")
+    is_pydataset = isinstance(x, keras.utils.PyDataset)
     if not model.built:   # BackupAndRestore needs built variables to restore into
         import numpy as np
-        shape = x.element_spec[0].shape if is_dataset else np.shape(x)
+        shape = (x.element_spec[0].shape if is_dataset else np.shape(x[0][0]) if is_pydataset
+                 else np.shape(x))
         model(np.zeros((1,) + tuple(int(s) for s in shape[1:]), "float32"))
     if is_dataset:
         fit_kwargs.setdefault("shuffle", False)   # a Dataset shuffles itself

@@ -259,6 +259,33 @@ def build_dataset(path, structs, energies, shape, gamma, attrs, progress, channe
     return data.write_dataset(path, X, energies, attrs=attrs, **pack_structures(structs))
 
 
+def sibling_renders(stem):
+    """Existing data files of the labelled structures ``stem`` at any grid or channel choice
+    (``{stem}_grid<n>[_elements].h5``), smallest file first."""
+    import glob
+    import re
+
+    pat = re.compile(re.escape(os.path.basename(stem)) + r"_grid\d+(_elements)?\.h5$")
+    found = [p for p in glob.glob(glob.escape(stem) + "_grid*.h5") if pat.match(os.path.basename(p))]
+    return sorted(found, key=os.path.getsize)
+
+
+def rerender_dataset(source, path, shape, gamma, channels, progress=False):
+    """Write ``path``: the labelled structures of the data file ``source`` rendered on ``shape``
+    (Z-weighted, or one channel per element of ``channels``). Labels, structures and provenance
+    are copied; no structure is regenerated and nothing is relabelled."""
+    from ednn_tf import data, render
+
+    structs = load_structures(source)
+    energies = data.read_arrays(source, ["Y"])["Y"][:, 0]
+    cell = structs[0].cell.lengths()[:2]
+    attrs = {**data.read_attrs(source), "grid": list(shape), "gamma_A": gamma, "cutoff_gamma": render.DEFAULT_CUTOFF,
+             "pixel_size_A": [cell[0] / shape[0], cell[1] / shape[1]],
+             "channels": "Z-weighted" if channels is None else list(channels),
+             "rendered_from": os.path.basename(source)}
+    return build_dataset(path, structs, energies, shape, gamma, attrs, progress, channels=channels)
+
+
 def ideal_cell(base):
     """The unrattled version of a ``hexagonal_cell`` output (same kind, composition, vacancies),
     rebuilt from its generator record ``base.info``."""
@@ -506,6 +533,9 @@ def main(argv=None):
     stem = os.path.join(args.data_dir, f"hexagonal_{tag}_n{N}_seed{seed}{rtag}")
     rkw = {"gamma": gamma, "channels": list(ELEMENTS) if cfg["channels"] == "element" else None}
     path = f"{stem}_grid{n}{'_elements' if cfg['channels'] == 'element' else ''}.h5"
+    if not os.path.exists(path) and sibling_renders(stem):   # same labelled cells, another grid: re-render
+        print(f"re-rendering the labelled cells of {sibling_renders(stem)[0]} -> {path}")
+        rerender_dataset(sibling_renders(stem)[0], path, (n, n), gamma, rkw["channels"], progress)
     if not os.path.exists(path):
         print(f"generating {N} hexagonal sheets (seed {seed}) -> {path}")
         t0 = time.time()
@@ -602,10 +632,17 @@ def main(argv=None):
         else:
             lr = make_schedule(cfg, steps_per_epoch)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
-            ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=seed)
-            if cfg["augment"]:
-                ds = ds.map(lambda x, y: data.periodic_augment(x, y, seed))
-            val = data.h5_dataset(path, batch_size=64, indices=val_idx)
+            if keras.backend.backend() == "tensorflow":   # stream from HDF5 through tf.data
+                ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=seed)
+                if cfg["augment"]:
+                    ds = ds.map(lambda x, y: data.periodic_augment(x, y, seed))
+                val = data.h5_dataset(path, batch_size=64, indices=val_idx)
+            else:   # JAX / PyTorch (e.g. a GPU node without TensorFlow): in-memory batches
+                tr = data.read_arrays(path, ["X", "Y"], indices=train_idx)
+                ds = data.ArrayBatches.make(tr["X"], tr["Y"], cfg["batch_size"], seed=seed, augment=cfg["augment"])
+                va = data.read_arrays(path, ["X", "Y"], indices=val_idx)
+                val = (va["X"].astype(np.float32), va["Y"].astype(np.float32))
+                del tr
             t0 = time.time()
             hist = training.fit(model, ds, epochs=cfg["epochs"], workdir=os.path.join(args.out, f"train_{name}"),
                                 validation_data=val, progress=progress, desc=name.upper())

@@ -115,3 +115,39 @@ def test_energy_errors_in_the_three_reported_units():
     assert r["meV_per_A2"]["mean_error"] == pytest.approx(1e3 * (0.05 - 0.05 + 0.05) / 3)
     with pytest.raises(ValueError, match="must be > 0"):
         energy_errors(true, pred, atoms, np.array([10.0, 0.0, 1.0]))
+
+
+def test_periodic_augment_numpy_is_a_per_sample_roll_and_mirror():
+    """Every augmented sample is one of the 4 H*W periodic shifts/mirrors of its own image (so the
+    pixel multiset, and thus any extensive pixel sum, is unchanged) and samples differ in shift."""
+    from ednn_tf.data import periodic_augment_numpy
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5, 4, 2)).astype(np.float32)
+    out = periodic_augment_numpy(x, np.random.default_rng(1))
+    found = []
+    for b in range(len(x)):
+        hits = [(sy, sx, fy, fx) for fy in (1, -1) for fx in (1, -1) for sy in range(5) for sx in range(4)
+                if np.array_equal(out[b], np.roll(x[b][::fy, ::fx], (sy, sx), axis=(0, 1)))]
+        assert hits, f"sample {b} is not a periodic shift/mirror of its input"
+        found.append(hits[0])
+    assert len(set(found)) > 1
+    np.testing.assert_allclose(out.sum(axis=(1, 2)), x.sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_array_batches_cover_every_sample_once_per_epoch_and_reshuffle():
+    from ednn_tf.data import ArrayBatches
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
+    ds = ArrayBatches.make(x, np.arange(10), batch_size=4, seed=3)
+    assert len(ds) == 3
+    seen = np.concatenate([ds[i][0].ravel() for i in range(len(ds))])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(10))
+    for i in range(len(ds)):
+        xb, yb = ds[i]
+        np.testing.assert_array_equal(xb.ravel(), yb.ravel())   # labels follow their samples
+    first = [ds[i][0].ravel().tolist() for i in range(len(ds))]
+    ds.on_epoch_end()
+    assert [ds[i][0].ravel().tolist() for i in range(len(ds))] != first
+    with pytest.raises(ValueError, match="3 samples but y has 2"):
+        ArrayBatches.make(np.zeros((3, 1, 1, 1)), np.zeros(2), 2)

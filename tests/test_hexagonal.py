@@ -1,6 +1,7 @@
 """Hexagonal-sheet experiment (paper Sec. 3.2.1, 3.3, Figs. 5, 6, 9): ``ednn_tf.blur`` and
 ``experiments/hexagonal.py`` end to end on its tiny preset (Tersoff oracle, 32 x 32 images)."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -374,3 +375,24 @@ def test_tiny_with_one_channel_per_element(tmp_path):
     assert x1.shape == (1, 32, 32, 3)
     np.testing.assert_allclose(model.predict_total(x3), 9 * model.predict_total(x1), rtol=1e-5)
     assert res["test"]["cnn"]["params"] > 0
+
+
+def test_rerender_at_another_grid_reuses_labels_and_structures(tiny_run, tmp_path):
+    """A data file re-rendered on another grid with element channels carries the same labels and
+    structures, and its X is the renderer's image of them; ``sibling_renders`` finds the source."""
+    from ednn_tf import data, render
+    mod, root, _, res = tiny_run
+    src = res["dataset"]["path"]
+    stem = src[:src.index("_grid")]
+    assert mod.sibling_renders(stem) == [src]
+    assert mod.sibling_renders(stem + "_rattle0.02-0.05") == []
+    dst = str(tmp_path / (os.path.basename(stem) + "_grid16_elements.h5"))
+    mod.rerender_dataset(src, dst, (16, 16), 0.2, [5, 6, 7])
+    a, b = data.read_arrays(src, ["Y", "positions", "numbers"]), data.read_arrays(dst, ["X", "Y", "positions", "numbers"])
+    for k in ("Y", "positions", "numbers"):
+        np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(
+        b["X"], render.render_many(mod.load_structures(src), shape=(16, 16), gamma=0.2, channels=[5, 6, 7]))
+    attrs = data.read_attrs(dst)
+    assert list(attrs["grid"]) == [16, 16] and attrs["rendered_from"] == os.path.basename(src)
+    assert attrs["oracle"] == data.read_attrs(src)["oracle"]

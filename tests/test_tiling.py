@@ -125,3 +125,58 @@ def test_tilelayer_config_round_trip():
     clone = TileLayer.from_config(layer.get_config())
     assert (clone.focus, clone.context, clone.check_finite, clone.name) == (2, 3, True, "t")
     assert layer.compute_output_shape((None, 8, None, 3)) == (None, 4, None, 8, 8, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# the keras.ops tiling used under non-TensorFlow backends (JAX, PyTorch), checked here under TF
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,focus,context", [
+    ((2, 6, 6, 1), 1, 1), ((3, 6, 12, 3), 2, 3), ((1, 8, 4, 2), 4, 2), ((2, 4, 4, 1), 2, 0),
+    ((1, 4, 6, 2, 1), 2, 1), ((2, 2, 4, 6, 3), 1, 1)])
+def test_ops_tiling_equals_numpy_reference(shape, focus, context):
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    padded = np.asarray(tiling.periodic_pad(x, context))
+    got = np.asarray(tiling._tiles_from_padded_ops(padded, focus, context))
+    np.testing.assert_array_equal(got, tiling.extract_tiles_numpy(x, focus, context))
+
+
+def test_ops_tiling_rejects_a_padded_size_that_is_not_n_f_plus_2c():
+    with pytest.raises(ValueError, match="size 7"):
+        tiling._tiles_from_padded_ops(np.zeros((1, 7, 6, 1), np.float32), 2, 1)
+
+
+JAX_SCRIPT = r"""
+import os, sys, numpy as np
+os.environ["KERAS_BACKEND"] = "jax"
+import keras
+assert keras.backend.backend() == "jax"
+import ednn_tf
+from ednn_tf import tiling, networks
+assert "tensorflow" not in sys.modules, "ednn_tf's core imported TensorFlow under the JAX backend"
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 8, 12, 2)).astype(np.float32)
+for f, c in [(2, 1), (4, 2), (1, 5)]:
+    np.testing.assert_array_equal(np.asarray(tiling.extract_tiles(x, f, c)), tiling.extract_tiles_numpy(x, f, c))
+keras.utils.set_random_seed(0)
+m = ednn_tf.EDNN(networks.ising_dense(ednn_tf.tile_size(2, 1), channels=2), focus=2, context=1)
+m.compile(optimizer="adam", loss="mse")
+m.fit(x, np.ones((2, 1)), epochs=1, verbose=0)
+big = np.tile(x, (1, 3, 2, 1))          # a 3 x 2 periodic repeat: exactly 6x the total
+p1, p6 = m.predict_total(x), m.predict_total(big)
+np.testing.assert_allclose(p6, 6 * p1, rtol=1e-5)
+np.testing.assert_allclose(np.asarray(m.predict(x, verbose=0))[:, 0], p1, rtol=1e-5)
+print("OK", p1)
+"""
+
+
+def test_ednn_under_the_jax_backend_without_tensorflow(tmp_path):
+    """Under ``KERAS_BACKEND=jax`` the core never imports TensorFlow, the tiles equal the numpy
+    reference, training runs and the total of a 3 x 2 periodic repeat is 6x the cell's."""
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
