@@ -253,12 +253,14 @@ class ArrayBatches:
     """Shuffled ``(x, y)`` mini-batches of in-memory arrays as a ``keras.utils.PyDataset``
     (works under every Keras backend, unlike ``h5_dataset``'s ``tf.data``).
 
-    The order is re-drawn every epoch from ``(seed, epoch)``; with ``augment`` every batch gets
-    ``periodic_augment_numpy``. Build with ``ArrayBatches.make(x, y, batch_size, ...)``.
+    The order is re-drawn every epoch from ``(seed, epoch)``; with ``augment`` batch ``i`` gets
+    ``periodic_augment_numpy`` with its own generator ``(seed, epoch, i)``, so ``workers > 1``
+    threads (Keras' prefetching) give the same batches as one. Build with
+    ``ArrayBatches.make(x, y, batch_size, ...)``.
     """
 
     @staticmethod
-    def make(x, y, batch_size, shuffle=True, seed=0, augment=False, x_dtype="float32"):
+    def make(x, y, batch_size, shuffle=True, seed=0, augment=False, x_dtype="float32", workers=1):
         import keras
 
         x = np.asarray(x, dtype=x_dtype)
@@ -271,13 +273,13 @@ class ArrayBatches:
 
         class _Batches(keras.utils.PyDataset):
             def __init__(self):
-                super().__init__()
+                super().__init__(workers=int(workers))
                 self.batch_size, self.epoch = int(batch_size), 0
                 self._draw()
 
             def _draw(self):
-                self.rng = np.random.default_rng([seed, self.epoch])
-                self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+                rng = np.random.default_rng([seed, self.epoch])
+                self.order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
 
             def __len__(self):
                 return -(-len(x) // self.batch_size)
@@ -286,7 +288,7 @@ class ArrayBatches:
                 rows = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
                 xb = x[rows]
                 if augment:
-                    xb = periodic_augment_numpy(xb, self.rng)
+                    xb = periodic_augment_numpy(xb, np.random.default_rng([seed, self.epoch, i]))
                 return xb, y[rows]
 
             def on_epoch_end(self):

@@ -639,7 +639,8 @@ def main(argv=None):
                 val = data.h5_dataset(path, batch_size=64, indices=val_idx)
             else:   # JAX / PyTorch (e.g. a GPU node without TensorFlow): in-memory batches
                 tr = data.read_arrays(path, ["X", "Y"], indices=train_idx)
-                ds = data.ArrayBatches.make(tr["X"], tr["Y"], cfg["batch_size"], seed=seed, augment=cfg["augment"])
+                ds = data.ArrayBatches.make(tr["X"], tr["Y"], cfg["batch_size"], seed=seed, augment=cfg["augment"],
+                                           workers=4)
                 va = data.read_arrays(path, ["X", "Y"], indices=val_idx)
                 val = (va["X"].astype(np.float32), va["Y"].astype(np.float32))
                 del tr

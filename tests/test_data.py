@@ -151,3 +151,14 @@ def test_array_batches_cover_every_sample_once_per_epoch_and_reshuffle():
     assert [ds[i][0].ravel().tolist() for i in range(len(ds))] != first
     with pytest.raises(ValueError, match="3 samples but y has 2"):
         ArrayBatches.make(np.zeros((3, 1, 1, 1)), np.zeros(2), 2)
+
+
+def test_array_batches_are_reproducible_and_independent_of_workers():
+    from ednn_tf.data import ArrayBatches
+
+    x = np.random.default_rng(0).normal(size=(9, 4, 4, 1)).astype(np.float32)
+    one = ArrayBatches.make(x, np.arange(9), 4, seed=5, augment=True)
+    four = ArrayBatches.make(x, np.arange(9), 4, seed=5, augment=True, workers=4)
+    for i in (2, 0, 1):      # any order, as prefetching threads would ask
+        np.testing.assert_array_equal(one[i][0], four[i][0])
+    assert not np.array_equal(one[0][0], ArrayBatches.make(x, np.arange(9), 4, seed=6, augment=True)[0][0])
