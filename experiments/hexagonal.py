@@ -123,7 +123,10 @@ def parse_args(argv=None):
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--out", default=None, help="output directory (default results/hexagonal-<preset>)")
     ap.add_argument("--data-dir", default=os.path.join(REPO, "data"))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the structures, their split and the networks")
+    ap.add_argument("--init-seed", type=int,
+                    help="seed of the networks' initial weights, batch order and augmentation only "
+                         "(default --seed): repeats of one data set and split")
     ap.add_argument("--oracle", help="labelling oracle (gfn1-xtb, tersoff-bnc, rebo, lj)")
     ap.add_argument("--oracle-setting", action="append", default=[], metavar="KEY=VALUE",
                     help="oracle setting (repeatable; VALUE parsed as JSON), e.g. supercell=2 for a 2x2 "
@@ -184,7 +187,7 @@ def parse_args(argv=None):
             settings[key] = json.loads(val)
         except ValueError:
             settings[key] = val
-    cfg.update(seed=args.seed, preset=args.preset, oracle_settings=settings)
+    cfg.update(seed=args.seed, init_seed=args.init_seed, preset=args.preset, oracle_settings=settings)
     n_test = cfg["n_structures"] - cfg["n_train"] - cfg["n_val"]
     if min(cfg["n_train"], cfg["n_val"], n_test) < 1:
         raise SystemExit(f"need n_train, n_val >= 1 and n_structures > n_train + n_val, got {cfg['n_structures']}, "
@@ -610,7 +613,8 @@ def main(argv=None):
 
     # ------------------------------------------------------------ 2. train (resumable)
     x_init = data.read_arrays(path, ["X"], indices=np.sort(train_idx[:64]))["X"] if cfg["init"] == "lsuv" else None
-    ednn, plain = build_models(cfg, tmap, seed, x_init)
+    mseed = seed if cfg.get("init_seed") is None else cfg["init_seed"]
+    ednn, plain = build_models(cfg, tmap, mseed, x_init)
     steps_per_epoch = -(-len(train_idx) // cfg["batch_size"])
     histories, models, preds = {}, {}, {}
     results.setdefault("train_seconds", {})
@@ -635,13 +639,13 @@ def main(argv=None):
             lr = make_schedule(cfg, steps_per_epoch)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
             if keras.backend.backend() == "tensorflow":   # stream from HDF5 through tf.data
-                ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=seed)
+                ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=mseed)
                 if cfg["augment"]:
-                    ds = ds.map(lambda x, y: data.periodic_augment(x, y, seed))
+                    ds = ds.map(lambda x, y: data.periodic_augment(x, y, mseed))
                 val = data.h5_dataset(path, batch_size=64, indices=val_idx)
             else:   # JAX / PyTorch (e.g. a GPU node without TensorFlow): in-memory batches
                 tr = data.read_arrays(path, ["X", "Y"], indices=train_idx)
-                ds = data.ArrayBatches.make(tr["X"], tr["Y"], cfg["batch_size"], seed=seed, augment=cfg["augment"],
+                ds = data.ArrayBatches.make(tr["X"], tr["Y"], cfg["batch_size"], seed=mseed, augment=cfg["augment"],
                                            workers=4)
                 va = data.read_arrays(path, ["X", "Y"], indices=val_idx)
                 val = (va["X"].astype(np.float32), va["Y"].astype(np.float32))
