@@ -6,7 +6,10 @@ Prints, from one run on this machine:
     FLOP bound on attempts/s = GFLOP/s / (tile evaluations per attempt * FLOP per tile),
   * the fraction of that bound reached,
   * local vs full re-evaluation cost per move: the time of one full 128x128 EDNN evaluation
-    divided by the time of one local attempt (the FLOP ratio would be 16384 / 9 = 1820).
+    divided by the time of one local attempt (the FLOP ratio would be 16384 / 9 = 1820),
+  * the same for atoms (``AtomicLocalEnergy``): one local dE of a 240-atom graphene sheet (2 x 2
+    hexagonal cells, 0.1 A pixels, f = 32, c = 16, quarter-width paper CNN) against a full render
+    and evaluation, median of 12 moves / 5 evaluations, and the tiles re-evaluated per move.
 
     python bench/mc.py [--L 128] [--replicas 8] [--sweeps 3] [--json out.json]
 """
@@ -98,9 +101,45 @@ def main():
     print(f"Metropolis, {args.replicas:2d} replicas         {rateR:10.3e} attempts/s  ({100 * rateR / bound:.1f} % of bound)")
     print(f"full {args.L}x{args.L} EDNN evaluation     {1e3 * t_full:8.2f} ms")
     print(f"full / local cost per move      {ratio:10.0f}x (1 replica), {t_full * rateR:.0f}x ({args.replicas} replicas)")
+    res["atoms"] = atom_local_vs_full()
+    a = res["atoms"]
+    print(f"atom MC, {a['n_atoms']} atoms on {a['grid']}: local dE {1e3 * a['local_s']:.1f} ms "
+          f"({a['tiles_per_move']:.1f} of {a['n_tiles']} tiles), full {1e3 * a['full_s']:.1f} ms, "
+          f"speed-up {a['full_s'] / a['local_s']:.1f}x")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=2)
+
+
+def atom_local_vs_full(seed=0):
+    """Median seconds of a local dE and of a full energy for 240 graphene atoms (see module doc)."""
+    from ednn_tf.mc import AtomicLocalEnergy
+    from ednn_tf.structures import hexagonal_cell
+
+    f, c, px = 32, 16, 128
+    model = EDNN(networks.paper_cnn(f + 2 * c, width=0.25, dense=64, seed=seed), f, c)
+    atoms = hexagonal_cell("graphene", seed=seed).repeat((2, 2, 1))
+    le = AtomicLocalEnergy(model, atoms, (2 * px, 2 * px))
+    rng = np.random.default_rng(seed)
+    moves = [(int(i), le.positions[i] + np.r_[rng.uniform(-0.1, 0.1, 2), 0])
+             for i in rng.integers(len(atoms), size=12)]
+    le.delta_energy(*moves[0])
+    le.full_energy()
+
+    def median_seconds(fn, items):
+        times = []
+        for it in items:
+            t0 = time.perf_counter()
+            fn(it)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    n0 = le.n_evaluated_tiles
+    t_local = median_seconds(lambda m: le.delta_energy(*m), moves)
+    tiles = (le.n_evaluated_tiles - n0) / len(moves)
+    t_full = median_seconds(lambda _: le.full_energy(), range(5))
+    return dict(n_atoms=len(atoms), grid=[2 * px, 2 * px], n_tiles=int(le.index.n_tiles), tiles_per_move=tiles,
+                local_s=t_local, full_s=t_full)
 
 
 if __name__ == "__main__":

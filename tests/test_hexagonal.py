@@ -396,3 +396,27 @@ def test_rerender_at_another_grid_reuses_labels_and_structures(tiny_run, tmp_pat
     attrs = data.read_attrs(dst)
     assert list(attrs["grid"]) == [16, 16] and attrs["rendered_from"] == os.path.basename(src)
     assert attrs["oracle"] == data.read_attrs(src)["oracle"]
+
+
+def test_networks_trained_in_two_processes_combine(tmp_path):
+    """``--skip cnn`` and ``--skip ednn`` train the two networks separately (as two processes on one
+    GPU would); copying ``cnn.keras`` next to ``ednn.keras`` and rerunning reuses both unchanged and
+    reports their ratio. A different ``--init-seed`` changes the networks, not the data or split."""
+    import shutil
+
+    mod = _script()
+    common = ["--preset", "tiny", "--data-dir", str(tmp_path / "data"), "--no-progress"]
+    a = mod.main(common + ["--out", str(tmp_path / "a"), "--skip", "cnn", "transfer", "blur"])
+    b = mod.main(common + ["--out", str(tmp_path / "b"), "--skip", "ednn"])
+    assert set(a["test"]) >= {"ednn"} and "cnn" not in a["test"]
+    assert "ednn" not in b["test"] and "transfer" not in b and "blur" not in b
+    for name in ("cnn.keras", "cnn.train.json"):
+        shutil.copy(tmp_path / "b" / name, tmp_path / "a" / name)
+    both = mod.main(common + ["--out", str(tmp_path / "a"), "--skip", "transfer", "blur"])
+    mae = {k: both["test"][k]["meV_per_A2"]["mean_abs_error"] for k in ("ednn", "cnn")}
+    assert mae["ednn"] == pytest.approx(a["test"]["ednn"]["meV_per_A2"]["mean_abs_error"], rel=1e-6)
+    assert mae["cnn"] == pytest.approx(b["test"]["cnn"]["meV_per_A2"]["mean_abs_error"], rel=1e-6)
+    assert both["test"]["mae_ratio_cnn_over_ednn"] == pytest.approx(mae["cnn"] / mae["ednn"])
+    s = mod.main(common + ["--out", str(tmp_path / "s"), "--skip", "cnn", "transfer", "blur", "--init-seed", "7"])
+    assert json.dumps(s["dataset"], default=str) == json.dumps(a["dataset"], default=str)
+    assert s["test"]["ednn"]["meV_per_A2"]["mean_abs_error"] != pytest.approx(mae["ednn"], rel=1e-6)
