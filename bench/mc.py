@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from ednn_tf import EDNN, networks  # noqa: E402
 from ednn_tf.mc import Metropolis  # noqa: E402
+from ednn_tf.timing import median_seconds, min_seconds  # noqa: E402
 
 
 def dense_flops(model):
@@ -38,13 +38,7 @@ def dense_flops(model):
 
 def best_time(fn, repeats):
     """Minimum wall time of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min_seconds(fn, repeats=repeats, warmup=1)
 
 
 def attempts_per_second(model, L, replicas, sweeps, repeats, seed=0):
@@ -125,14 +119,6 @@ def atom_local_vs_full(seed=0):
              for i in rng.integers(len(atoms), size=12)]
     le.delta_energy(*moves[0])
     le.full_energy()
-
-    def median_seconds(fn, items):
-        times = []
-        for it in items:
-            t0 = time.perf_counter()
-            fn(it)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
 
     n0 = le.n_evaluated_tiles
     t_local = median_seconds(lambda m: le.delta_energy(*m), moves)

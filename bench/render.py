@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-
+from ednn_tf.timing import call_seconds  # noqa: E402
 from ednn_tf.structures import honeycomb_sheet  # noqa: E402
 from ednn_tf.render import render, render_tf, shape_for_cell  # noqa: E402
 
@@ -34,14 +34,9 @@ def hexagonal_sheet(repeat=(5, 3), species=("C", "C"), a=2.46):
 
 
 def timings(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), float(np.min(ts))
+    """``(median, min)`` seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    ts = call_seconds(fn, repeats=repeats, warmup=warmup)
+    return float(np.median(ts)), float(ts.min())
 
 
 def main():

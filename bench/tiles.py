@@ -17,7 +17,6 @@ a GPU node without TensorFlow (``KERAS_BACKEND=jax python bench/tiles.py --batch
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ednn_tf import EDNN, networks  # noqa: E402
+from ednn_tf.timing import call_seconds  # noqa: E402
 
 
 def conv_net_flops(model):
@@ -43,13 +43,9 @@ def conv_net_flops(model):
 
 
 def best_time(fn, repeats):
-    fn()  # warm-up / trace
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), float(np.median(times))
+    """``(min, median)`` seconds of ``repeats`` calls after one warm-up (trace) call."""
+    ts = call_seconds(fn, repeats=repeats, warmup=1)
+    return float(ts.min()), float(np.median(ts))
 
 
 def device_name():

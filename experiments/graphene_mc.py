@@ -331,14 +331,7 @@ def time_evaluations(model, le, atoms0, settings, oracle, repeats, rng, other_or
         cells.append(a)
     calc.get_potential_energy(cells[-1])            # trace once
 
-    def per_call(fn, items):
-        """Median seconds of one call (robust to load spikes on a shared machine)."""
-        times = []
-        for it in items:
-            t0 = time.perf_counter()
-            fn(it)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+    from ednn_tf.timing import median_seconds as per_call   # median: robust to load spikes
 
     out = {"ednn_full_calculator_s": per_call(calc.get_potential_energy, cells[:repeats])}
     calc.get_forces(cells[-1])

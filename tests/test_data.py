@@ -162,3 +162,24 @@ def test_array_batches_are_reproducible_and_independent_of_workers():
     for i in (2, 0, 1):      # any order, as prefetching threads would ask
         np.testing.assert_array_equal(one[i][0], four[i][0])
     assert not np.array_equal(one[0][0], ArrayBatches.make(x, np.arange(9), 4, seed=6, augment=True)[0][0])
+
+
+def test_call_seconds_times_each_call_after_untimed_warmup():
+    import time
+
+    from ednn_tf.timing import call_seconds, median_seconds, min_seconds
+
+    calls = []
+
+    def sleepy(d=0.0):
+        calls.append(d)
+        time.sleep(d)
+
+    ts = call_seconds(sleepy, items=[0.0, 0.02, 0.0], warmup=2)
+    assert calls == [0.0, 0.0, 0.0, 0.02, 0.0]                # two warm-ups with the first item
+    assert len(ts) == 3 and ts[1] >= 0.02 and ts[1] == ts.max()
+    assert min_seconds(sleepy, repeats=3) <= median_seconds(sleepy, items=[0.01, 0.01, 0.01])
+    with pytest.raises(ValueError, match="either items or repeats"):
+        call_seconds(sleepy)
+    with pytest.raises(ValueError, match="nothing to time"):
+        call_seconds(sleepy, items=[])
