@@ -99,8 +99,9 @@ class EDNN(keras.Model):
     def call(self, inputs, training=False):
         contrib = self.tile_contributions(inputs, training=training)
         axes = tuple(range(1, len(contrib.shape)))
-        total = keras.ops.sum(keras.ops.cast(contrib, _sum_dtype()), axis=axes)[:, None]
-        return keras.ops.cast(total, self.output_dtype)
+        dtype = _sum_dtype()
+        total = keras.ops.sum(keras.ops.cast(contrib, dtype), axis=axes)[:, None]
+        return keras.ops.cast(total, self.output_dtype if dtype == "float64" else dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
