@@ -125,6 +125,24 @@ class EDNN(keras.Model):
             out[lo:lo + batch_size] = c.reshape(len(c), -1).sum(axis=1)
         return out
 
+    def predict_symmetrised(self, x, stride=1, mirrors=False, batch_size=32, return_spread=False):
+        """Totals averaged over the tiling offsets (and optionally mirrors): float64 ``(batch,)``.
+
+        With ``stride=1`` the average runs over all ``f^d`` offsets of the tiling, which makes the
+        prediction exactly invariant under every whole-pixel periodic shift (the plain EDNN is
+        invariant only under multiples of ``f``) and keeps it extensive. ``stride`` must divide
+        ``focus``; the cost is ``(f / stride)^d`` (times ``2^d`` with ``mirrors``) plain
+        evaluations. Mirrors are a symmetry of energies, not of every target: see
+        ``ednn_tf.symmetry``.
+        """
+        from . import symmetry
+
+        x = np.asarray(x)
+        nd = tiling.validate_grid(x.shape, self.focus)
+        shifts = symmetry.pixel_shifts(self.focus, stride, nd)
+        return symmetry.symmetrised(lambda z: self.predict_total(z, batch_size=batch_size), x, shifts,
+                                    symmetry.mirror_sets(nd, mirrors), return_spread=return_spread)
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -98,7 +98,8 @@ PRESETS = {
                   dense=1024, batch_size=100, lr=1e-5, lr_decay=False, warmup_epochs=0, epochs=500, augment=False, baseline="none", moments=(1, 2, 3), init="glorot",
                   oracle="gfn1-xtb",
                   transfer_sizes=(1, 2, 3, 4), transfer_counts=(5, 20, 10, 5), timing_sizes=(1, 2, 4, 8, 16),
-                  blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16, 24, 32), n_blur=1000),
+                  blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16, 24, 32), n_blur=1000,
+                  sym_stride=0, sym_mirrors=False),
     # The same cell and the same physical focus/context (3.1 / 1.6 A wide) on a coarser 64 x 64 grid
     # (0.2 A/px = gamma: the Gaussians stay resolved), the same 13-conv + 2-dense CNN at half the
     # filters and dense 256, 4000 cells (GFN1-xTB labels ~15 min on 2 cores), exact-symmetry
@@ -113,7 +114,7 @@ PRESETS = {
                 dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=True,
                 baseline="moments", moments=(1,), init="lsuv", oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3), transfer_counts=(3, 3, 1), timing_sizes=(1, 2, 4, 8, 16),
-                blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8), n_blur=None),
+                blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8), n_blur=None, sym_stride=4, sym_mirrors=True),
     # One GPU, measured on an H100 (docs/hexagonal.md, "Measured: gpu preset"): the cpu preset's data and
     # recipe at twice the resolution (128 x 128, 0.1 A/px; f / c still 3.1 / 1.6 A) with the paper CNN at
     # full width, 200 epochs. Training: EDNN 253 s, CNN 277 s (H100, JAX backend, three runs sharing the
@@ -122,13 +123,13 @@ PRESETS = {
                 width=1.0, dense=1024, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=200, augment=True,
                 baseline="moments", moments=(1,), init="lsuv", oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3, 4), transfer_counts=(3, 3, 1, 1), timing_sizes=(1, 2, 4, 8, 16),
-                blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16), n_blur=None),
+                blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16), n_blur=None, sym_stride=8, sym_mirrors=True),
     # Seconds, for tests of the script itself: a cheap empirical oracle and a tiny grid.
     "tiny": dict(channels="z", rattle=DEFAULT_RATTLE, n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
                  batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=1, epochs=2, augment=True, baseline="moments", moments=(1, 2, 3),
                  init="lsuv", oracle="tersoff-bnc",
                  transfer_sizes=(1, 2), transfer_counts=(2, 2), timing_sizes=(1, 2, 4),
-                 blur_sigma=0.4, blur_widths=(0, 1, 2, 4), n_blur=None),
+                 blur_sigma=0.4, blur_widths=(0, 1, 2, 4), n_blur=None, sym_stride=4, sym_mirrors=True),
 }
 #: Paper Sec. 3.2.1: test MAE in meV/A^2 after 500 epochs.
 PAPER_MAE = {"ednn": 1.122, "cnn": 2.529}
@@ -178,6 +179,11 @@ def parse_args(argv=None):
     ap.add_argument("--blur-sigma", type=float, help="Gaussian blur width in Angstrom")
     ap.add_argument("--blur-widths", type=int, nargs="*", help="edge-band widths (px) defining the blurred areas")
     ap.add_argument("--n-blur", type=int, help="test images used in the blur study (default all)")
+    ap.add_argument("--sym-stride", type=int,
+                    help="also report both models averaged over whole-pixel shifts at offsets 0, s, 2s, ... < focus "
+                         "per axis (s must divide focus; 1 = every offset, which makes the EDNN exactly shift "
+                         "invariant; 0 = off)")
+    ap.add_argument("--sym-mirrors", type=int, choices=(0, 1), help="include the mirrors in --sym-stride's average")
     ap.add_argument("--workers", type=int, default=2, help="labelling worker processes")
     ap.add_argument("--oracle-threads", type=int, default=1,
                     help="BLAS/OpenMP threads per labelling worker (1 is fastest on a shared machine); the "
@@ -210,6 +216,9 @@ def parse_args(argv=None):
                          f"{cfg['n_train']}, {cfg['n_val']}")
     if cfg["grid"] % cfg["focus"]:
         raise SystemExit(f"--grid {cfg['grid']} must be a multiple of --focus {cfg['focus']}")
+    cfg["sym_mirrors"] = bool(cfg["sym_mirrors"])
+    if cfg["sym_stride"] < 0 or (cfg["sym_stride"] and cfg["focus"] % cfg["sym_stride"]):
+        raise SystemExit(f"--sym-stride must be 0 or divide --focus {cfg['focus']}, got {cfg['sym_stride']}")
     if cfg["focus"] < 1 or cfg["context"] < 0 or cfg["epochs"] < 1 or cfg["batch_size"] < 1:
         raise SystemExit("need focus >= 1, context >= 0, epochs >= 1, batch size >= 1")
     if not 0 <= cfg["warmup_epochs"] <= cfg["epochs"]:
@@ -695,8 +704,35 @@ def main(argv=None):
         m = {k: results["test"][k]["meV_per_A2"]["mean_abs_error"] for k in ("ednn", "cnn")}
         results["test"]["mae_ratio_cnn_over_ednn"] = m["cnn"] / m["ednn"]
         results["test"]["paper_mae_ratio"] = PAPER_MAE["cnn"] / PAPER_MAE["ednn"]
+        med = {k: results["test"][k]["meV_per_A2"]["median_abs_error"] for k in ("ednn", "cnn")}
+        results["test"]["median_ratio_cnn_over_ednn"] = med["cnn"] / med["ednn"]   # the paper's "MAE" is a median
         print(f"MAE ratio CNN / EDNN = {results['test']['mae_ratio_cnn_over_ednn']:.2f} "
               f"(paper {results['test']['paper_mae_ratio']:.2f})")
+    if cfg["sym_stride"] and len(preds) == 2:
+        # symmetrised inference: both models averaged over the same exact symmetries (whole-pixel
+        # periodic shifts at offsets 0, s, 2s, ... < f per axis, times the mirrors), the same cost for both
+        from ednn_tf import symmetry
+        shifts = symmetry.pixel_shifts(f, cfg["sym_stride"], 2)
+        flips = symmetry.mirror_sets(2, cfg["sym_mirrors"])
+        sym = results["test_symmetrised"] = {"stride_px": cfg["sym_stride"], "mirrors": cfg["sym_mirrors"],
+                                             "evaluations_per_cell": len(shifts) * len(flips)}
+        for name, model in models.items():
+            fn = ((lambda z, m=model: m.predict_total(z, batch_size=32)) if name == "ednn" else
+                  (lambda z, m=model: np.asarray(m.predict(z, batch_size=32, verbose=0), np.float64)[:, 0]))
+            t0 = time.perf_counter()
+            p_sym, spread = symmetry.symmetrised(fn, x_test, shifts, flips, return_spread=True)
+            sym[name] = errors(y_test, p_sym, n_test_atoms, a_test)
+            sym[name]["seconds"] = time.perf_counter() - t0
+            sym[name]["spread_over_symmetries_mean_eV"] = float(np.mean(spread))
+            print(f"{name} symmetrised ({sym['evaluations_per_cell']} evaluations per cell): test MAE "
+                  f"{sym[name]['meV_per_A2']['mean_abs_error']:.3f} meV/A^2 (spread of the plain model over the "
+                  f"symmetries {sym[name]['spread_over_symmetries_mean_eV']:.3f} eV)")
+        m = {k: sym[k]["meV_per_A2"] for k in ("ednn", "cnn")}
+        sym["mae_ratio_cnn_over_ednn"] = m["cnn"]["mean_abs_error"] / m["ednn"]["mean_abs_error"]
+        sym["median_ratio_cnn_over_ednn"] = m["cnn"]["median_abs_error"] / m["ednn"]["median_abs_error"]
+        print(f"symmetrised: MAE ratio CNN / EDNN = {sym['mae_ratio_cnn_over_ednn']:.2f}, "
+              f"median ratio {sym['median_ratio_cnn_over_ednn']:.2f}")
+        save_results()
     results["test"]["by_kind"] = {
         str(k): {name: float(np.mean(np.abs(preds[name] - y_test)[kinds == k] * 1e3 / a_test[kinds == k]))
                  for name in preds} for k in np.unique(kinds)}

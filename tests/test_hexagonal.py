@@ -304,6 +304,25 @@ def test_tiny_transfer_and_blur_entries(tiny_run):
                                                          rel=1e-9)
 
 
+def test_tiny_symmetrised_errors_are_those_of_the_shift_and_mirror_average(tiny_run):
+    """test_symmetrised: the EDNN averaged over offsets 0, 4 of f = 8 per axis and the 4 mirrors."""
+    import keras
+
+    from ednn_tf import data
+    mod, root, _, res = tiny_run
+    sym = res["test_symmetrised"]
+    assert sym["evaluations_per_cell"] == 2 * 2 * 4 and sym["stride_px"] == 4 and sym["mirrors"] is True
+    cfg = res["config"]
+    _, _, test_idx = data.split_indices(32, (20 / 32, 4 / 32, 8 / 32), seed=cfg["seed"])
+    arr = data.read_arrays(res["dataset"]["path"], ["X", "Y"], indices=test_idx)
+    model = keras.models.load_model(root / "out" / "ednn.keras")
+    p = model.predict_symmetrised(arr["X"].astype(np.float32), stride=4, mirrors=True)
+    assert sym["ednn"]["eV"]["mean_abs_error"] == pytest.approx(np.mean(np.abs(p - arr["Y"][:, 0])), rel=1e-6)
+    assert sym["ednn"]["spread_over_symmetries_mean_eV"] > 0
+    assert sym["mae_ratio_cnn_over_ednn"] == pytest.approx(
+        sym["cnn"]["eV"]["mean_abs_error"] / sym["ednn"]["eV"]["mean_abs_error"])
+
+
 def test_tiny_rerun_resumes_from_cache(tiny_run, capsys):
     mod, root, argv, res = tiny_run
     again = mod.main(argv)
@@ -324,6 +343,8 @@ def test_bad_arguments():
         mod.parse_args(["--preset", "tiny", "--blur-widths", "9"])     # wider than the context
     with pytest.raises(SystemExit):
         mod.parse_args(["--preset", "tiny", "--transfer-sizes", "2"])  # counts do not match
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--preset", "tiny", "--sym-stride", "3"])      # does not divide focus 8
     _, cfg = mod.parse_args(["--preset", "tiny", "--oracle-setting", "parameters=\"matsunaga2000\""])
     assert cfg["oracle_settings"] == {"parameters": "matsunaga2000"}
 

@@ -1,0 +1,89 @@
+"""Symmetrised inference: average a model over exact symmetries of a periodic grid.
+
+A tiled EDNN is exactly invariant under periodic shifts by whole multiples of the focus ``f``,
+but not under the ``f^d - 1`` shifts in between: moving the image by one pixel moves every atom
+relative to the focus boundaries, and the learned split of each atom's energy between the tiles
+it straddles is never perfect. Averaging the prediction over all ``f^d`` offsets (the offsets
+form a group modulo ``f``) gives a model that is exactly invariant under every whole-pixel
+shift. It is the stride-1 sliding-window EDNN: tiles at every pixel, each weighted ``1 / f^d``,
+and it is still extensive (an average of extensive functions). Averaging over mirrors as well
+makes it exactly mirror invariant. ``stride`` > 1 averages over the offsets that are multiples
+of ``stride`` only (``(f / stride)^d`` evaluations).
+
+The same averaging can be applied to any model with ``symmetrised`` (for example a whole-image
+CNN, to compare the two at the same inference cost). It only helps where the averaged
+operations are symmetries of the target: whole-pixel periodic translations always are for a
+periodic system; ``np.flip`` along an axis is a mirror plus a one-pixel translation, which is a
+symmetry of energies (not of a chiral or vector quantity).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+__all__ = ["pixel_shifts", "mirror_sets", "symmetrised"]
+
+
+def pixel_shifts(period, stride=1, ndim=2):
+    """All shift tuples ``(s_1, ..., s_ndim)`` with ``s_i`` in ``range(0, period, stride)``.
+
+    Raises ValueError unless ``period`` and ``stride`` are positive integers with
+    ``period % stride == 0`` (otherwise the shifts are not a group modulo ``period``)."""
+    for name, v in (("period", period), ("stride", stride), ("ndim", ndim)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    period, stride, ndim = int(period), int(stride), int(ndim)
+    if period % stride:
+        raise ValueError(f"stride must divide the period: stride {stride}, period {period}")
+    return list(itertools.product(range(0, period, stride), repeat=ndim))
+
+
+def mirror_sets(ndim=2, mirrors=True):
+    """Sets of spatial axes (counted from 1, after the batch axis) to flip: all ``2^ndim``
+    subsets with ``mirrors``, else only the identity ``()``."""
+    if not mirrors:
+        return [()]
+    axes = range(1, int(ndim) + 1)
+    return [tuple(c) for r in range(int(ndim) + 1) for c in itertools.combinations(axes, r)]
+
+
+def symmetrised(predict, x, shifts, flips=((),), return_spread=False):
+    """Mean of ``predict(g(x))`` over the group elements ``g`` = (flip, then periodic shift).
+
+    Args:
+        predict: callable mapping a numpy batch ``(B, *spatial, C)`` to ``(B,)`` (or ``(B, 1)``).
+        x: the batch, ``(B, *spatial, C)``.
+        shifts: shift tuples, one entry per spatial axis (see ``pixel_shifts``).
+        flips: tuples of spatial axes to flip (see ``mirror_sets``).
+        return_spread: also return the standard deviation over the group elements.
+
+    Returns:
+        float64 ``(B,)`` mean (and ``(B,)`` spread with ``return_spread``).
+    """
+    x = np.asarray(x)
+    nd = x.ndim - 2
+    if nd < 1:
+        raise ValueError(f"x must be (batch, *spatial, channels), got shape {x.shape}")
+    shifts = [tuple(int(v) for v in s) for s in shifts]
+    if not shifts or any(len(s) != nd for s in shifts):
+        raise ValueError(f"every shift needs {nd} entries (one per spatial axis), got {shifts[:3]}...")
+    flips = [tuple(f) for f in flips]
+    for f in flips:
+        if any(a < 1 or a > nd for a in f):
+            raise ValueError(f"flip axes must be spatial axes 1..{nd}, got {f}")
+    total = np.zeros(len(x), np.float64)
+    total_sq = np.zeros(len(x), np.float64)
+    count = 0
+    spatial = tuple(range(1, nd + 1))
+    for f in flips:
+        xf = np.flip(x, axis=f) if f else x
+        for s in shifts:
+            p = np.asarray(predict(np.roll(xf, s, axis=spatial) if any(s) else xf), np.float64).reshape(len(x))
+            total += p
+            total_sq += p * p
+            count += 1
+    mean = total / count
+    if return_spread:
+        return mean, np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    return mean
