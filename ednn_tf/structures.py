@@ -35,6 +35,7 @@ __all__ = [
     "hexagonal_dataset",
     "porous_graphene",
     "supercell",
+    "rattle",
     "min_interatomic_distance",
 ]
 
@@ -158,6 +159,21 @@ def _rattle(atoms: Atoms, rng, sigma_xy: float, sigma_z: float, min_distance: fl
             return trial
     raise RuntimeError(f"could not rattle with sigma_xy={sigma_xy} A, sigma_z={sigma_z} A without two atoms "
                        f"closer than min_distance={min_distance} A in {_MAX_REDRAWS} draws; lower the rattle")
+
+
+def rattle(atoms: Atoms, sigma_xy: float, sigma_z: float = 0.0, seed=0, min_distance: float = 1.0) -> Atoms:
+    """A copy of ``atoms`` with independent Gaussian displacements of every atom: std ``sigma_xy``
+    (A) per in-plane component and ``sigma_z`` out of plane, redrawn until no two atoms are closer
+    than ``min_distance`` A, then wrapped into the cell. ``seed`` is an int or a numpy
+    ``Generator``. Raises ValueError for a negative or non-finite sigma and RuntimeError when no
+    draw keeps the atoms apart."""
+    if not isinstance(atoms, Atoms):
+        raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
+    sigma_xy = _check_float("sigma_xy", sigma_xy, 0.0)
+    sigma_z = _check_float("sigma_z", sigma_z, 0.0)
+    min_distance = _check_float("min_distance", min_distance, 0.0)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return _rattle(atoms.copy(), rng, sigma_xy, sigma_z, min_distance)
 
 
 def _periodic_xy_distance(xy, centre, cell_xy):

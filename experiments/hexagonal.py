@@ -114,7 +114,7 @@ PRESETS = {
                 dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=100, augment=True,
                 baseline="moments", moments=(1,), init="lsuv", oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3), transfer_counts=(3, 3, 1), timing_sizes=(1, 2, 4, 8, 16),
-                blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8), n_blur=None, sym_stride=4, sym_mirrors=True),
+                blur_sigma=0.4, blur_widths=(0, 1, 2, 3, 4, 6, 8), n_blur=None, sym_stride=2, sym_mirrors=True),
     # One GPU, measured on an H100 (docs/hexagonal.md, "Measured: gpu preset"): the cpu preset's data and
     # recipe at twice the resolution (128 x 128, 0.1 A/px; f / c still 3.1 / 1.6 A) with the paper CNN at
     # full width, 200 epochs. Training: EDNN 253 s, CNN 277 s (H100, JAX backend, three runs sharing the
@@ -123,7 +123,7 @@ PRESETS = {
                 width=1.0, dense=1024, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=200, augment=True,
                 baseline="moments", moments=(1,), init="lsuv", oracle="gfn1-xtb",
                 transfer_sizes=(1, 2, 3, 4), transfer_counts=(3, 3, 1, 1), timing_sizes=(1, 2, 4, 8, 16),
-                blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16), n_blur=None, sym_stride=8, sym_mirrors=True),
+                blur_sigma=0.4, blur_widths=(0, 2, 4, 6, 8, 12, 16), n_blur=None, sym_stride=4, sym_mirrors=True),
     # Seconds, for tests of the script itself: a cheap empirical oracle and a tiny grid.
     "tiny": dict(channels="z", rattle=DEFAULT_RATTLE, n_structures=32, n_train=20, n_val=4, grid=32, focus=8, context=4, width=0.125, dense=16,
                  batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=1, epochs=2, augment=True, baseline="moments", moments=(1, 2, 3),
@@ -355,7 +355,7 @@ def local_descriptors(structs, bond_cutoff=1.85):
 def rattled_supercell(base, k, seed, min_distance=1.0):
     """A new ``k x k`` sheet like ``base`` (a ``hexagonal_cell`` output): :func:`ideal_cell` repeated
     ``k x k`` and rattled with the base cell's in-plane / out-of-plane sigmas, independently for
-    every atom (``ednn_tf.structures``' rattle: redrawn until no two atoms are closer than
+    every atom (``ednn_tf.structures.rattle``: redrawn until no two atoms are closer than
     ``min_distance`` A). Deterministic from ``(seed, k)``.
     """
     from ednn_tf import structures
@@ -363,7 +363,7 @@ def rattled_supercell(base, k, seed, min_distance=1.0):
     info = base.info
     big = structures.supercell(ideal_cell(base), k)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7, int(k)]))
-    out = structures._rattle(big, rng, float(info["rattle"]), float(info["rattle_z"]), min_distance)
+    out = structures.rattle(big, float(info["rattle"]), float(info["rattle_z"]), seed=rng, min_distance=min_distance)
     out.info.update({**info, "generator": "rattled_supercell", "k": int(k), "rattle_seed": int(seed)})
     return out
 

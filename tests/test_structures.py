@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("ase")
 
 from ednn_tf.structures import (HEXAGONAL_KINDS, hexagonal_cell, hexagonal_dataset, honeycomb_sheet,
-                                min_interatomic_distance, porous_graphene, supercell)
+                                min_interatomic_distance, porous_graphene, rattle, supercell)
 
 
 def _same(a, b):
@@ -92,6 +92,22 @@ def test_supercell():
     np.testing.assert_array_equal(big.positions[: len(s)], s.positions)
 
 
+def test_rattle_has_the_requested_sigmas_and_keeps_atoms_apart():
+    base = honeycomb_sheet(12, 10)                                # 480 atoms, ideal lattice
+    moved = rattle(base, 0.08, 0.03, seed=5, min_distance=1.0)
+    u = moved.positions - base.positions
+    L = np.diag(base.cell)
+    u[:, :2] -= np.round(u[:, :2] / L[:2]) * L[:2]               # undo the wrap
+    assert 0.95 * 0.08 < u[:, :2].std() < 1.05 * 0.08
+    assert 0.9 * 0.03 < u[:, 2].std() < 1.1 * 0.03
+    assert min_interatomic_distance(moved) >= 1.0
+    assert _same(rattle(base, 0.08, 0.03, seed=5), moved)          # deterministic from the seed
+    assert not _same(rattle(base, 0.08, 0.03, seed=6), moved)
+    assert _same(rattle(base, 0.0, 0.0), base) and rattle(base, 0.0) is not base
+    with pytest.raises(RuntimeError, match="min_distance=1.4"):
+        rattle(base, 0.2, 0.0, min_distance=1.4)                  # bonds are 1.42 A: 0.2 A noise brings some closer
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: hexagonal_cell("diamond", 0), "diamond"),
     (lambda: hexagonal_cell("graphene", -1), "-1"),
@@ -101,6 +117,8 @@ def test_supercell():
     (lambda: porous_graphene(size=2.0), "2.0"),
     (lambda: porous_graphene(n_pores=1, radius_range=(80.0, 90.0)), "removed every atom"),
     (lambda: supercell(hexagonal_cell("graphene", 0), 0), "0"),
+    (lambda: rattle(hexagonal_cell("graphene", 0), -0.05), "sigma_xy must be >= 0.0, got -0.05"),
+    (lambda: rattle(hexagonal_cell("graphene", 0), 0.05, float("nan")), "sigma_z must be a finite number, got nan"),
 ])
 def test_bad_input_names_the_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
