@@ -319,6 +319,9 @@ def test_tiny_symmetrised_errors_are_those_of_the_shift_and_mirror_average(tiny_
     p = model.predict_symmetrised(arr["X"].astype(np.float32), stride=4, mirrors=True)
     assert sym["ednn"]["eV"]["mean_abs_error"] == pytest.approx(np.mean(np.abs(p - arr["Y"][:, 0])), rel=1e-6)
     assert sym["ednn"]["spread_over_symmetries_mean_eV"] > 0
+    # the 1x1 transfer cells are the first test cells, re-rendered: the same symmetrised predictions
+    np.testing.assert_allclose(res["transfer"]["sizes"]["1"]["symmetrised"]["pred_eV"], p[:2], rtol=1e-6)
+    assert len(res["transfer"]["sizes"]["2"]["symmetrised"]["pred_eV"]) == 2
     assert sym["mae_ratio_cnn_over_ednn"] == pytest.approx(
         sym["cnn"]["eV"]["mean_abs_error"] / sym["ednn"]["eV"]["mean_abs_error"])
 
