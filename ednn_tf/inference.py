@@ -3,10 +3,12 @@
 The grid is never materialised: a *row source* produces any band of grid rows on demand (with
 periodic wrap), e.g. by rendering only the atoms near a stripe of a procedurally generated sheet.
 Tile rows are processed a chunk at a time: the chunk's rows plus its ``c``-wide halo above and
-below are requested, padded periodically along the columns only, cut into tiles with the same
-``tiling.tiles_from_padded`` the Keras layer uses, and passed through the sub-network in
-fixed-size batches. Contributions are accumulated in float64. Peak memory depends on the chunk
-and batch sizes, never on the number of rows.
+below are requested and padded periodically along the columns. The padded stripe is then cut, a
+block of tile columns at a time, into tiles with the same ``tiling.tiles_from_padded`` the Keras
+layer uses, and each block goes through the sub-network in fixed-size batches. Contributions are
+accumulated in float64. Peak memory is one stripe of grid rows plus one block of tiles: it
+does not depend on the number of rows, and the tiles (``(f + 2c)^2 / f^2`` times the stripe's
+pixels if cut at once) no longer grow with the grid's width.
 
 With Horovod each rank takes a contiguous block of tile rows (``shard_rows``) and the float64
 partial sums are combined by one allreduce at the end.
@@ -72,7 +74,7 @@ def _batched_subnet(subnet, batch, tile_shape):
 
 
 def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_per_chunk=1,
-                       batch_tiles=256, keep_map=False, map_writer=None, progress=False, desc="tiles",
+                       batch_tiles=256, tile_cols_per_block="auto", keep_map=False, map_writer=None, progress=False, desc="tiles",
                        atoms_per_tile=None):
     """Evaluate ``model`` (an ``EDNN``) over tile rows ``row_range`` of a 2D grid, streaming.
 
@@ -84,6 +86,8 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
         row_range: ``(start, stop)`` tile rows to evaluate (default all ``H / f``).
         tile_rows_per_chunk: tile rows requested from ``source`` at a time (memory knob).
         batch_tiles: tiles per sub-network call (fixed, so the graph is traced once).
+        tile_cols_per_block: tile columns cut from the stripe at a time (memory knob). ``"auto"``
+            (default): as many as fill one ``batch_tiles`` call; ``None``: the whole width at once.
         keep_map: return the per-tile contributions of these rows, ``(rows, W / f)`` float32.
         map_writer: optional callable ``map_writer(first_tile_row, block)`` receiving each chunk's
             per-tile contributions (e.g. to write an HDF5 map stripe by stripe).
@@ -101,6 +105,15 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
         raise ValueError(f"row_range {row_range} outside the {n_rows} tile rows")
     if tile_rows_per_chunk < 1 or batch_tiles < 1:
         raise ValueError(f"tile_rows_per_chunk and batch_tiles must be >= 1, got {tile_rows_per_chunk}, {batch_tiles}")
+    if tile_cols_per_block is None:
+        cols_per_block = n_cols
+    elif tile_cols_per_block == "auto":
+        cols_per_block = max(1, int(batch_tiles) // int(tile_rows_per_chunk))
+    elif isinstance(tile_cols_per_block, (int, np.integer)) and tile_cols_per_block >= 1:
+        cols_per_block = int(tile_cols_per_block)
+    else:
+        raise ValueError(f"tile_cols_per_block must be 'auto', None or an integer >= 1, got {tile_cols_per_block!r}")
+    cols_per_block = min(cols_per_block, n_cols)
     t = f + 2 * c
     run = None
     partials = []
@@ -121,20 +134,25 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
             raise ValueError(f"source returned rows of shape {stripe.shape}, expected {want + stripe.shape[2:]}")
         if not np.all(np.isfinite(stripe)):
             raise ValueError(f"source returned non-finite values for tile rows {r}..{r_end - 1}")
-        padded = tiling.periodic_pad(stripe[None], c, axes=(2,))
-        tiles = tiling.tiles_from_padded(padded, f, c)                       # (1, rows, cols, t, t, C)
-        tiles = tf.reshape(tiles, (-1, t, t, stripe.shape[-1]))
-        if run is None:
-            run = _batched_subnet(model.subnet, batch_tiles, tiles.shape[1:])
-        n = int(tiles.shape[0])
-        out = np.empty(n, np.float32)
-        for lo in range(0, n, batch_tiles):
-            chunk = tiles[lo:lo + batch_tiles]
-            m = int(chunk.shape[0])
-            if m < batch_tiles:
-                chunk = tf.concat([chunk, tf.zeros((batch_tiles - m,) + tuple(chunk.shape[1:]), chunk.dtype)], 0)
-            out[lo:lo + m] = run(chunk).numpy()[:m]
-        block = out.reshape(r_end - r, n_cols)
+        padded = tiling.periodic_pad(stripe[None], c, axes=(2,))            # (1, rows f + 2c, W + 2c, C)
+        block = np.empty((r_end - r, n_cols), np.float32)
+        for q in range(0, n_cols, cols_per_block):
+            q_end = min(n_cols, q + cols_per_block)
+            tiles = tiling.tiles_from_padded(padded[:, :, q * f:q_end * f + 2 * c], f, c)   # (1, rows, q_end - q, t, t, C)
+            tiles = tf.reshape(tiles, (-1, t, t, stripe.shape[-1]))
+            if run is None:
+                run = _batched_subnet(model.subnet, batch_tiles, tiles.shape[1:])
+            m_all = int(tiles.shape[0])
+            out = np.empty(m_all, np.float32)
+            for lo in range(0, m_all, batch_tiles):
+                chunk = tiles[lo:lo + batch_tiles]
+                m = int(chunk.shape[0])
+                if m < batch_tiles:
+                    chunk = tf.concat([chunk, tf.zeros((batch_tiles - m,) + tuple(chunk.shape[1:]), chunk.dtype)], 0)
+                out[lo:lo + m] = run(chunk).numpy()[:m]
+            block[:, q:q_end] = out.reshape(r_end - r, q_end - q)
+        out = block.ravel()
+        n = out.size
         partials.append(math.fsum(out.astype(np.float64)))
         if keep_map:
             tile_map.append(block)

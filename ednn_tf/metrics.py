@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-__all__ = ["extensive_errors", "energy_errors", "write_json_atomic"]
+__all__ = ["extensive_errors", "energy_errors", "error_ratio_ci", "write_json_atomic"]
 
 
 def extensive_errors(true, pred, n_sites=None, level=None):
@@ -55,6 +55,31 @@ def energy_errors(true_ev, pred_ev, n_atoms, areas):
     return {"eV": extensive_errors(true_ev, pred_ev),
             "meV_per_A2": extensive_errors(1e3 * true_ev / areas, 1e3 * pred_ev / areas),
             "meV_per_atom": extensive_errors(1e3 * true_ev / n_atoms, 1e3 * pred_ev / n_atoms)}
+
+
+def error_ratio_ci(true, pred_a, pred_b, stat="mean", level=0.95, n_boot=10000, seed=0):
+    """Ratio ``stat|pred_b - true| / stat|pred_a - true|`` with a paired bootstrap interval.
+
+    The samples are resampled with replacement, the same indices for both models (their errors
+    on one sample are correlated), ``n_boot`` times. ``stat`` is ``"mean"`` or ``"median"``.
+    Returns ``{"ratio", "low", "high", "level", "n_boot", "p_ratio_below_2"}``: the ratio on the
+    full sample, the percentile interval, and the fraction of resamples whose ratio is below 2.
+    """
+    true = np.asarray(true, np.float64).ravel()
+    pred_a, pred_b = np.asarray(pred_a, np.float64).ravel(), np.asarray(pred_b, np.float64).ravel()
+    if not pred_a.size == pred_b.size == true.size or true.size < 2:
+        raise ValueError(f"need >= 2 samples and equal sizes, got {true.size}, {pred_a.size}, {pred_b.size}")
+    ea, eb = np.abs(pred_a - true), np.abs(pred_b - true)
+    if stat not in ("mean", "median"):
+        raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
+    if not 0 < level < 1 or int(n_boot) < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
+    fn = np.mean if stat == "mean" else np.median
+    idx = np.random.default_rng(seed).integers(0, true.size, size=(int(n_boot), true.size))
+    ratios = fn(eb[idx], axis=1) / fn(ea[idx], axis=1)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return {"ratio": float(fn(eb) / fn(ea)), "low": float(lo), "high": float(hi), "level": float(level),
+            "n_boot": int(n_boot), "p_ratio_below_2": float(np.mean(ratios < 2))}
 
 
 def write_json_atomic(obj, path):

@@ -117,6 +117,30 @@ def test_energy_errors_in_the_three_reported_units():
         energy_errors(true, pred, atoms, np.array([10.0, 0.0, 1.0]))
 
 
+def test_error_ratio_ci_paired_bootstrap():
+    from ednn_tf.metrics import error_ratio_ci
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=4000)
+    e = rng.normal(size=4000)
+    pa, pb = true + e, true + 3 * e       # model b's error is exactly 3x model a's on every sample
+    for stat in ("mean", "median"):
+        r = error_ratio_ci(true, pa, pb, stat=stat, n_boot=500)
+        assert r["ratio"] == pytest.approx(3.0, rel=1e-12)
+        assert r["low"] == pytest.approx(3.0, rel=1e-9) and r["high"] == pytest.approx(3.0, rel=1e-9)  # paired: no spread
+        assert r["p_ratio_below_2"] == 0.0
+    # independent errors of equal size: ratio near 1, the interval covers 1 and has the bootstrap's width
+    pb = true + rng.normal(size=4000)
+    r = error_ratio_ci(true, pa, pb, n_boot=2000)
+    assert r["low"] < 1 < r["high"] and r["p_ratio_below_2"] == 1.0
+    se = np.sqrt(2 * (np.pi / 2 - 1) / 4000)          # std of the log of a mean |normal| ratio, two independent means
+    assert 0.7 * 2 * 1.96 * se < np.log(r["high"] / r["low"]) < 1.3 * 2 * 1.96 * se
+    with pytest.raises(ValueError, match="stat must be 'mean' or 'median', got 'max'"):
+        error_ratio_ci(true, pa, pb, stat="max")
+    with pytest.raises(ValueError, match="need >= 2 samples and equal sizes, got 4000, 4000, 3"):
+        error_ratio_ci(true, pa, pb[:3])
+
+
 def test_periodic_augment_numpy_is_a_per_sample_roll_and_mirror():
     """Every augmented sample is one of the 4 H*W periodic shifts/mirrors of its own image (so the
     pixel multiset, and thus any extensive pixel sum, is unchanged) and samples differ in shift."""

@@ -322,6 +322,14 @@ def test_tiny_symmetrised_errors_are_those_of_the_shift_and_mirror_average(tiny_
     # the 1x1 transfer cells are the first test cells, re-rendered: the same symmetrised predictions
     np.testing.assert_allclose(res["transfer"]["sizes"]["1"]["symmetrised"]["pred_eV"], p[:2], rtol=1e-6)
     assert len(res["transfer"]["sizes"]["2"]["symmetrised"]["pred_eV"]) == 2
+    # per-cell predictions are stored, and the ratio intervals are computed from them
+    tp = res["test_predictions"]
+    np.testing.assert_allclose(tp["ednn_symmetrised_eV"], p, rtol=1e-6)
+    np.testing.assert_allclose(tp["true_eV"], arr["Y"][:, 0])
+    ci = sym["ratio_ci"]["mean"]
+    assert ci["ratio"] == pytest.approx(sym["mae_ratio_cnn_over_ednn"], rel=1e-9) and ci["low"] <= ci["ratio"] <= ci["high"]
+    assert sym["ratio_ci"]["median"]["ratio"] == pytest.approx(sym["median_ratio_cnn_over_ednn"], rel=1e-9)
+    assert res["test"]["ratio_ci"]["mean"]["ratio"] == pytest.approx(res["test"]["mae_ratio_cnn_over_ednn"], rel=1e-9)
     assert sym["mae_ratio_cnn_over_ednn"] == pytest.approx(
         sym["cnn"]["eV"]["mean_abs_error"] / sym["ednn"]["eV"]["mean_abs_error"])
 

@@ -23,12 +23,14 @@ def test_shard_rows_cover_exactly_once():
         shard_rows(4, 2, 2)
 
 
-@pytest.mark.parametrize("chunk,batch", [(1, 7), (2, 64), (5, 3)])
-def test_streaming_equals_whole_grid(cnn_model, chunk, batch):
+@pytest.mark.parametrize("chunk,batch,cols", [(1, 7, "auto"), (2, 64, "auto"), (5, 3, "auto"), (2, 64, None),
+                                              (2, 4, 1), (5, 16, 2), (1, 8, 3), (3, 5, 7)])
+def test_streaming_equals_whole_grid(cnn_model, chunk, batch, cols):
+    """Any split into row chunks, column blocks and subnet batches gives the whole-grid tiles."""
     grid = np.random.default_rng(0).normal(size=(40, 24, 2)).astype(np.float32)   # 5 x 3 tiles
     ref = cnn_model.predict_total(grid[None])[0]
     res = evaluate_streaming(cnn_model, ArraySource(grid), grid.shape[:2], tile_rows_per_chunk=chunk,
-                             batch_tiles=batch, keep_map=True)
+                             batch_tiles=batch, tile_cols_per_block=cols, keep_map=True)
     assert res["n_tiles"] == 15
     assert abs(res.total - ref) <= 1e-5 * max(1.0, abs(ref))
     np.testing.assert_allclose(res["tile_map"], cnn_model.tile_contributions(grid[None]).numpy()[0], rtol=1e-5, atol=1e-6)
@@ -65,3 +67,6 @@ def test_streaming_bad_input(cnn_model):
         evaluate_streaming(cnn_model, ArraySource(grid), grid.shape[:2])
     with pytest.raises(ValueError, match="row_range"):
         evaluate_streaming(cnn_model, ArraySource(grid), grid.shape[:2], row_range=(0, 9))
+    for bad in (0, -1, "all", 1.5):
+        with pytest.raises(ValueError, match=f"tile_cols_per_block must be 'auto', None or an integer >= 1, got {bad!r}"):
+            evaluate_streaming(cnn_model, ArraySource(grid), grid.shape[:2], tile_cols_per_block=bad)
