@@ -8,6 +8,8 @@ ratio between the largest and smallest sheet; writes ``scaling.json`` and ``scal
     python bench/scaling.py                      # 10^3 .. 10^7 atoms, CNN width 0.25 (minutes)
     python bench/scaling.py --width 1.0          # the paper's CNN (10^7 atoms: ~10 min per size here)
     python bench/scaling.py --ranks 1 2 --rank-repeats 51   # rank scaling at ~10^6 atoms (needs Horovod)
+    python bench/scaling.py --compare-whole-width          # also each size with whole-width stripes of
+                                                           # tiles (the old way): peak memory of both
 """
 import argparse
 import json
@@ -47,6 +49,9 @@ def main():
     ap.add_argument("--width", type=float, default=0.25, help="CNN filter multiplier (1.0 = paper)")
     ap.add_argument("--ranks", type=int, nargs="*", default=[], help="also time these rank counts")
     ap.add_argument("--rank-repeats", type=int, default=51)
+    ap.add_argument("--compare-whole-width", action="store_true",
+                    help="also run each size cutting a stripe's tiles over the whole width at once "
+                         "(--tile-cols-per-block 0) and print both peak memories")
     ap.add_argument("--out", default="results/scaling")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -58,6 +63,14 @@ def main():
         rows.append(r)
         print(f"{r['atoms']:>12,} {r['tiles']:>10,} {r['wall_seconds']:>9.2f} {r['atoms_per_s']:>11,.0f} "
               f"{max(r['peak_rss_mb_per_rank']):>8.0f}", flush=True)
+    if args.compare_whole_width:
+        print(f"{'atoms':>12} {'peak MB, column blocks':>23} {'peak MB, whole width':>21} {'ratio':>6}")
+        for k, r in zip(args.repeats, rows):
+            w = run(k, args.width, extra=("--tile-cols-per-block", "0"))
+            r["peak_rss_mb_whole_width"] = max(w["peak_rss_mb_per_rank"])
+            r["wall_seconds_whole_width"] = w["wall_seconds"]
+            print(f"{r['atoms']:>12,} {max(r['peak_rss_mb_per_rank']):>23.0f} {r['peak_rss_mb_whole_width']:>21.0f} "
+                  f"{r['peak_rss_mb_whole_width'] / max(r['peak_rss_mb_per_rank']):>6.2f}", flush=True)
     atoms = np.array([r["atoms"] for r in rows], float)
     secs = np.array([r["wall_seconds"] for r in rows])
     mem = np.array([max(r["peak_rss_mb_per_rank"]) for r in rows])

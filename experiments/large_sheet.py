@@ -39,6 +39,9 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tile-rows-per-chunk", type=int, default=1)
     ap.add_argument("--batch-tiles", type=int, default=64)
+    ap.add_argument("--tile-cols-per-block", type=int, default=None,
+                    help="tile columns cut from a stripe at a time (default: enough to fill one --batch-tiles "
+                         "call; 0 = the whole sheet width at once, the memory-hungry way)")
     ap.add_argument("--sample-tile-rows", type=int, default=None,
                     help="evaluate only the first N tile rows (full width) and extrapolate the time to the whole sheet")
     ap.add_argument("--count-atoms", action="store_true", help="count atoms exactly (an extra pass over the sheet)")
@@ -100,7 +103,9 @@ def main(argv=None):
         writer = write_block
     t0 = time.perf_counter()
     res = evaluate_sharded(model, src, (H, W), n_tile_rows=args.sample_tile_rows, tile_rows_per_chunk=args.tile_rows_per_chunk,
-                           batch_tiles=args.batch_tiles, map_writer=writer, progress=root and not args.no_progress,
+                           batch_tiles=args.batch_tiles, map_writer=writer,
+                           tile_cols_per_block=("auto" if args.tile_cols_per_block is None else
+                                                args.tile_cols_per_block or None), progress=root and not args.no_progress,
                            desc=f"rank {rank}", atoms_per_tile=n_est / ((H // model.focus) * (W // model.focus)))
     wall = time.perf_counter() - t0
     if args.map:
@@ -121,6 +126,7 @@ def main(argv=None):
         "ranks": size, "wall_seconds": max(walls), "rank_seconds": walls, "atoms_per_s": n * frac / max(walls),
         "cores": os.cpu_count(), "core_hours": max(walls) * (os.cpu_count() or 1) / 3600,
         "peak_rss_mb_per_rank": peaks, "total_energy": res["total"],
+        "tile_cols_per_block": args.tile_cols_per_block,
         "energy_per_atom": res["total"] / (n * frac), "seed": args.seed,
     }
     write_json_atomic(out, os.path.join(args.out, "results.json"))
