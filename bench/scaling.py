@@ -75,13 +75,16 @@ def main():
     secs = np.array([r["wall_seconds"] for r in rows])
     mem = np.array([max(r["peak_rss_mb_per_rank"]) for r in rows])
     big = atoms >= 1e5
-    expo_all = float(np.polyfit(np.log(atoms), np.log(secs), 1)[0])
-    expo_big = float(np.polyfit(np.log(atoms[big]), np.log(secs[big]), 1)[0]) if big.sum() >= 2 else None
+    several = len(np.unique(atoms)) >= 2          # an exponent needs two sizes at least
+    expo_all = float(np.polyfit(np.log(atoms), np.log(secs), 1)[0]) if several else None
+    expo_big = (float(np.polyfit(np.log(atoms[big]), np.log(secs[big]), 1)[0])
+                if len(np.unique(atoms[big])) >= 2 else None)
     summary = {"width": args.width, "rows": rows, "exponent_all": expo_all, "exponent_ge_1e5": expo_big,
                "memory_ratio_largest_smallest": float(mem[-1] / mem[0]), "atoms_ratio": float(atoms[-1] / atoms[0])}
-    print(f"time ~ atoms^{expo_all:.3f} (all sizes)" + (f", ^{expo_big:.3f} (>= 1e5 atoms)" if expo_big else ""))
-    print(f"peak memory: {mem[0]:.0f} MB -> {mem[-1]:.0f} MB (x{mem[-1] / mem[0]:.2f}) "
-          f"for x{atoms[-1] / atoms[0]:.0f} atoms")
+    if several:
+        print(f"time ~ atoms^{expo_all:.3f} (all sizes)" + (f", ^{expo_big:.3f} (>= 1e5 atoms)" if expo_big else ""))
+        print(f"peak memory: {mem[0]:.0f} MB -> {mem[-1]:.0f} MB (x{mem[-1] / mem[0]:.2f}) "
+              f"for x{atoms[-1] / atoms[0]:.0f} atoms")
 
     rank_rows = []
     for n in args.ranks:

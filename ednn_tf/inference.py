@@ -87,7 +87,8 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
         tile_rows_per_chunk: tile rows requested from ``source`` at a time (memory knob).
         batch_tiles: tiles per sub-network call (fixed, so the graph is traced once).
         tile_cols_per_block: tile columns cut from the stripe at a time (memory knob). ``"auto"``
-            (default): as many as fill one ``batch_tiles`` call; ``None``: the whole width at once.
+            (default): as many as fill four ``batch_tiles`` calls (fewer, larger cuts: less per-op
+            overhead); ``None``: the whole width at once.
         keep_map: return the per-tile contributions of these rows, ``(rows, W / f)`` float32.
         map_writer: optional callable ``map_writer(first_tile_row, block)`` receiving each chunk's
             per-tile contributions (e.g. to write an HDF5 map stripe by stripe).
@@ -108,7 +109,7 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
     if tile_cols_per_block is None:
         cols_per_block = n_cols
     elif tile_cols_per_block == "auto":
-        cols_per_block = max(1, int(batch_tiles) // int(tile_rows_per_chunk))
+        cols_per_block = max(1, 4 * int(batch_tiles) // int(tile_rows_per_chunk))
     elif isinstance(tile_cols_per_block, (int, np.integer)) and tile_cols_per_block >= 1:
         cols_per_block = int(tile_cols_per_block)
     else:

@@ -40,8 +40,8 @@ def parse_args(argv=None):
     ap.add_argument("--tile-rows-per-chunk", type=int, default=1)
     ap.add_argument("--batch-tiles", type=int, default=64)
     ap.add_argument("--tile-cols-per-block", type=int, default=None,
-                    help="tile columns cut from a stripe at a time (default: enough to fill one --batch-tiles "
-                         "call; 0 = the whole sheet width at once, the memory-hungry way)")
+                    help="tile columns cut from a stripe at a time (default: enough to fill four --batch-tiles "
+                         "calls; 0 = the whole sheet width at once, the memory-hungry way)")
     ap.add_argument("--sample-tile-rows", type=int, default=None,
                     help="evaluate only the first N tile rows (full width) and extrapolate the time to the whole sheet")
     ap.add_argument("--count-atoms", action="store_true", help="count atoms exactly (an extra pass over the sheet)")
