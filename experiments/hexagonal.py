@@ -2,7 +2,7 @@
 sheets (Fig. 5), transfer of the EDNN to larger sheets with time vs size (Fig. 9), and the blur
 study (Fig. 6).
 
-    python experiments/hexagonal.py                    # cpu preset (~45 min on 2 shared cores)
+    python experiments/hexagonal.py                    # cpu preset (~50 min on 2 shared cores)
     python experiments/hexagonal.py --preset gpu       # 128 px, full-width CNN, 200 epochs (~10 min on an H100)
     python experiments/hexagonal.py --preset paper     # the paper's grid/network/budget (GPU)
     python experiments/hexagonal.py --preset tiny      # seconds, for tests (Tersoff oracle)
