@@ -518,13 +518,24 @@ def errors(true_ev, pred_ev, n_atoms, areas):
     return energy_errors(true_ev, pred_ev, n_atoms, areas)
 
 
-def ratio_cis(true_ev, ednn_ev, cnn_ev, areas):
-    """CNN / EDNN ratios of the mean and the median absolute error (meV/A^2) with paired bootstrap
-    95 % intervals over the test cells (``ednn_tf.metrics.error_ratio_ci``)."""
+def predict_ev(model, x, batch_size=32):
+    """Float64 ``(batch,)`` predictions in eV of either model: ``EDNN.predict_total`` (float64 sum over
+    tiles) or the plain CNN's ``predict``."""
+    if hasattr(model, "predict_total"):
+        return model.predict_total(x, batch_size=batch_size)
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float64)[:, 0]
+
+
+def ratio_entries(true_ev, ednn_ev, cnn_ev, areas):
+    """CNN / EDNN ratios of the mean and the median absolute error (meV/A^2, the paper's "MAE" is
+    a median) and, as ``ratio_ci``, their paired bootstrap 95 % intervals over the test cells
+    (``ednn_tf.metrics.error_ratio_ci``)."""
     from ednn_tf.metrics import error_ratio_ci
 
     t, e, c = (1e3 * np.asarray(v, np.float64) / areas for v in (true_ev, ednn_ev, cnn_ev))
-    return {stat: error_ratio_ci(t, e, c, stat=stat) for stat in ("mean", "median")}
+    ci = {stat: error_ratio_ci(t, e, c, stat=stat) for stat in ("mean", "median")}
+    return {"mae_ratio_cnn_over_ednn": ci["mean"]["ratio"], "median_ratio_cnn_over_ednn": ci["median"]["ratio"],
+            "ratio_ci": ci}
 
 
 def ratio_summary(ci):
@@ -577,9 +588,10 @@ def main(argv=None):
     stem = os.path.join(args.data_dir, f"hexagonal_{tag}_n{N}_seed{seed}{rtag}")
     rkw = {"gamma": gamma, "channels": list(ELEMENTS) if cfg["channels"] == "element" else None}
     path = f"{stem}_grid{n}{'_elements' if cfg['channels'] == 'element' else ''}.h5"
-    if not os.path.exists(path) and sibling_renders(stem):   # same labelled cells, another grid: re-render
-        print(f"re-rendering the labelled cells of {sibling_renders(stem)[0]} -> {path}")
-        rerender_dataset(sibling_renders(stem)[0], path, (n, n), gamma, rkw["channels"], progress)
+    siblings = [] if os.path.exists(path) else sibling_renders(stem)
+    if siblings:   # the same labelled cells at another grid or channel choice: re-render, never relabel
+        print(f"re-rendering the labelled cells of {siblings[0]} -> {path}")
+        rerender_dataset(siblings[0], path, (n, n), gamma, rkw["channels"], progress)
     if not os.path.exists(path):
         print(f"generating {N} hexagonal sheets (seed {seed}) -> {path}")
         t0 = time.time()
@@ -700,10 +712,7 @@ def main(argv=None):
                                "note": "wall seconds of the last (possibly resumed) training session"}, info_path)
         models[name] = model
         t0 = time.perf_counter()
-        if name == "ednn":
-            preds[name] = model.predict_total(x_test, batch_size=32)
-        else:
-            preds[name] = np.asarray(model.predict(x_test, batch_size=32, verbose=0), np.float64)[:, 0]
+        preds[name] = predict_ev(model, x_test)
         results.setdefault("test_inference_seconds", {})[name] = time.perf_counter() - t0
         results.setdefault("test", {})[name] = errors(y_test, preds[name], n_test_atoms, a_test)
         results["test"][name]["params"] = int(model.count_params())
@@ -715,12 +724,8 @@ def main(argv=None):
               f"{r['meV_per_atom']['mean_abs_error']:.3f} meV/atom ({r['eV']['mean_abs_error']:.4f} eV)")
         save_results()
     if "cnn" in results["test"] and "ednn" in results["test"]:
-        m = {k: results["test"][k]["meV_per_A2"]["mean_abs_error"] for k in ("ednn", "cnn")}
-        results["test"]["mae_ratio_cnn_over_ednn"] = m["cnn"] / m["ednn"]
+        results["test"].update(ratio_entries(y_test, preds["ednn"], preds["cnn"], a_test))
         results["test"]["paper_mae_ratio"] = PAPER_MAE["cnn"] / PAPER_MAE["ednn"]
-        med = {k: results["test"][k]["meV_per_A2"]["median_abs_error"] for k in ("ednn", "cnn")}
-        results["test"]["median_ratio_cnn_over_ednn"] = med["cnn"] / med["ednn"]   # the paper's "MAE" is a median
-        results["test"]["ratio_ci"] = ratio_cis(y_test, preds["ednn"], preds["cnn"], a_test)
         print(f"MAE ratio CNN / EDNN = {results['test']['mae_ratio_cnn_over_ednn']:.2f} "
               f"(paper {results['test']['paper_mae_ratio']:.2f}); " + ratio_summary(results["test"]["ratio_ci"]))
     results["test_predictions"] = {"true_eV": y_test.tolist(), "test_indices": np.asarray(test_idx).tolist(),
@@ -735,10 +740,9 @@ def main(argv=None):
                                              "evaluations_per_cell": len(shifts) * len(flips)}
         p_syms = {}
         for name, model in models.items():
-            fn = ((lambda z, m=model: m.predict_total(z, batch_size=32)) if name == "ednn" else
-                  (lambda z, m=model: np.asarray(m.predict(z, batch_size=32, verbose=0), np.float64)[:, 0]))
             t0 = time.perf_counter()
-            p_sym, spread = symmetry.symmetrised(fn, x_test, shifts, flips, return_spread=True)
+            p_sym, spread = symmetry.symmetrised(lambda z, m=model: predict_ev(m, z), x_test, shifts, flips,
+                                                 return_spread=True)
             p_syms[name] = p_sym
             results["test_predictions"][f"{name}_symmetrised_eV"] = p_sym.tolist()
             sym[name] = errors(y_test, p_sym, n_test_atoms, a_test)
@@ -747,13 +751,9 @@ def main(argv=None):
             print(f"{name} symmetrised ({sym['evaluations_per_cell']} evaluations per cell): test MAE "
                   f"{sym[name]['meV_per_A2']['mean_abs_error']:.3f} meV/A^2 (spread of the plain model over the "
                   f"symmetries {sym[name]['spread_over_symmetries_mean_eV']:.3f} eV)")
-        m = {k: sym[k]["meV_per_A2"] for k in ("ednn", "cnn")}
-        sym["mae_ratio_cnn_over_ednn"] = m["cnn"]["mean_abs_error"] / m["ednn"]["mean_abs_error"]
-        sym["median_ratio_cnn_over_ednn"] = m["cnn"]["median_abs_error"] / m["ednn"]["median_abs_error"]
+        sym.update(ratio_entries(y_test, p_syms["ednn"], p_syms["cnn"], a_test))
         print(f"symmetrised: MAE ratio CNN / EDNN = {sym['mae_ratio_cnn_over_ednn']:.2f}, "
-              f"median ratio {sym['median_ratio_cnn_over_ednn']:.2f}")
-        sym["ratio_ci"] = ratio_cis(y_test, p_syms["ednn"], p_syms["cnn"], a_test)
-        print("symmetrised: " + ratio_summary(sym["ratio_ci"]))
+              f"median ratio {sym['median_ratio_cnn_over_ednn']:.2f}; " + ratio_summary(sym["ratio_ci"]))
         save_results()
     results["test"]["by_kind"] = {
         str(k): {name: float(np.mean(np.abs(preds[name] - y_test)[kinds == k] * 1e3 / a_test[kinds == k]))
