@@ -566,6 +566,7 @@ def main(argv=None):
 
     from ednn_tf import blur, data, oracles, plots, render, structures, training
     from ednn_tf.metrics import write_json_atomic
+    from ednn_tf.timing import min_seconds
 
     progress = not args.no_progress
     os.makedirs(args.out, exist_ok=True)
@@ -830,17 +831,13 @@ def main(argv=None):
             t0 = time.perf_counter()
             xk = render.render(big, shape=(k * n, k * n), **rkw)[None]
             t_render = time.perf_counter() - t0
-            ednn.predict_total(xk, batch_size=1)        # warm-up
-            reps = []
-            for _ in range(3 if k <= 8 else 1):
-                t0 = time.perf_counter()
-                pk = float(ednn.predict_total(xk, batch_size=1)[0])
-                reps.append(time.perf_counter() - t0)
+            pk = float(ednn.predict_total(xk, batch_size=1)[0])        # also the warm-up
+            t_inf = min_seconds(lambda: ednn.predict_total(xk, batch_size=1), repeats=3 if k <= 8 else 1)
             for key, v in (("k", k), ("n_atoms", len(big)), ("grid", k * n), ("tiles", (k * n // f) ** 2),
-                           ("inference_seconds", min(reps)), ("render_seconds", t_render),
+                           ("inference_seconds", t_inf), ("render_seconds", t_render),
                            ("repeat_rel_deviation", abs(pk - k * k * p1) / abs(k * k * p1))):
                 timing[key].append(v)
-            print(f"EDNN {k}x{k}: {len(big)} atoms, {k * n}^2 px, {min(reps):.3f} s "
+            print(f"EDNN {k}x{k}: {len(big)} atoms, {k * n}^2 px, {t_inf:.3f} s "
                   f"(render {t_render:.3f} s); pred/k^2 - pred(cell) = {pk / k ** 2 - p1:+.2e} eV")
         tr["ednn_time_exponent"] = fit_exponent(timing["n_atoms"], timing["inference_seconds"])
         # small inputs are dominated by fixed per-call overhead: the slope of the three largest sizes
