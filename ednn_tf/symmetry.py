@@ -72,18 +72,20 @@ def symmetrised(predict, x, shifts, flips=((),), return_spread=False):
     for f in flips:
         if any(a < 1 or a > nd for a in f):
             raise ValueError(f"flip axes must be spatial axes 1..{nd}, got {f}")
-    total = np.zeros(len(x), np.float64)
-    total_sq = np.zeros(len(x), np.float64)
+    # Welford's running mean and sum of squared deviations: E[p^2] - E[p]^2 would cancel
+    # catastrophically for total energies (|E| ~ 1e3-1e6 eV) with a spread of meV.
+    mean = np.zeros(len(x), np.float64)
+    m2 = np.zeros(len(x), np.float64)
     count = 0
     spatial = tuple(range(1, nd + 1))
     for f in flips:
         xf = np.flip(x, axis=f) if f else x
         for s in shifts:
             p = np.asarray(predict(np.roll(xf, s, axis=spatial) if any(s) else xf), np.float64).reshape(len(x))
-            total += p
-            total_sq += p * p
             count += 1
-    mean = total / count
+            delta = p - mean
+            mean += delta / count
+            m2 += delta * (p - mean)
     if return_spread:
-        return mean, np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+        return mean, np.sqrt(np.maximum(m2 / count, 0.0))
     return mean

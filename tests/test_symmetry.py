@@ -70,6 +70,20 @@ def test_symmetrised_equals_mean_over_explicit_rolls(model):
     assert np.all(spread > 0)
 
 
+def test_spread_is_the_std_over_the_group_even_for_a_large_offset():
+    """Total energies are large (|E| ~ 1e6 here) and their spread small (~1e-3): the spread must be
+    the standard deviation over the group elements, without the cancellation of E[p^2] - E[p]^2
+    (which gives ~1e-4 of noise at this offset, 10 % of the answer)."""
+    x = _grids(3)
+    predict = lambda z: 1e6 + 1e-3 * z[:, 0, 0, 0].astype(np.float64)  # noqa: E731
+    shifts, flips = symmetry.pixel_shifts(4, 1), symmetry.mirror_sets(2)
+    values = np.array([1e-3 * np.roll(np.flip(x, f) if f else x, s, axis=(1, 2))[:, 0, 0, 0]
+                       for f in flips for s in shifts], np.float64)
+    mean, spread = symmetry.symmetrised(predict, x, shifts, flips, return_spread=True)
+    np.testing.assert_allclose(mean - 1e6, values.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(spread, values.std(axis=0), rtol=1e-6)
+
+
 def test_bad_arguments_name_the_value(model):
     with pytest.raises(ValueError, match="stride must divide the period: stride 3, period 4"):
         model.predict_symmetrised(_grids(), stride=3)
