@@ -19,6 +19,12 @@ def _sum_dtype():
     return "float64"
 
 
+def _batch_size(batch_size):
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
 @keras.saving.register_keras_serializable(package="ednn_tf")
 class EDNN(keras.Model):
     """Extensive deep neural network (Mills et al., Chem. Sci. 2019).
@@ -107,19 +113,28 @@ class EDNN(keras.Model):
         return (input_shape[0], 1)
 
     # ----------------------------------------------------------------------------------------
-    def predict_total(self, x, batch_size=32, tiles_per_call=None):
+    def predict_total(self, x, batch_size=32):
         """Totals for a numpy batch ``x``, as float64 ``(batch,)``, validated and accumulated in float64.
 
         Raises ValueError for a wrong rank, a size that is not a multiple of ``focus`` or
         non-finite values (each message names the value received). Evaluates ``batch_size``
         configurations per subnet call.
         """
+        x = self._validated(x)
+        return self._totals(x, _batch_size(batch_size))
+
+    def _validated(self, x):
+        """``x`` as a numpy array after the checks of ``predict_total`` (rank, size, finite numbers)."""
         x = np.asarray(x)
         tiling.validate_grid(x.shape, self.focus)
         if not np.issubdtype(x.dtype, np.number) or (np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x))):
             raise ValueError(f"input must be finite numbers (dtype {x.dtype}); found NaN/inf or non-numeric data")
+        return x
+
+    def _totals(self, x, batch_size):
+        """``predict_total`` without the checks (``x`` already validated)."""
         out = np.empty(len(x), dtype=np.float64)
-        for lo in range(0, len(x), int(batch_size)):
+        for lo in range(0, len(x), batch_size):
             contrib = self.tile_contributions(keras.ops.convert_to_tensor(x[lo:lo + batch_size], self.compute_dtype))
             c = np.asarray(keras.ops.convert_to_numpy(contrib), dtype=np.float64)
             out[lo:lo + batch_size] = c.reshape(len(c), -1).sum(axis=1)
@@ -137,10 +152,11 @@ class EDNN(keras.Model):
         """
         from . import symmetry
 
-        x = np.asarray(x)
-        nd = tiling.validate_grid(x.shape, self.focus)
+        x = self._validated(x)   # once: rolls and flips keep a valid grid valid
+        nd = x.ndim - 2
         shifts = symmetry.pixel_shifts(self.focus, stride, nd)
-        return symmetry.symmetrised(lambda z: self.predict_total(z, batch_size=batch_size), x, shifts,
+        batch_size = _batch_size(batch_size)
+        return symmetry.symmetrised(lambda z: self._totals(z, batch_size), x, shifts,
                                     symmetry.mirror_sets(nd, mirrors), return_spread=return_spread)
 
     def get_config(self):

@@ -103,3 +103,17 @@ def test_mirror_sets_and_shifts():
     assert len(symmetry.mirror_sets(3)) == 8
     assert symmetry.pixel_shifts(4, 2) == [(0, 0), (0, 2), (2, 0), (2, 2)]
     assert len(symmetry.pixel_shifts(4, 1, ndim=3)) == 64
+
+
+def test_predict_batch_size_must_be_positive(model):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        model.predict_total(_grids(), batch_size=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 2.5"):
+        model.predict_symmetrised(_grids(), batch_size=2.5)
+
+
+def test_symmetrised_rejects_non_finite_input_once(model):
+    x = _grids()
+    x[1, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict_symmetrised(x, stride=2)
