@@ -121,7 +121,10 @@ def normalise_to_data(model, x, target: float = 1.0, batch_size: int = 256):
         if kernel is None or not layer.trainable:
             continue
         probe = keras.Model(model.input, layer.output)
-        std = float(np.std(probe.predict(x, batch_size=batch_size, verbose=0)))
+        # direct (eager) calls: ``predict`` would trace a new function for every probe model
+        outs = [keras.ops.convert_to_numpy(probe(x[i:i + batch_size], training=False))
+                for i in range(0, len(x), batch_size)]
+        std = float(np.std(np.concatenate(outs)))
         if not np.isfinite(std) or std == 0.0:
             raise ValueError(f"layer {layer.name!r} gives a constant output on x (std {std}): cannot normalise; "
                              "check the input scale or the initialiser")
