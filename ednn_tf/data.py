@@ -255,7 +255,8 @@ class ArrayBatches:
 
     The order is re-drawn every epoch from ``(seed, epoch)``; with ``augment`` batch ``i`` gets
     ``periodic_augment_numpy`` with its own generator ``(seed, epoch, i)``, so ``workers > 1``
-    threads (Keras' prefetching) give the same batches as one. Build with
+    threads (Keras' prefetching) give the same batches as one, and ``training.fit`` resumes an
+    interrupted run at the right epoch of this sequence (``set_epoch``). Build with
     ``ArrayBatches.make(x, y, batch_size, ...)``.
     """
 
@@ -293,6 +294,12 @@ class ArrayBatches:
 
             def on_epoch_end(self):
                 self.epoch += 1
+                self._draw()
+
+            def set_epoch(self, epoch):
+                """Continue at ``epoch`` (``training.fit`` calls this on resume), so a resumed run
+                draws the same orders and augmentations as an uninterrupted one."""
+                self.epoch = int(epoch)
                 self._draw()
 
         return _Batches()

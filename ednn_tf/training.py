@@ -50,6 +50,20 @@ def save_model_atomic(model, path):
     return path
 
 
+def _backed_up_epoch(backup_dir):
+    """The epoch a ``keras.callbacks.BackupAndRestore`` backup in ``backup_dir`` resumes at (0 if none)."""
+    import json
+
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    try:
+        with open(path) as fh:
+            return int(json.load(fh)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"corrupt training backup {path!r} ({exc}); delete {backup_dir!r} to restart") from exc
+
+
 def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=None, callbacks=(),
         progress=True, desc="training", rank=0, **fit_kwargs):
     """``model.fit`` that survives interruption.
@@ -58,7 +72,11 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
         model: a compiled Keras model (e.g. ``ednn_tf.EDNN``).
         x, y, batch_size, validation_data: as for ``model.fit`` (``x`` may be a ``tf.data.Dataset``
             or a ``keras.utils.PyDataset`` such as ``data.ArrayBatches``).
-        epochs: total epochs; a resumed run continues from the last completed epoch.
+        epochs: total epochs; a resumed run continues from the last completed epoch (weights and
+            optimiser state from the backup). A ``data.ArrayBatches`` input also continues its
+            per-epoch order and augmentation (``set_epoch``), so the resumed run ends bit-identical
+            to an uninterrupted one (tests/test_training.py). A ``tf.data`` pipeline restarts its
+            shuffle and random-augmentation streams instead: statistically the same, not identical.
         workdir: folder for the backup (``backup/``) and the per-epoch CSV log (``log.csv``).
         progress: show the epoch bar (on rank 0).
         rank: the Horovod rank; only rank 0 logs and shows the bar, and every rank keeps its own
@@ -73,9 +91,13 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
         shape = (x.element_spec[0].shape if is_dataset else np.shape(x[0][0]) if is_pydataset
                  else np.shape(x))
         model(np.zeros((1,) + tuple(int(s) for s in shape[1:]), "float32"))
-    if is_dataset:
-        fit_kwargs.setdefault("shuffle", False)   # a Dataset shuffles itself
+    if is_dataset or hasattr(x, "set_epoch"):
+        # a Dataset, or a PyDataset such as ArrayBatches, shuffles itself; Keras' own shuffle of a
+        # PyDataset's batch order draws from Python's global random state, which a resume cannot restore
+        fit_kwargs.setdefault("shuffle", False)
     backup = os.path.join(workdir, "backup" if rank == 0 else f"backup-rank{rank}")
+    if hasattr(x, "set_epoch"):   # e.g. data.ArrayBatches: continue its (seed, epoch) sequence
+        x.set_epoch(_backed_up_epoch(backup))
     cbs = [keras.callbacks.BackupAndRestore(backup, save_freq="epoch", delete_checkpoint=True)]
     if rank == 0:
         cbs.append(keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True))
