@@ -76,7 +76,9 @@ def error_ratio_ci(true, pred_a, pred_b, stat="mean", level=0.95, n_boot=10000, 
         raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
     fn = np.mean if stat == "mean" else np.median
     idx = np.random.default_rng(seed).integers(0, true.size, size=(int(n_boot), true.size))
-    ratios = fn(eb[idx], axis=1) / fn(ea[idx], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):   # a resample may hold only exact predictions of a
+        ratios = fn(eb[idx], axis=1) / fn(ea[idx], axis=1)   # (inf ranks last; 0/0 resamples are dropped)
+    ratios = ratios[~np.isnan(ratios)]
     lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
     return {"ratio": float(fn(eb) / fn(ea)), "low": float(lo), "high": float(hi), "level": float(level),
             "n_boot": int(n_boot), "p_ratio_below_2": float(np.mean(ratios < 2))}

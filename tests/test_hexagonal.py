@@ -452,3 +452,46 @@ def test_networks_trained_in_two_processes_combine(tmp_path):
     s = mod.main(common + ["--out", str(tmp_path / "s"), "--skip", "cnn", "transfer", "blur", "--init-seed", "7"])
     assert json.dumps(s["dataset"], default=str) == json.dumps(a["dataset"], default=str)
     assert s["test"]["ednn"]["meV_per_A2"]["mean_abs_error"] != pytest.approx(mae["ednn"], rel=1e-6)
+
+
+def _fake_run(path, y, ednn, cnn, area=160.0, sym=True, indices=None):
+    err = lambda p: {"eV": {"mean_abs_error": float(np.mean(np.abs(p - y)))},  # noqa: E731
+                     "meV_per_A2": {"mean_abs_error": float(np.mean(np.abs(p - y)) * 1e3 / area)}}
+    tp = {"true_eV": list(y), "test_indices": list(range(len(y))) if indices is None else indices,
+          "ednn_eV": list(ednn), "cnn_eV": list(cnn)}
+    if sym:
+        tp.update(ednn_symmetrised_eV=list(ednn * 0 + y + 0.5 * (ednn - y)), cnn_symmetrised_eV=list(cnn))
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "results.json"), "w") as fh:
+        json.dump({"test": {"ednn": err(ednn), "cnn": err(cnn)}, "test_predictions": tp}, fh)
+
+
+def test_seed_combination_means_ensembles_and_checks(tmp_path):
+    """Two runs whose EDNN errors partly cancel: each has MAE 1 eV, their ensemble 0.625 eV;
+    per-run, mean and ensemble numbers by hand, and mismatched runs are refused."""
+    seeds = load_experiment("hexagonal_seeds")
+    y = np.array([10.0, 20.0, 30.0, 40.0])
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _fake_run(a, y, y + np.array([1, -1, 1, -1.0]), y + 2.0)
+    _fake_run(b, y, y + np.array([-0.5, 1.5, 1, -1.0]), y + np.array([4, 4, 4, 4.0]))
+    res = seeds.combine([a, b], n_boot=200)
+    k = 1e3 / 160.0   # eV -> meV/A^2
+    per = res["plain"]["per_run"]
+    assert [round(r["ednn"] / k, 9) for r in per] == [1.0, 1.0]
+    assert [round(r["ratio"], 9) for r in per] == [2.0, 4.0]
+    assert res["plain"]["mean"]["ratio"] == pytest.approx(3.0)          # CNN (2 + 4) / 2 over EDNN 1
+    ens = res["plain"]["ensemble"]
+    assert ens["ednn"] == pytest.approx(0.625 * k)                      # errors (0.25, 0.25, 1, -1)
+    assert ens["cnn"] == pytest.approx(3.0 * k)
+    assert ens["ratio_ci"]["ratio"] == pytest.approx(3.0 / 0.625)
+    assert res["symmetrised"]["per_run"][0]["ednn"] == pytest.approx(0.5 * k)
+    assert "ratio 4.80" in seeds.report(res)
+    _fake_run(str(tmp_path / "c"), y, y + 1, y + 1, indices=[0, 1, 2, 5])
+    with pytest.raises(ValueError, match="tested on other cells"):
+        seeds.combine([a, str(tmp_path / "c")])
+    with pytest.raises(FileNotFoundError, match="no results.json for run"):
+        seeds.combine([str(tmp_path / "missing")])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "results.json").write_text("{")
+    with pytest.raises(ValueError, match="corrupt results file"):
+        seeds.combine([str(tmp_path / "d")])
