@@ -190,7 +190,8 @@ def parse_args(argv=None):
                          "serial transfer labelling in this process uses OMP_NUM_THREADS (default 1)")
     ap.add_argument("--skip", nargs="*", default=[], choices=("ednn", "cnn", "transfer", "blur"),
                     help="steps to skip; 'ednn' (train only the CNN, e.g. in a parallel process) also skips "
-                         "transfer and blur. A later run with the same --out reuses both saved models")
+                         "transfer and blur. A later run with the same --out reuses both saved models. "
+                         "'ednn cnn' only prepares the data file (label, render) and the baselines")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
@@ -724,6 +725,10 @@ def main(argv=None):
         print(f"{name}: test MAE {r['meV_per_A2']['mean_abs_error']:.3f} meV/A^2, "
               f"{r['meV_per_atom']['mean_abs_error']:.3f} meV/atom ({r['eV']['mean_abs_error']:.4f} eV)")
         save_results()
+    if not models:   # --skip ednn cnn: prepare the data (e.g. before parallel training processes) and stop
+        save_results()
+        print(f"data ready: {path}; nothing trained (--skip ednn cnn); wrote {args.out}/results.json")
+        return results
     if "cnn" in results["test"] and "ednn" in results["test"]:
         results["test"].update(ratio_entries(y_test, preds["ednn"], preds["cnn"], a_test))
         results["test"]["paper_mae_ratio"] = PAPER_MAE["cnn"] / PAPER_MAE["ednn"]

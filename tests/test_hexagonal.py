@@ -449,6 +449,9 @@ def test_networks_trained_in_two_processes_combine(tmp_path):
     assert mae["ednn"] == pytest.approx(a["test"]["ednn"]["meV_per_A2"]["mean_abs_error"], rel=1e-6)
     assert mae["cnn"] == pytest.approx(b["test"]["cnn"]["meV_per_A2"]["mean_abs_error"], rel=1e-6)
     assert both["test"]["mae_ratio_cnn_over_ednn"] == pytest.approx(mae["cnn"] / mae["ednn"])
+    d = mod.main(common + ["--out", str(tmp_path / "d"), "--skip", "ednn", "cnn"])   # data only
+    assert "test" not in d and not (tmp_path / "d" / "ednn.keras").exists()
+    assert json.dumps(d["dataset"], default=str) == json.dumps(a["dataset"], default=str)
     s = mod.main(common + ["--out", str(tmp_path / "s"), "--skip", "cnn", "transfer", "blur", "--init-seed", "7"])
     assert json.dumps(s["dataset"], default=str) == json.dumps(a["dataset"], default=str)
     assert s["test"]["ednn"]["meV_per_A2"]["mean_abs_error"] != pytest.approx(mae["ednn"], rel=1e-6)
