@@ -70,7 +70,7 @@ def combine(runs, n_boot=10000):
     def mae(p):
         return float(np.mean(np.abs(np.asarray(p) - y)) * 1e3 / area)
 
-    out = {"runs": [p for p, _, _ in loaded], "n_test": int(y.size), "cell_area_A2": float(area)}
+    out = {"runs": [os.fspath(r) for r in runs], "n_test": int(y.size), "cell_area_A2": float(area)}
     for kind in KINDS:
         suffix = "" if kind == "plain" else "_symmetrised"
         if not all(f"ednn{suffix}_eV" in tp and f"cnn{suffix}_eV" in tp for _, tp, _ in loaded):
@@ -99,7 +99,7 @@ def report(res):
         k = res[kind]
         lines.append(f"{kind}:")
         for path, r in zip(res["runs"], k["per_run"]):
-            lines.append(f"  {os.path.dirname(path) or path}: EDNN {r['ednn']:.2f}  CNN {r['cnn']:.2f}  ratio {r['ratio']:.2f}")
+            lines.append(f"  {path}: EDNN {r['ednn']:.2f}  CNN {r['cnn']:.2f}  ratio {r['ratio']:.2f}")
         m = k["mean"]
         lines.append(f"  mean of runs: EDNN {m['ednn']:.2f}  CNN {m['cnn']:.2f}  ratio {m['ratio']:.2f} "
                      f"(runs {m['ratio_min']:.2f}-{m['ratio_max']:.2f})")
