@@ -664,6 +664,11 @@ def main(argv=None):
         "features": "element counts, bonds (< 1.85 A) per element pair, sum of squared bond-length "
                     "changes and of squared out-of-plane displacements from the unrattled cell"}
 
+    if "ednn" in args.skip and "cnn" in args.skip:   # data only (e.g. before parallel training processes)
+        save_results()
+        print(f"data ready: {path}; nothing trained (--skip ednn cnn); wrote {args.out}/results.json")
+        return results
+
     # ------------------------------------------------------------ 2. train (resumable)
     x_init = data.read_arrays(path, ["X"], indices=np.sort(train_idx[:64]))["X"] if cfg["init"] == "lsuv" else None
     mseed = seed if cfg.get("init_seed") is None else cfg["init_seed"]
@@ -725,10 +730,6 @@ def main(argv=None):
         print(f"{name}: test MAE {r['meV_per_A2']['mean_abs_error']:.3f} meV/A^2, "
               f"{r['meV_per_atom']['mean_abs_error']:.3f} meV/atom ({r['eV']['mean_abs_error']:.4f} eV)")
         save_results()
-    if not models:   # --skip ednn cnn: prepare the data (e.g. before parallel training processes) and stop
-        save_results()
-        print(f"data ready: {path}; nothing trained (--skip ednn cnn); wrote {args.out}/results.json")
-        return results
     if "cnn" in results["test"] and "ednn" in results["test"]:
         results["test"].update(ratio_entries(y_test, preds["ednn"], preds["cnn"], a_test))
         results["test"]["paper_mae_ratio"] = PAPER_MAE["cnn"] / PAPER_MAE["ednn"]
