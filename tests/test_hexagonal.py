@@ -463,7 +463,7 @@ def _fake_run(path, y, ednn, cnn, area=160.0, sym=True, indices=None):
     tp = {"true_eV": list(y), "test_indices": list(range(len(y))) if indices is None else indices,
           "ednn_eV": list(ednn), "cnn_eV": list(cnn)}
     if sym:
-        tp.update(ednn_symmetrised_eV=list(ednn * 0 + y + 0.5 * (ednn - y)), cnn_symmetrised_eV=list(cnn))
+        tp.update(ednn_symmetrised_eV=list(y + 0.5 * (ednn - y)), cnn_symmetrised_eV=list(cnn))
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "results.json"), "w") as fh:
         json.dump({"test": {"ednn": err(ednn), "cnn": err(cnn)}, "test_predictions": tp}, fh)
