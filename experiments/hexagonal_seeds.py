@@ -77,7 +77,10 @@ def combine(runs, n_boot=10000):
             continue
         e = [np.asarray(tp[f"ednn{suffix}_eV"], np.float64) for _, tp, _ in loaded]
         c = [np.asarray(tp[f"cnn{suffix}_eV"], np.float64) for _, tp, _ in loaded]
-        per = [{"ednn": mae(a), "cnn": mae(b), "ratio": mae(b) / mae(a)} for a, b in zip(e, c)]
+        per = []
+        for a, b in zip(e, c):
+            ea, eb = mae(a), mae(b)
+            per.append({"ednn": ea, "cnn": eb, "ratio": eb / ea})
         me, mc = np.mean([r["ednn"] for r in per]), np.mean([r["cnn"] for r in per])
         ee, ce = np.mean(e, axis=0), np.mean(c, axis=0)
         out[kind] = {
