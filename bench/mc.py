@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ednn_tf import EDNN, networks  # noqa: E402
-from ednn_tf.mc import Metropolis  # noqa: E402
+from ednn_tf.apply.mc import Metropolis  # noqa: E402
 from ednn_tf.timing import median_seconds, min_seconds  # noqa: E402
 
 
@@ -107,8 +107,8 @@ def main():
 
 def atom_local_vs_full(seed=0):
     """Median seconds of a local dE and of a full energy for 240 graphene atoms (see module doc)."""
-    from ednn_tf.mc import AtomicLocalEnergy
-    from ednn_tf.structures import hexagonal_cell
+    from ednn_tf.apply.mc import AtomicLocalEnergy
+    from ednn_tf.atoms.structures import hexagonal_cell
 
     f, c, px = 32, 16, 128
     model = EDNN(networks.paper_cnn(f + 2 * c, width=0.25, dense=64, seed=seed), f, c)

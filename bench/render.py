@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from ednn_tf.timing import call_seconds  # noqa: E402
-from ednn_tf.structures import honeycomb_sheet  # noqa: E402
-from ednn_tf.render import render, render_tf, shape_for_cell  # noqa: E402
+from ednn_tf.atoms.structures import honeycomb_sheet  # noqa: E402
+from ednn_tf.atoms.render import render, shape_for_cell  # noqa: E402
+from ednn_tf.atoms.render_tf import render_tf  # noqa: E402
 
 
 def hexagonal_sheet(repeat=(5, 3), species=("C", "C"), a=2.46):

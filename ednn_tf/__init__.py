@@ -1,13 +1,31 @@
 """ednn_tf: Extensive Deep Neural Networks (Mills et al., Chem. Sci. 2019) for TensorFlow / Keras 3.
 
-Data path: grid -> ``tiling.extract_tiles`` (periodic focus/context tiles) -> one shared
-sub-network on all tiles at once -> float64 sum. See ``EDNN``.
+Data path (``docs/architecture.md``)::
+
+    structure -> grid (atoms.render) -> tiles (tiling) -> values (EDNN.tile_values) -> total (model.sum_tiles)
+
+The top-level names are imported lazily (PEP 562), so ``import ednn_tf.labels.oracles`` in a
+labelling worker never loads Keras or TensorFlow.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from .tiling import extract_tiles, periodic_pad, tile_size  # noqa: E402,F401
-from .layers import TileLayer  # noqa: E402,F401
-from .model import EDNN  # noqa: E402,F401
-from . import networks  # noqa: E402,F401
+_LAZY = {"EDNN": ".model", "TileLayer": ".layers", "extract_tiles": ".tiling", "periodic_pad": ".tiling",
+         "tile_size": ".tiling"}
+_SUBMODULES = {"apply", "atoms", "data", "distributed", "ising", "labels", "layers", "metrics", "model",
+               "networks", "plots", "symmetry", "testing", "tiling", "timing", "training", "util"}
 
 __all__ = ["EDNN", "TileLayer", "extract_tiles", "periodic_pad", "tile_size", "networks"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ednn_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)

@@ -1,12 +1,9 @@
 """Error summaries for extensive predictions (all arithmetic in float64)."""
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
-__all__ = ["extensive_errors", "energy_errors", "error_ratio_ci", "write_json_atomic"]
+__all__ = ["extensive_errors", "energy_errors", "error_ratio_ci"]
 
 
 def extensive_errors(true, pred, n_sites=None, level=None):
@@ -82,14 +79,3 @@ def error_ratio_ci(true, pred_a, pred_b, stat="mean", level=0.95, n_boot=10000, 
     lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
     return {"ratio": float(fn(eb) / fn(ea)), "low": float(lo), "high": float(hi), "level": float(level),
             "n_boot": int(n_boot), "p_ratio_below_2": float(np.mean(ratios < 2))}
-
-
-def write_json_atomic(obj, path):
-    """Write ``obj`` as indented JSON via a temporary file and rename."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=float)
-    os.replace(tmp, path)
-    return path

@@ -7,7 +7,7 @@ import numpy as np
 from . import tiling
 from .layers import TileLayer
 
-__all__ = ["EDNN"]
+__all__ = ["EDNN", "sum_tiles", "is_ednn", "load_ednn"]
 
 
 def _sum_dtype():
@@ -17,6 +17,43 @@ def _sum_dtype():
         if not jax.config.jax_enable_x64:
             return "float32"
     return "float64"
+
+
+def sum_tiles(values, axis=None):
+    """The one sum of per-tile values, formed in float64 (float32 under JAX without x64).
+
+    ``values``: a numpy array (the result is numpy float64) or a backend tensor (the result is a
+    tensor of the sum dtype). ``axis`` as for ``numpy.sum`` (default: every axis).
+    """
+    if isinstance(values, (np.ndarray, np.generic, list, tuple, float, int)):
+        return np.asarray(values, dtype=np.float64).sum(axis=axis)
+    return keras.ops.sum(keras.ops.cast(values, _sum_dtype()), axis=axis)
+
+
+def is_ednn(obj) -> bool:
+    """True for an ``EDNN`` (or a subclass)."""
+    return isinstance(obj, EDNN)
+
+
+def load_ednn(model):
+    """An ``EDNN`` from an ``EDNN`` instance or the path of a ``.keras`` file (loaded uncompiled).
+
+    Raises ValueError for a missing file, a file that is not a Keras archive of an EDNN, or an
+    object that is not an EDNN (the message names what was received).
+    """
+    import os
+
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise ValueError(f"model file not found: {path!r}")
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # Keras raises many types for bad archives
+            raise ValueError(f"could not load an EDNN from {path!r}: {type(exc).__name__}: {exc}") from exc
+    if not is_ednn(model):
+        raise ValueError(f"model must be an ednn_tf.EDNN or a path to one saved as .keras, got {type(model).__name__}")
+    return model
 
 
 def _batch_size(batch_size):
@@ -89,25 +126,41 @@ class EDNN(keras.Model):
         self.tiler.build(input_shape)
         self.built = True
 
+    def tile_values(self, tiles, training=False):
+        """Sub-network values of a stack of tiles: the one way into the sub-network.
+
+        ``tiles`` is ``(*lead, t, t[, t], C)`` with any leading axes (``(N,)`` for a flat stack,
+        ``(B, H/f, W/f)`` as cut by ``tiling.extract_tiles``); all tiles go through the
+        sub-network in one call. Returns the values, shape ``lead``, in the compute dtype.
+        """
+        tiles = keras.ops.convert_to_tensor(tiles)
+        nd = self._tile_rank(len(tiles.shape))
+        folded, lead_shape = tiling.fold_tiles(tiles, len(tiles.shape) - nd - 2)
+        out = self.subnet(folded, training=training)
+        if len(out.shape) > 1 and out.shape[-1] not in (None, 1):
+            raise ValueError(f"subnet must output one number per tile, got output shape {tuple(out.shape)}")
+        return keras.ops.reshape(out, lead_shape)
+
+    def _tile_rank(self, rank):
+        """Spatial rank of one tile, from the sub-network's input (or the rank of a stack of tiles)."""
+        if getattr(self.subnet, "inputs", None):
+            return len(self.subnet.inputs[0].shape) - 2
+        if rank not in (4, 5, 6, 8):
+            raise ValueError(f"tiles must be (N, t, t, C), (N, t, t, t, C), (B, H/f, W/f, t, t, C) or "
+                             f"(B, D/f, H/f, W/f, t, t, t, C); got rank {rank}")
+        return {4: 2, 5: 3, 6: 2, 8: 3}[rank]
+
     def tile_contributions(self, inputs, training=False):
         """Per-tile outputs, ``(batch, H/f, W/f)`` (or ``(batch, D/f, H/f, W/f)``), float32.
 
         The subnet runs once on all tiles of the batch (tiles folded into the batch axis).
         """
-        tiles = self.tiler(inputs)
-        nd = (len(tiles.shape) - 2) // 2  # tiles are (B, *grid, *tile, C): rank 2 + 2*nd
-        folded, grid_shape = tiling.fold_tiles(tiles, nd)
-        out = self.subnet(folded, training=training)
-        if len(out.shape) > 1 and out.shape[-1] not in (None, 1):
-            raise ValueError(f"subnet must output one number per tile, got output shape {tuple(out.shape)}")
-        return keras.ops.reshape(out, grid_shape)
+        return self.tile_values(self.tiler(inputs), training=training)
 
     def call(self, inputs, training=False):
         contrib = self.tile_contributions(inputs, training=training)
-        axes = tuple(range(1, len(contrib.shape)))
-        dtype = _sum_dtype()
-        total = keras.ops.sum(keras.ops.cast(contrib, dtype), axis=axes)[:, None]
-        return keras.ops.cast(total, self.output_dtype if dtype == "float64" else dtype)
+        total = sum_tiles(contrib, axis=tuple(range(1, len(contrib.shape))))[:, None]
+        return keras.ops.cast(total, self.output_dtype if _sum_dtype() == "float64" else "float32")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
@@ -136,8 +189,8 @@ class EDNN(keras.Model):
         out = np.empty(len(x), dtype=np.float64)
         for lo in range(0, len(x), batch_size):
             contrib = self.tile_contributions(keras.ops.convert_to_tensor(x[lo:lo + batch_size], self.compute_dtype))
-            c = np.asarray(keras.ops.convert_to_numpy(contrib), dtype=np.float64)
-            out[lo:lo + batch_size] = c.reshape(len(c), -1).sum(axis=1)
+            c = keras.ops.convert_to_numpy(contrib)
+            out[lo:lo + batch_size] = sum_tiles(c.reshape(len(c), -1), axis=1)
         return out
 
     def predict_symmetrised(self, x, stride=1, mirrors=False, batch_size=32, return_spread=False):

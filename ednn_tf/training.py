@@ -11,7 +11,9 @@ import os
 
 import keras
 
-__all__ = ["EpochProgress", "fit", "save_model_atomic"]
+from .util import atomic_path
+
+__all__ = ["EpochProgress", "fit", "save_model_atomic", "cosine_schedule", "train_or_reuse", "read_log"]
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -42,12 +44,64 @@ class EpochProgress(keras.callbacks.Callback):
 
 def save_model_atomic(model, path):
     """``model.save`` to a temporary file then rename, so a crash never leaves a half-written model."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path[:-len(".keras")] + f".tmp{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return os.fspath(path)
+
+
+def cosine_schedule(lr, total_steps, decay=True, alpha=0.01, warmup_steps=0):
+    """Adam step size: constant ``lr``, or cosine-decayed to ``alpha * lr`` over ``total_steps``
+    (``decay``), after a linear warm-up from ``lr / 100`` over ``warmup_steps``."""
+    if not decay and not warmup_steps:
+        return lr
+    steps = max(1, (total_steps - warmup_steps) if decay else 10 ** 12)
+    return keras.optimizers.schedules.CosineDecay(lr / 100 if warmup_steps else lr, decay_steps=steps, alpha=alpha,
+                                                  warmup_target=lr if warmup_steps else None,
+                                                  warmup_steps=warmup_steps)
+
+
+def read_log(workdir):
+    """The per-epoch columns of ``workdir/log.csv`` written by ``fit`` (``{}`` if there is none)."""
+    import numpy as np
+
+    path = os.path.join(workdir, "log.csv")
+    if not os.path.exists(path):
+        return {}
+    log = np.genfromtxt(path, delimiter=",", names=True)
+    return {k: np.atleast_1d(log[k]).tolist() for k in log.dtype.names if k != "epoch"}
+
+
+def train_or_reuse(path, build, data, *, epochs, workdir, lr, loss="mse", rank=0, **fit_kwargs):
+    """Reuse the model saved at ``path``, or build, compile, train (resumably) and save it.
+
+    The train-or-reuse step of every experiment: a rerun of a finished run loads the model; a run
+    that was interrupted resumes from the backup in ``workdir`` (see ``fit``).
+
+    Args:
+        path: the ``.keras`` file of the trained model.
+        build: ``build() -> model`` (uncompiled), called only when training.
+        data: ``data() -> (x, y, extra_fit_kwargs)``, called only when training (so a reused model
+            never opens its data set); ``y`` may be None for a dataset.
+        epochs, workdir, rank, **fit_kwargs: as for ``fit``.
+        lr: learning rate or schedule for Adam (e.g. ``cosine_schedule``).
+    Returns ``(model, info)`` with ``info = {"reused", "seconds", "history"}``: ``seconds`` is the
+    wall time of this training session (None when reused), ``history`` the per-epoch logs (from
+    ``workdir/log.csv`` when reused).
+    """
+    import time
+
+    if os.path.exists(path):
+        print(f"reusing {path}")
+        return keras.models.load_model(path), {"reused": True, "seconds": None, "history": read_log(workdir)}
+    model = build()
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    x, y, extra = data()
+    t0 = time.time()
+    hist = fit(model, x, y, epochs=epochs, workdir=workdir, rank=rank, **{**fit_kwargs, **extra})
+    seconds = time.time() - t0
+    if rank == 0:
+        save_model_atomic(model, path)
+    return model, {"reused": False, "seconds": seconds, "history": dict(hist.history)}
 
 
 def _backed_up_epoch(backup_dir):

@@ -17,7 +17,7 @@ Steps (each cached in --out; rerunning the same command reuses what is done):
    ``--model`` a small EDNN is trained here on oracle-labelled rattled graphene cells (demo), and
    saved with its sidecar.
 3. Metropolis MC at 1000 K with single-atom in-plane moves (the 2D image is blind to z) and
-   ``ednn_tf.mc.AtomicLocalEnergy`` (re-renders the moved atom's stamps and re-evaluates the
+   ``ednn_tf.apply.mc.AtomicLocalEnergy`` (re-renders the moved atom's stamps and re-evaluates the
    affected tiles only); the step is tuned to ~40 % acceptance during equilibration, then fixed.
 4. g(r) of both (in-plane distances, 2D normalisation, periodic), the first three peak positions
    and their differences, timings per energy evaluation (EDNN full / local vs the oracle; paper:
@@ -116,7 +116,7 @@ def _jsonable(o):
 # ------------------------------------------------------------------------------------------------
 def pick_oracle(requested, notes):
     """The oracle ``requested`` if its code is installed, else the first available fallback."""
-    from ednn_tf import oracles
+    from ednn_tf.labels import oracles
 
     avail = oracles.available_oracles()
     for name in [requested, "rebo", "tersoff-bnc", "gfn1-xtb", "lj"]:
@@ -130,7 +130,7 @@ def pick_oracle(requested, notes):
 
 def render_settings(args, cfg):
     """Render settings of --model: command line > sidecar JSON > hexagonal.py's results.json."""
-    from ednn_tf import render
+    from ednn_tf.atoms import render
 
     found, source = {}, None
     stem = os.path.splitext(args.model)[0]
@@ -200,7 +200,7 @@ def run_md(atoms0, oracle, cfg, temperature, seed, path, progress):
 
 def demo_structures(n, seed, rattle):
     """``n`` rattled 60-atom graphene cells, in-plane sigma uniform in ``rattle`` (A), flat (z = 0)."""
-    from ednn_tf.structures import hexagonal_cell
+    from ednn_tf.atoms.structures import hexagonal_cell
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     out = []
@@ -230,7 +230,9 @@ def train_demo(cfg, oracle, seed, out, workers, progress, results):
     """Train (or reload) the demo EDNN; returns (model, render settings)."""
     import keras
 
-    from ednn_tf import EDNN, networks, oracles, render, training
+    from ednn_tf import EDNN, networks, training
+    from ednn_tf.labels import oracles
+    from ednn_tf.atoms import render
 
     path = os.path.join(out, "ednn.keras")
     side = os.path.join(out, "ednn.json")
@@ -289,7 +291,7 @@ def train_demo(cfg, oracle, seed, out, workers, progress, results):
 
 def run_mc(model, atoms0, settings, cfg, temperature, seed, path, progress):
     """Tuned-step Metropolis MC with local energy updates; returns (frames, record dict, local object)."""
-    from ednn_tf.mc import AtomicLocalEnergy, AtomMetropolis
+    from ednn_tf.apply.mc import AtomicLocalEnergy, AtomMetropolis
 
     le = AtomicLocalEnergy(model, atoms0, tuple(settings["shape"]), gamma=settings["gamma"],
                            cutoff=settings["cutoff"], channels=settings.get("channels"))
@@ -320,7 +322,7 @@ def run_mc(model, atoms0, settings, cfg, temperature, seed, path, progress):
 def time_evaluations(model, le, atoms0, settings, oracle, repeats, rng, other_oracles=True):
     """Median seconds per energy evaluation: EDNN full (ASE calculator; numpy render + model), EDNN
     local (one single-atom dE), oracle (one energy of the cell, as ``oracle.energy``)."""
-    from ednn_tf.calculator import EDNNCalculator
+    from ednn_tf.apply.calculator import EDNNCalculator
 
     calc = EDNNCalculator(model, shape=tuple(settings["shape"]), gamma=settings["gamma"],
                           cutoff=settings["cutoff"], channels=settings.get("channels"))
@@ -346,7 +348,7 @@ def time_evaluations(model, le, atoms0, settings, oracle, repeats, rng, other_or
     out["oracle_energy_s"] = per_call(oracle.energy, cells[:repeats])
     out["oracle"] = oracle.name
     if other_oracles:          # the other installed reference codes on the same cells, for scale
-        from ednn_tf import oracles
+        from ednn_tf.labels import oracles
 
         out["other_oracles_energy_s"] = {}
         for name, ok in oracles.available_oracles().items():
@@ -390,10 +392,10 @@ def main(argv=None):
     args, cfg = parse_args(argv)
     import keras
 
-    from ednn_tf.calculator import load_model
-    from ednn_tf.mc import radial_distribution, rdf_peaks
-    from ednn_tf.metrics import write_json_atomic
-    from ednn_tf.structures import hexagonal_cell
+    from ednn_tf.apply.calculator import load_model
+    from ednn_tf.apply.mc import radial_distribution, rdf_peaks
+    from ednn_tf.util import write_json_atomic
+    from ednn_tf.atoms.structures import hexagonal_cell
 
     progress = not args.no_progress
     os.makedirs(args.out, exist_ok=True)

@@ -284,7 +284,8 @@ def load_structures(path, indices=None):
 
 
 def build_dataset(path, structs, energies, shape, gamma, attrs, progress, channels=None):
-    from ednn_tf import data, render
+    from ednn_tf import data
+    from ednn_tf.atoms import render
 
     X = render.render_many(structs, shape=shape, progress=progress, gamma=gamma, channels=channels)
     return data.write_dataset(path, X, energies, attrs=attrs, **pack_structures(structs))
@@ -305,7 +306,8 @@ def rerender_dataset(source, path, shape, gamma, channels, progress=False):
     """Write ``path``: the labelled structures of the data file ``source`` rendered on ``shape``
     (Z-weighted, or one channel per element of ``channels``). Labels, structures and provenance
     are copied; no structure is regenerated and nothing is relabelled."""
-    from ednn_tf import data, render
+    from ednn_tf import data
+    from ednn_tf.atoms import render
 
     structs = load_structures(source)
     energies = data.read_arrays(source, ["Y"])["Y"][:, 0]
@@ -320,7 +322,7 @@ def rerender_dataset(source, path, shape, gamma, channels, progress=False):
 def ideal_cell(base):
     """The unrattled version of a ``hexagonal_cell`` output (same kind, composition, vacancies),
     rebuilt from its generator record ``base.info``."""
-    from ednn_tf import structures
+    from ednn_tf.atoms import structures
 
     info = base.info
     ideal = structures.hexagonal_cell(info["kind"], info["seed"], vacancies=info["vacancies"], rattle=0.0,
@@ -356,10 +358,10 @@ def local_descriptors(structs, bond_cutoff=1.85):
 def rattled_supercell(base, k, seed, min_distance=1.0):
     """A new ``k x k`` sheet like ``base`` (a ``hexagonal_cell`` output): :func:`ideal_cell` repeated
     ``k x k`` and rattled with the base cell's in-plane / out-of-plane sigmas, independently for
-    every atom (``ednn_tf.structures.rattle``: redrawn until no two atoms are closer than
+    every atom (``ednn_tf.atoms.structures.rattle``: redrawn until no two atoms are closer than
     ``min_distance`` A). Deterministic from ``(seed, k)``.
     """
-    from ednn_tf import structures
+    from ednn_tf.atoms import structures
 
     info = base.info
     big = structures.supercell(ideal_cell(base), k)
@@ -373,8 +375,8 @@ def label_timed(structs, oracle, path, progress=True, desc="labelling"):
     """Serial, in-process oracle energies (eV) and wall seconds per structure, resumable from a JSON file."""
     from tqdm.auto import tqdm
 
-    from ednn_tf.metrics import write_json_atomic
-    from ednn_tf.oracles import structures_fingerprint
+    from ednn_tf.util import write_json_atomic
+    from ednn_tf.labels.oracles import structures_fingerprint
 
     meta = {"oracle": oracle.name, "settings": oracle.settings, "fingerprint": structures_fingerprint(structs),
             "threads": os.environ.get("OMP_NUM_THREADS")}
@@ -565,8 +567,11 @@ def main(argv=None):
     args, cfg = parse_args(argv)
     import keras
 
-    from ednn_tf import blur, data, oracles, plots, render, structures, training
-    from ednn_tf.metrics import write_json_atomic
+    from ednn_tf.apply import blur
+    from ednn_tf import data, plots, training
+    from ednn_tf.labels import oracles
+    from ednn_tf.atoms import render, structures
+    from ednn_tf.util import write_json_atomic
     from ednn_tf.timing import min_seconds
 
     progress = not args.no_progress
@@ -603,7 +608,7 @@ def main(argv=None):
                                             progress=progress, threads_per_worker=args.oracle_threads)
         t2 = time.time()
         cell = structs[0].cell.lengths()[:2]
-        attrs = {**oracle.attrs(), "unit": "eV", "generator": "ednn_tf.structures.hexagonal_dataset",
+        attrs = {**oracle.attrs(), "unit": "eV", "generator": "ednn_tf.atoms.structures.hexagonal_dataset",
                  "n_structures": N, "seed": seed, "rattle_range_A": list(rattle), "grid": [n, n], "gamma_A": gamma,
                  "cutoff_gamma": render.DEFAULT_CUTOFF, "pixel_size_A": [cell[0] / n, cell[1] / n],
                  "cell_A": cell.tolist(), "channels": "Z-weighted" if rkw["channels"] is None else rkw["channels"],

@@ -122,7 +122,7 @@ def main(argv=None):
     res = combine(args.runs, n_boot=args.n_boot)
     print(report(res))
     if args.json:
-        from ednn_tf.metrics import write_json_atomic
+        from ednn_tf.util import write_json_atomic
         write_json_atomic(res, args.json)
     return res
 

@@ -81,7 +81,8 @@ def main(argv=None):
     import keras
 
     from ednn_tf import EDNN, data, ising, networks, plots, training
-    from ednn_tf.metrics import extensive_errors, write_json_atomic
+    from ednn_tf.metrics import extensive_errors
+    from ednn_tf.util import write_json_atomic
 
     root = True
     if args.distributed:

@@ -6,7 +6,7 @@
 
 The sheet is ``repeats x repeats`` porous-graphene training cells (14 x 8 rectangular graphene
 cells, 34.44 x 34.09 A, rendered at ``--pixels-per-cell`` = 384 px as in the paper) generated
-procedurally from ``--seed`` (``ednn_tf.sheets.PorousSheet``), so no process ever holds the whole
+procedurally from ``--seed`` (``ednn_tf.atoms.sheets.PorousSheet``), so no process ever holds the whole
 sheet. Each Horovod rank takes a contiguous block of tile rows, renders it stripe by stripe with
 its halo and evaluates the EDNN in fixed-size batches; one float64 allreduce gives the total.
 
@@ -62,9 +62,9 @@ def main(argv=None):
     import numpy as np
 
     from ednn_tf import EDNN, distributed, networks
-    from ednn_tf.inference import evaluate_sharded
-    from ednn_tf.metrics import write_json_atomic
-    from ednn_tf.sheets import PorousSheet
+    from ednn_tf.apply.inference import evaluate_sharded
+    from ednn_tf.util import write_json_atomic
+    from ednn_tf.atoms.sheets import PorousSheet
 
     distributed.init()
     rank, size, root = distributed.rank(), distributed.size(), distributed.is_root()

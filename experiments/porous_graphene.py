@@ -12,7 +12,7 @@ Steps (each cached or resumable; rerunning the same command continues where it s
    cells (34.44 x 34.09 A, 448 atoms before pores) with 1-6 random circular pores.
 2. MD: Langevin dynamics at 1000 K (1 fs, friction 0.02/fs, Maxwell-Boltzmann velocities at 2000 K,
    which equipartition with the ideal lattice's potential energy brings to ~1000 K in ~50 fs) with the
-   ``--oracle``'s forces (REBO by default; the paper used VASP/PBE), ``ednn_tf.md.run_trajectories``
+   ``--oracle``'s forces (REBO by default; the paper used VASP/PBE), ``ednn_tf.labels.md.run_trajectories``
    in parallel workers, one file per finished trajectory under ``data/``. After
    ``equilibration`` steps a snapshot is kept every ``every`` steps; its label is the potential
    energy the MD calculator computed for that step (eV).
@@ -167,7 +167,7 @@ def parse_args(argv=None):
 # data
 # ------------------------------------------------------------------------------------------------
 def md_settings(cfg):
-    """Keyword arguments of ``ednn_tf.md.run_trajectories`` for this configuration."""
+    """Keyword arguments of ``ednn_tf.labels.md.run_trajectories`` for this configuration."""
     return dict(temperature_K=float(cfg["temperature"]), timestep_fs=float(cfg["timestep"]), n_steps=int(cfg["steps"]),
                 every=int(cfg["every"]), equilibration_steps=int(cfg["equilibration"]),
                 friction=float(cfg["friction"]), initial_temperature_K=float(cfg["initial_temperature"]))
@@ -196,7 +196,8 @@ def write_snapshot_dataset(path, traj_paths, geometries, pixels, gamma, attrs, p
     import h5py
     from tqdm.auto import tqdm
 
-    from ednn_tf import md, render
+    from ednn_tf.labels import md
+    from ednn_tf.atoms import render
 
     counts = []
     for p in traj_paths:
@@ -382,8 +383,10 @@ def main(argv=None):
     args, cfg = parse_args(argv)
     import keras
 
-    from ednn_tf import data, md, oracles, plots, render, structures, training
-    from ednn_tf.metrics import write_json_atomic
+    from ednn_tf import data, plots, training
+    from ednn_tf.labels import md, oracles
+    from ednn_tf.atoms import render, structures
+    from ednn_tf.util import write_json_atomic
 
     progress = not args.no_progress
     os.makedirs(args.out, exist_ok=True)
@@ -412,8 +415,8 @@ def main(argv=None):
         md_cpu = sum(md.read_trajectory(p)["meta"]["seconds"] for p in traj_paths)
         print(f"  {t_md:.0f} s wall ({md_cpu:.0f} s summed over trajectories)")
         lengths = geometries[0].cell.lengths()[:2]
-        attrs = {**oracle.attrs(), "unit": "eV", "generator": "ednn_tf.structures.porous_graphene(seed=k) + "
-                 "ednn_tf.md.run_trajectories (Langevin)", "n_geometries": N, "seed": seed, "md": md_settings(cfg),
+        attrs = {**oracle.attrs(), "unit": "eV", "generator": "ednn_tf.atoms.structures.porous_graphene(seed=k) + "
+                 "ednn_tf.labels.md.run_trajectories (Langevin)", "n_geometries": N, "seed": seed, "md": md_settings(cfg),
                  "md_seconds_summed": md_cpu, "md_wall_seconds_this_run": t_md, "grid": [ppc, ppc], "gamma_A": gamma,
                  "cutoff_gamma": cutoff, "pixel_size_A": (lengths / ppc).tolist(), "cell_A": lengths.tolist(),
                  "image": "eqn (2): sum_i Z_i exp(-r^2 / 2 gamma^2), row = x", "cell": CELL_NOTE}

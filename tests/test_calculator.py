@@ -5,9 +5,9 @@ import pytest
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from ednn_tf import EDNN, networks
-from ednn_tf.calculator import EDNNCalculator
-from ednn_tf.render import render
-from ednn_tf.structures import hexagonal_cell
+from ednn_tf.apply.calculator import EDNNCalculator
+from ednn_tf.atoms.render import render
+from ednn_tf.atoms.structures import hexagonal_cell
 
 SHAPE = (64, 64)          # 0.195 x 0.203 A pixels over the 12.50 x 12.99 A cell
 FOCUS, CONTEXT = 16, 8    # 32 x 32 tiles, 4 x 4 of them

@@ -1,4 +1,4 @@
-"""Hexagonal-sheet experiment (paper Sec. 3.2.1, 3.3, Figs. 5, 6, 9): ``ednn_tf.blur`` and
+"""Hexagonal-sheet experiment (paper Sec. 3.2.1, 3.3, Figs. 5, 6, 9): ``ednn_tf.apply.blur`` and
 ``experiments/hexagonal.py`` end to end on its tiny preset (Tersoff oracle, 32 x 32 images)."""
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_experiment
-from ednn_tf import blur
+from ednn_tf.apply import blur
 
 
 
@@ -174,7 +174,7 @@ def test_moment_term_and_target_map():
 # transfer structures
 # ------------------------------------------------------------------------------------------------
 def test_local_descriptors_count_bonds_and_strain():
-    from ednn_tf.structures import hexagonal_cell
+    from ednn_tf.atoms.structures import hexagonal_cell
     mod = _script()
     flat = [hexagonal_cell("graphene", 1, rattle=0.0, rattle_z=0.0), hexagonal_cell("hbn", 2, rattle=0.0, rattle_z=0.0),
             hexagonal_cell("graphene", 3, vacancies=1, rattle=0.0, rattle_z=0.0)]
@@ -191,7 +191,7 @@ def test_local_descriptors_count_bonds_and_strain():
 
 
 def test_rattled_supercell_is_a_new_structure_of_the_same_kind():
-    from ednn_tf.structures import hexagonal_dataset, min_interatomic_distance, supercell
+    from ednn_tf.atoms.structures import hexagonal_dataset, min_interatomic_distance, supercell
     mod = _script()
     for base in hexagonal_dataset(6, seed=5):
         big = mod.rattled_supercell(base, 2, seed=11)
@@ -242,7 +242,9 @@ def test_tiny_results_and_plots(tiny_run):
 
 
 def test_tiny_data_file_round_trips(tiny_run):
-    from ednn_tf import data, oracles, render
+    from ednn_tf import data
+    from ednn_tf.labels import oracles
+    from ednn_tf.atoms import render
     mod, root, _, res = tiny_run
     path = res["dataset"]["path"]
     arr = data.read_arrays(path, ["X", "Y"])
@@ -254,7 +256,7 @@ def test_tiny_data_file_round_trips(tiny_run):
     # re-rendering the stored positions reproduces X exactly
     np.testing.assert_array_equal(render.render_many(structs, shape=(32, 32), gamma=attrs["gamma_A"]), arr["X"])
     # the stored structures are the generator's, with its records
-    from ednn_tf.structures import hexagonal_dataset
+    from ednn_tf.atoms.structures import hexagonal_dataset
     gen = hexagonal_dataset(32, seed=0)
     for a, b in zip(structs, gen):
         np.testing.assert_array_equal(a.numbers, b.numbers)
@@ -270,7 +272,7 @@ def test_tiny_data_file_round_trips(tiny_run):
 def test_tiny_ednn_is_extensive_on_exact_repeats(tiny_run):
     import keras
 
-    from ednn_tf import render
+    from ednn_tf.atoms import render
     mod, root, _, res = tiny_run
     timing = res["transfer"]["ednn_timing"]
     assert timing["k"] == [1, 2, 4]
@@ -278,7 +280,7 @@ def test_tiny_ednn_is_extensive_on_exact_repeats(tiny_run):
     assert timing["n_atoms"][2] == 16 * timing["n_atoms"][0]
     model = keras.models.load_model(root / "out" / "ednn.keras")
     cell = mod.load_structures(res["dataset"]["path"], [3])[0]
-    from ednn_tf.structures import supercell
+    from ednn_tf.atoms.structures import supercell
     x1 = render.render(cell, shape=(32, 32))[None]
     x3 = render.render(supercell(cell, 3), shape=(96, 96))[None]
     # the map to eV is inside the model (offset E0/n per tile), so a 3x3 repeat predicts 9x, offset included
@@ -364,8 +366,8 @@ def test_per_element_moment_term_is_a_per_element_reference_energy():
     """With one channel per element and p = 1, the fixed term is sum_e alpha_e * (pixel sum of
     channel e) = sum_e mu_e * n_e: per-element reference energies from the image alone."""
     import keras
-    from ednn_tf import render
-    from ednn_tf.structures import hexagonal_dataset
+    from ednn_tf.atoms import render
+    from ednn_tf.atoms.structures import hexagonal_dataset
     mod = _script()
     structs = hexagonal_dataset(12, seed=3)
     X = render.render_many(structs, shape=(64, 64), channels=[5, 6, 7])   # sigma ~ 1 px: exact sums
@@ -392,8 +394,8 @@ def test_tiny_with_one_channel_per_element(tmp_path):
     a saved EDNN that is extensive on 3-channel repeats and reloads without custom objects."""
     import keras
 
-    from ednn_tf import render
-    from ednn_tf.structures import supercell
+    from ednn_tf.atoms import render
+    from ednn_tf.atoms.structures import supercell
     mod = _script()
     res = mod.main(["--preset", "tiny", "--channels", "element", "--skip", "transfer", "blur",
                     "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), "--no-progress"])
@@ -412,7 +414,8 @@ def test_tiny_with_one_channel_per_element(tmp_path):
 def test_rerender_at_another_grid_reuses_labels_and_structures(tiny_run, tmp_path):
     """A data file re-rendered on another grid with element channels carries the same labels and
     structures, and its X is the renderer's image of them; ``sibling_renders`` finds the source."""
-    from ednn_tf import data, render
+    from ednn_tf import data
+    from ednn_tf.atoms import render
     mod, root, _, res = tiny_run
     src = res["dataset"]["path"]
     stem = src[:src.index("_grid")]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ednn_tf import EDNN, networks, testing
-from ednn_tf.inference import ArraySource, evaluate_streaming, shard_rows
+from ednn_tf.apply.inference import ArraySource, evaluate_streaming, shard_rows
 
 
 @pytest.fixture(scope="module")

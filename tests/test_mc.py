@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ednn_tf import EDNN, networks, testing, tiling
-from ednn_tf.mc import (LocalEnergy, Metropolis, TileIndex, binder_crossing, colouring_1d, lattice_colouring,
+from ednn_tf.apply.mc import (LocalEnergy, Metropolis, TileIndex, binder_crossing, colouring_1d, lattice_colouring,
                         thermodynamics)
 
 

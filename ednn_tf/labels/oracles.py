@@ -148,9 +148,9 @@ def load_mkl(required: bool = False) -> bool:
             raise ImportError("blas='mkl' needs the MKL runtime: `pip install mkl`")
         return False
     if "tblite.library" in sys.modules and not _library_loaded("libmkl_rt"):
-        warnings.warn("tblite was imported before ednn_tf.oracles could load MKL; GFN1-xTB may run on "
-                      "tblite's bundled reference BLAS (3-6x slower). Import ednn_tf.oracles (or call "
-                      "ednn_tf.oracles.load_mkl()) before tblite.", RuntimeWarning, stacklevel=3)
+        warnings.warn("tblite was imported before ednn_tf.labels.oracles could load MKL; GFN1-xTB may run on "
+                      "tblite's bundled reference BLAS (3-6x slower). Import ednn_tf.labels.oracles (or call "
+                      "ednn_tf.labels.oracles.load_mkl()) before tblite.", RuntimeWarning, stacklevel=3)
     os.environ.setdefault("MKL_INTERFACE_LAYER", "LP64")
     os.environ.setdefault("MKL_THREADING_LAYER", "GNU")
     try:

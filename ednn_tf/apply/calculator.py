@@ -18,7 +18,7 @@ trained on oracle energies in eV). Forces are the exact negative gradient of tha
     F_i = -dE/dr_i = -sum_pixels (dE/dV(p)) (dV(p)/dr_i)                        (eV/Angstrom)
 
 obtained by automatic differentiation through the differentiable renderer
-(:func:`ednn_tf.render.render_tf`) and the network, so they are conservative (energy is
+(:func:`ednn_tf.atoms.render_tf.render_tf`) and the network, so they are conservative (energy is
 conserved in NVE MD up to the integrator error). With a 2D model the image is a projection on
 the xy plane: the energy does not depend on z and the z forces are exactly 0.
 
@@ -30,7 +30,7 @@ becomes translation invariant (well trained, pixels much smaller than gamma).
 
 Truncation. ``cutoff=None`` (default) renders untruncated Gaussians: E is smooth and the forces
 are continuous. ``cutoff=c`` truncates each Gaussian per axis at ``c * gamma`` exactly like
-:func:`ednn_tf.render.render` (the training images); the values differ from the untruncated ones
+:func:`ednn_tf.atoms.render.render` (the training images); the values differ from the untruncated ones
 by at most ``exp(-c^2/2)`` relative (1.5e-8 for c = 6, below float32 resolution), but E then
 jumps by that much when a pixel crosses the cutoff, which finite-difference checks notice.
 
@@ -39,7 +39,7 @@ in eV, forces in eV/Angstrom. Stress is not implemented (the grid is tied to the
 
 Example::
 
-    from ednn_tf.calculator import EDNNCalculator
+    from ednn_tf.apply.calculator import EDNNCalculator
     calc = EDNNCalculator("results/hexagonal-cpu/ednn.keras", shape=(128, 128), gamma=0.2)
     atoms.calc = calc
     atoms.get_potential_energy()        # eV
@@ -54,9 +54,12 @@ import os
 from numbers import Integral
 
 import numpy as np
+
+from ..util import check_positive
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import render as _render
+from ..atoms import render as _render
+from ..atoms.render_tf import render_tf
 
 __all__ = ["EDNNCalculator", "load_model"]
 
@@ -73,7 +76,7 @@ def load_model(model):
             raise ValueError(f"model file not found: {path!r}")
         import keras
 
-        from . import model as _model  # noqa: F401  (registers EDNN for deserialisation)
+        from .. import model as _model  # noqa: F401  (registers EDNN for deserialisation)
 
         try:
             loaded = keras.models.load_model(path, compile=False)
@@ -160,25 +163,25 @@ class EDNNCalculator(Calculator):
             raise ValueError(f"give exactly one of shape and pixel_size, got shape={shape!r}, "
                              f"pixel_size={pixel_size!r}")
         if shape is not None:
-            shape = _render._check_shape(shape)
+            shape = _render.check_grid_shape(shape)
             bad = [n for n in shape if n % self.focus]
             if bad:
                 raise ValueError(f"image shape {shape} must be a multiple of the model's focus "
                                  f"{self.focus} along every axis")
             ndim = len(shape)
         else:
-            pixel_size = _render._check_positive(pixel_size, "pixel_size")
+            pixel_size = check_positive("pixel_size", pixel_size)
             ndim = 2 if nd_model is None else nd_model
         if nd_model is not None and nd_model != ndim:
             raise ValueError(f"the model works on {nd_model}D tiles but shape={shape!r} is {ndim}D")
-        gamma = _render._check_positive(gamma, "gamma")
+        gamma = check_positive("gamma", gamma)
         if cutoff is not None:
-            cutoff = _render._check_positive(cutoff, "cutoff")
+            cutoff = check_positive("cutoff", cutoff)
         n_channels = 1
         if channels is not None:
             if isinstance(channels, (str, bytes, Integral)):
                 channels = [channels]
-            chan = _render._to_atomic_numbers(list(channels), "channels")
+            chan = _render.atomic_numbers(list(channels), "channels")
             if chan.size == 0 or np.unique(chan).size != chan.size:
                 raise ValueError(f"channels must list distinct elements, got {channels!r}")
             channels = [int(z) for z in chan]
@@ -233,7 +236,7 @@ class EDNNCalculator(Calculator):
         lengths = np.array(lengths, dtype=np.float64)
 
         def energy(pos):
-            img = _render.render_tf(pos, numbers, lengths, shape, gamma=p.gamma, cutoff=p.cutoff,
+            img = render_tf(pos, numbers, lengths, shape, gamma=p.gamma, cutoff=p.cutoff,
                                     channels=p.channels)
             contrib = model.tile_contributions(tf.cast(img[None], in_dtype), training=False)
             contrib = tf.cast(contrib[0], tf.float64)
@@ -272,8 +275,8 @@ class EDNNCalculator(Calculator):
         if not np.all(np.isfinite(pos)):
             i = int(np.argwhere(~np.isfinite(pos))[0, 0])
             raise ValueError(f"positions must be finite, got {pos[i].tolist()!r} for atom {i}")
-        numbers = _render._to_atomic_numbers(atoms.numbers, "atoms.numbers")
-        _render._channel_weights(numbers, self.parameters.channels)   # raises for elements not in channels
+        numbers = _render.atomic_numbers(atoms.numbers, "atoms.numbers")
+        _render.channel_weights(numbers, self.parameters.channels)   # raises for elements not in channels
         want_forces = "forces" in properties
         fn = self._function(numbers, lengths, shape, want_forces)
         import tensorflow as tf

@@ -1,7 +1,7 @@
 """Procedural porous graphene sheets of any size, generated band by band (never whole in memory).
 
 A periodic rectangular graphene sheet of ``cells = (nx, ny)`` rectangular 4-atom cells
-(``a x sqrt(3) a``, the lattice of ``ednn_tf.structures``) with circular pores. The sheet is
+(``a x sqrt(3) a``, the lattice of ``ednn_tf.atoms.structures``) with circular pores. The sheet is
 divided into ``blocks`` of about ``block_size`` Angstrom; the pores of block ``(i, j)`` are drawn
 from ``numpy.random.default_rng([seed, i, j])`` (``pores_per_block`` uniform integers, centres
 uniform in the block, radii uniform in ``radius_range``), so any band of the sheet can be produced
@@ -9,7 +9,7 @@ by any process, in any order, identically. An atom is removed when it lies withi
 (periodic distance) of any pore centre. Unlike ``structures.porous_graphene`` no dangling-atom
 pruning is done (it would need global neighbour information).
 
-``row_source`` turns the sheet into a row source for ``ednn_tf.inference``: rows are the x axis
+``row_source`` turns the sheet into a row source for ``ednn_tf.apply.inference``: rows are the x axis
 (the renderer's convention), so horizontal stripes of the image are bands of constant x.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Everything here returns :class:`ase.Atoms` with an **orthorhombic** cell, periodic in x and y
 (``pbc = (True, True, False)``), the sheet in the plane ``z = vacuum / 2`` and ``vacuum`` Angstrom of
 cell height (default 20 A, enough that periodic images in z never interact for the oracles in
-:mod:`ednn_tf.oracles`). Lengths are in Angstrom. The same ``seed`` always gives the same structure
+:mod:`ednn_tf.labels.oracles`). Lengths are in Angstrom. The same ``seed`` always gives the same structure
 (bit-for-bit: numpy's PCG64 via :class:`numpy.random.SeedSequence`).
 
 Lattice: the 4-atom rectangular cell of the honeycomb lattice, ``a x sqrt(3) a`` with atoms at

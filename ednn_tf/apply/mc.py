@@ -32,9 +32,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from ..util import check_positive
 import tensorflow as tf
 
-from . import tiling
+from .. import tiling
 
 __all__ = ["TileIndex", "lattice_colouring", "colouring_1d", "LocalEnergy", "Metropolis", "thermodynamics",
            "binder_crossing", "BINDER_ISING_2D"]
@@ -578,7 +580,7 @@ class AtomicLocalEnergy:
     """EDNN energy of one atomic structure, with cheap energy changes of single-atom moves.
 
     The image is eqn (2), ``V(r) = sum_i w_i exp(-|r - r_i|^2 / (2 gamma^2))`` (``w_i = Z_i`` or
-    one channel per element), rendered exactly as :func:`ednn_tf.render.render` (each Gaussian
+    one channel per element), rendered exactly as :func:`ednn_tf.atoms.render.render` (each Gaussian
     truncated per axis at ``cutoff * gamma``). Moving atom ``i`` from ``r`` to ``r'`` changes only
     the pixels of its two stamps: ``V' = V - w_i G(r) + w_i G(r')``, where ``G`` is non-zero on a
     ``~2 cutoff gamma``-wide square around the atom. Only the tiles whose window (focus plus
@@ -617,7 +619,7 @@ class AtomicLocalEnergy:
     def __init__(self, model, atoms, shape, gamma=None, cutoff=None, channels=None):
         from ase import Atoms
 
-        from . import render as _render
+        from ..atoms import render as _render
         from .calculator import _subnet_input, load_model
 
         self.model = load_model(model)
@@ -625,21 +627,21 @@ class AtomicLocalEnergy:
             raise ValueError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
         if len(atoms) == 0:
             raise ValueError("atoms must contain at least one atom, got 0")
-        shape = _render._check_shape(shape)
+        shape = _render.check_grid_shape(shape)
         if len(shape) != 2:
             raise ValueError(f"AtomicLocalEnergy supports 2D images only, got shape={shape!r}")
         self.focus, self.context = int(self.model.focus), int(self.model.context)
         if any(n % self.focus for n in shape):
             raise ValueError(f"image shape {shape} must be a multiple of the model's focus {self.focus}")
-        self.gamma = _render._check_positive(_render.DEFAULT_GAMMA if gamma is None else gamma, "gamma")
-        self.cutoff = _render._check_positive(_render.DEFAULT_CUTOFF if cutoff is None else cutoff, "cutoff")
+        self.gamma = check_positive("gamma", _render.DEFAULT_GAMMA if gamma is None else gamma)
+        self.cutoff = check_positive("cutoff", _render.DEFAULT_CUTOFF if cutoff is None else cutoff)
         self.channels = channels
         self.shape = shape
         self.lengths = _render.cell_lengths(atoms.cell.array, 2)
         self.atoms = atoms.copy()
         self.atoms.calc = None
-        numbers = _render._to_atomic_numbers(self.atoms.numbers, "atoms.numbers")
-        self._weights, _ = _render._channel_weights(numbers, channels)          # (N, C)
+        numbers = _render.atomic_numbers(self.atoms.numbers, "atoms.numbers")
+        self._weights, _ = _render.channel_weights(numbers, channels)          # (N, C)
         self.n_channels = self._weights.shape[1]
         nd_model, c_model, self._input_dtype = _subnet_input(self.model)
         if nd_model not in (None, 2):
@@ -951,7 +953,7 @@ def radial_distribution(frames, cell, r_max=6.0, n_bins=240, in_plane=True):
 
     Returns ``(r, g)``: bin centres and g(r), float64 ``(n_bins,)``.
     """
-    from . import render as _render
+    from ..atoms import render as _render
 
     if isinstance(frames, (list, tuple)) and frames and hasattr(frames[0], "positions"):
         frames = np.array([a.positions for a in frames])
@@ -960,7 +962,7 @@ def radial_distribution(frames, cell, r_max=6.0, n_bins=240, in_plane=True):
         x = x[None]
     if x.ndim != 3 or x.shape[2] != 3 or x.shape[1] < 2:
         raise ValueError(f"frames must be (n_frames, N >= 2, 3) positions, got shape {x.shape}")
-    r_max = _render._check_positive(r_max, "r_max")
+    r_max = check_positive("r_max", r_max)
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     L = _render.cell_lengths(cell, 2)

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from . import tiling
+from .. import tiling
 
 __all__ = ["ArraySource", "shard_rows", "evaluate_streaming", "evaluate_sharded", "StreamResult"]
 
@@ -184,7 +184,7 @@ def evaluate_sharded(model, source, grid_shape, n_tile_rows=None, **kwargs):
     large to finish). The returned ``total`` is the evaluated rows' sum over all ranks;
     ``local_total`` and ``row_range`` are this rank's.
     """
-    from . import distributed
+    from .. import distributed
 
     rank, size = distributed.rank(), distributed.size()
     n_rows = int(grid_shape[0]) // model.focus

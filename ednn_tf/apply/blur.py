@@ -133,7 +133,7 @@ def blurred_tiles(x, x_blurred, mask, focus: int, context: int):
     """
     import tensorflow as tf
 
-    from . import tiling
+    from .. import tiling
 
     t = tiling.tile_size(focus, context)
     mask = np.asarray(mask, dtype=bool)
@@ -161,7 +161,7 @@ def predict_with_blur(model, x, mask, sigma=None, x_blurred=None, batch_size: in
     """
     import tensorflow as tf
 
-    from . import tiling
+    from .. import tiling
 
     x = np.asarray(x)
     tiling.validate_grid(x.shape, model.focus)
