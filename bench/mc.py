@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ednn_tf import EDNN, networks  # noqa: E402
-from ednn_tf.apply.mc import Metropolis  # noqa: E402
+from ednn_tf.apply.lattice_mc import Metropolis  # noqa: E402
 from ednn_tf.timing import median_seconds, min_seconds  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def main():
 
 def atom_local_vs_full(seed=0):
     """Median seconds of a local dE and of a full energy for 240 graphene atoms (see module doc)."""
-    from ednn_tf.apply.mc import AtomicLocalEnergy
+    from ednn_tf.apply.atom_mc import AtomicLocalEnergy
     from ednn_tf.atoms.structures import hexagonal_cell
 
     f, c, px = 32, 16, 128

@@ -99,10 +99,11 @@ def main():
         summary["rank_scaling"] = rank_rows
 
     from ednn_tf import plots
+    from ednn_tf.util import write_json_atomic
+
     plots.scaling(atoms, secs, mem, os.path.join(args.out, "scaling.png"), exponent=expo_big or expo_all,
                   ranks=[(r["ranks"], r["wall_seconds"]) for r in rank_rows])
-    with open(os.path.join(args.out, "scaling.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
+    write_json_atomic(summary, os.path.join(args.out, "scaling.json"))
     print(f"wrote {args.out}/scaling.json and scaling.png")
 
 

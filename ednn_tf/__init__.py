@@ -7,25 +7,13 @@ Data path (``docs/architecture.md``)::
 The top-level names are imported lazily (PEP 562), so ``import ednn_tf.labels.oracles`` in a
 labelling worker never loads Keras or TensorFlow.
 """
-import importlib
+from .util import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY = {"EDNN": ".model", "TileLayer": ".layers", "extract_tiles": ".tiling", "periodic_pad": ".tiling",
-         "tile_size": ".tiling"}
-_SUBMODULES = {"apply", "atoms", "data", "distributed", "ising", "labels", "layers", "metrics", "model",
-               "networks", "plots", "symmetry", "testing", "tiling", "timing", "training", "util"}
-
+_SUBMODULES = ("apply", "atoms", "data", "distributed", "ising", "labels", "layers", "metrics", "model", "networks",
+               "plots", "symmetry", "testing", "tiling", "timing", "training", "util")
 __all__ = ["EDNN", "TileLayer", "extract_tiles", "periodic_pad", "tile_size", "networks"]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'ednn_tf' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(globals(), {"EDNN": ".model", "TileLayer": ".layers", "extract_tiles": ".tiling",
+                                                "periodic_pad": ".tiling", "tile_size": ".tiling",
+                                                **{m: f".{m}" for m in _SUBMODULES}})

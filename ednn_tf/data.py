@@ -7,7 +7,7 @@ Schema (one file per dataset)::
     <any>  (N, ...)                          optional per-sample extras (temperatures, cells, ...)
     attrs                                    provenance: generator, seed, units, oracle, ...
 
-Writes are atomic: the file is written to ``<path>.tmp-<pid>`` and renamed over ``path`` only once
+Writes are atomic (:func:`ednn_tf.util.atomic_path`): a temporary file is renamed over ``path`` only once
 complete, so an interrupted run never leaves a truncated dataset behind.
 Reading never loads the whole file: ``h5_dataset`` streams contiguous batches.
 """
@@ -20,19 +20,10 @@ from typing import Iterable, Mapping
 import h5py
 import numpy as np
 
+from .util import atomic_path, attr_value, check_int
+
 __all__ = ["write_dataset", "read_attrs", "read_arrays", "dataset_length", "h5_dataset", "split_indices",
-           "periodic_augment"]
-
-
-def _jsonable(value):
-    """HDF5 attributes take scalars, strings and arrays; anything else is stored as JSON text."""
-    if isinstance(value, (str, bytes, int, float, bool, np.integer, np.floating, np.bool_)):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value):
-        return np.asarray(value)
-    return json.dumps(value, default=str)
+           "periodic_augment", "augment_symmetries"]
 
 
 def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> str:
@@ -63,27 +54,20 @@ def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> s
         raise ValueError(f"Y must have shape (N,) or (N, 1), got {Y.shape}")
     if len(X) != len(Y):
         raise ValueError(f"X and Y lengths differ: len(X)={len(X)}, len(Y)={len(Y)}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            chunk_rows = max(1, min(len(X), (1 << 20) // max(1, X[0].nbytes)))
-            f.create_dataset("X", data=X, chunks=(chunk_rows,) + X.shape[1:] if len(X) else None)
-            f.create_dataset("Y", data=Y)
-            for name, arr in extra_arrays.items():
-                if arr is None:
-                    continue
-                arr = np.asarray(arr)
-                if arr.dtype == object or arr.dtype.kind == "U":
-                    arr = np.asarray([json.dumps(a, default=str) if not isinstance(a, str) else a for a in arr],
-                                     dtype=h5py.string_dtype())
-                f.create_dataset(name, data=arr)
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = _jsonable(v)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        chunk_rows = max(1, min(len(X), (1 << 20) // max(1, X[0].nbytes)))
+        f.create_dataset("X", data=X, chunks=(chunk_rows,) + X.shape[1:] if len(X) else None)
+        f.create_dataset("Y", data=Y)
+        for name, arr in extra_arrays.items():
+            if arr is None:
+                continue
+            arr = np.asarray(arr)
+            if arr.dtype == object or arr.dtype.kind == "U":
+                arr = np.asarray([json.dumps(a, default=str) if not isinstance(a, str) else a for a in arr],
+                                 dtype=h5py.string_dtype())
+            f.create_dataset(name, data=arr)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = attr_value(v)
     return path
 
 
@@ -187,9 +171,7 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     import tensorflow as tf
 
     path = os.fspath(path)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch_size = int(batch_size)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     with _open(path) as f:
         n = _check(f, path)
         x_shape = f["X"].shape[1:]
@@ -323,3 +305,29 @@ def periodic_augment(x, y, seed=0):
         idx = tf.math.floormod(sign * tf.range(n)[None, :] + shift, n)
         out = tf.gather(out, idx, axis=axis, batch_dims=1)
     return out, y
+
+
+def augment_symmetries(ds, seed):
+    """Map a ``(X, Y)`` batch dataset through exact symmetries of a periodic cell's energy: one random
+    periodic shift for the whole batch (any number of pixels: the image of the shifted structure,
+    and a different cut into tiles) and per-sample mirror flips along x and y (reversing a grid axis
+    is the image of the mirrored structure, ``x -> (n - 1) L / n - x``); ``Y`` is unchanged.
+
+    Unlike ``periodic_augment`` (stateless per-op seeds, one shift per sample) the random numbers come
+    from one ``tf.random.Generator`` seeded with ``seed + 17``, so the stream differs (and a resumed
+    run draws new ones); kept as is because the porous-graphene figures were trained with it.
+    """
+    import tensorflow as tf
+
+    gen = tf.random.Generator.from_seed(int(seed) + 17)
+
+    def aug(x, y):
+        shape = tf.shape(x)
+        shift = gen.uniform([2], 0, 2 ** 30, dtype=tf.int32) % shape[1:3]
+        x = tf.roll(x, shift=shift, axis=[1, 2])
+        flips = gen.uniform([shape[0], 2], 0, 2, dtype=tf.int32) > 0
+        x = tf.where(flips[:, 0, None, None, None], tf.reverse(x, axis=[1]), x)
+        x = tf.where(flips[:, 1, None, None, None], tf.reverse(x, axis=[2]), x)
+        return x, y
+
+    return ds.map(aug, num_parallel_calls=1)

@@ -12,18 +12,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["parity_and_error", "context_scan", "training_curves", "scaling", "save"]
+from .util import atomic_path  # noqa: E402
+
+__all__ = ["parity_and_error", "context_scan", "training_curves", "scaling", "porous_parity", "radial_distributions", "save"]
 
 
 def save(fig, path, dpi=130):
     """Save ``fig`` to ``path`` atomically and close it."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path[:-4] + f".tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=os.path.splitext(path)[1][1:] or "png")
+    finally:
+        plt.close(fig)
+    return os.fspath(path)
 
 
 def parity_and_error(true, pred, path, quantity="E / L^2", unit="J", title=None, color=None, label=None):
@@ -31,10 +32,16 @@ def parity_and_error(true, pred, path, quantity="E / L^2", unit="J", title=None,
 
     ``color`` (e.g. temperatures) colours the points, with a colour bar labelled ``label``.
     """
-    true, pred = np.asarray(true, float).ravel(), np.asarray(pred, float).ravel()
-    err = pred - true
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
-    kw = dict(s=4, alpha=0.6, c=color, cmap="coolwarm" if color is not None else None)
+    _parity_panels(fig, a, b, true, pred, 1.0, quantity, unit, unit, "coolwarm", color, label, title)
+    return save(fig, path)
+
+
+def _parity_panels(fig, a, b, true, pred, err_scale, quantity, unit, err_unit, cmap, color, label, title):
+    """(a) predicted vs true and (b) ``err_scale * (predicted - true)`` in ``err_unit`` vs true."""
+    true, pred = np.asarray(true, float).ravel(), np.asarray(pred, float).ravel()
+    err = err_scale * (pred - true)
+    kw = dict(s=4, alpha=0.6, c=color, cmap=cmap if color is not None else None)
     sc = a.scatter(true, pred, **kw)
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
@@ -44,13 +51,12 @@ def parity_and_error(true, pred, path, quantity="E / L^2", unit="J", title=None,
     b.scatter(true, err, **kw)
     b.axhline(0, color="k", lw=0.8)
     b.set_xlabel(f"true {quantity} [{unit}]")
-    b.set_ylabel(f"error (predicted - true) [{unit}]")
-    b.set_title(f"(b) error; median |err| = {np.median(np.abs(err)):.3g} {unit}")
+    b.set_ylabel(f"error (predicted - true) [{err_unit}]")
+    b.set_title(f"(b) error; median |err| = {np.median(np.abs(err)):.3g} {err_unit}")
     if color is not None:
         fig.colorbar(sc, ax=[a, b], label=label or "")
     if title:
         fig.suptitle(title)
-    return save(fig, path)
 
 
 def context_scan(contexts, errors, path, ylabel="median |error| of total energy [J]", paper=None):
@@ -112,9 +118,7 @@ def scaling(atoms, seconds, peak_mb, path, exponent=None, ranks=()):
     return save(fig, path)
 
 
-# ------------------------------------------------------------------------------------------------
-# hexagonal sheets: transfer + timing (Fig. 9), blur study (Fig. 6)
-# ------------------------------------------------------------------------------------------------
+# --- hexagonal sheets: transfer + timing (Fig. 9), blur study (Fig. 6) ---
 def transfer_and_timing(errors_per_size, size_atoms, ednn_atoms, ednn_seconds, oracle_atoms, oracle_seconds, path,
                         gap=None, title=None, oracle_label="oracle"):
     """Fig. 9 analogue. (a) wall time vs atoms, log-log: EDNN inference and the oracle, each with its
@@ -182,38 +186,31 @@ def blur_curves(area, edge, centre, path, focus_fraction=None, ylabel="MAE", xla
 __all__ += ["transfer_and_timing", "blur_curves"]
 
 
-# ------------------------------------------------------------------------------------------------
-# porous graphene (Fig. 7)
-# ------------------------------------------------------------------------------------------------
+# --- porous graphene (Fig. 7) ---
 def porous_parity(image, extent, true, pred, path, title=None, color=None, label=None):
     """Fig. 7 analogue. Left: an example input image (``image[ix, iy]``, row = x, ``extent`` =
     (0, Lx, 0, Ly) in A); (a) predicted vs true energy per area in eV/A^2; (b) error (predicted - true)
     in meV/A^2 vs true. ``true``/``pred`` are energies per cell area in eV/A^2."""
-    true, pred = np.asarray(true, float).ravel(), np.asarray(pred, float).ravel()
-    err = 1e3 * (pred - true)
     fig, (im, a, b) = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1.1, 1.1]})
     im.imshow(np.asarray(image)[..., 0].T if np.ndim(image) == 3 else np.asarray(image).T, origin="lower",
               extent=extent, cmap="magma")
     im.set_xlabel("x [A]")
     im.set_ylabel("y [A]")
     im.set_title("example input V(x, y)")
-    kw = dict(s=4, alpha=0.6, c=color, cmap="viridis" if color is not None else None)
-    sc = a.scatter(true, pred, **kw)
-    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-    a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    a.set_xlabel("true E / A [eV/A^2]")
-    a.set_ylabel("predicted E / A [eV/A^2]")
-    a.set_title("(a) predicted vs true")
-    b.scatter(true, err, **kw)
-    b.axhline(0, color="k", lw=0.8)
-    b.set_xlabel("true E / A [eV/A^2]")
-    b.set_ylabel("error (predicted - true) [meV/A^2]")
-    b.set_title(f"(b) error; median |err| = {np.median(np.abs(err)):.3g} meV/A^2")
-    if color is not None:
-        fig.colorbar(sc, ax=[a, b], label=label or "")
-    if title:
-        fig.suptitle(title)
+    _parity_panels(fig, a, b, true, pred, 1e3, "E / A", "eV/A^2", "meV/A^2", "viridis", color, label, title)
     return save(fig, path)
 
 
-__all__ += ["porous_parity"]
+
+
+def radial_distributions(r, curves, path, title=None):
+    """g(r) curves with vertical lines at their peaks (paper Fig. 13). ``r`` in A; ``curves`` is a
+    list of ``(g, peaks_A, color, linewidth, peak_linestyle, label)``."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for g, peaks, color, lw, ls, label in curves:
+        ax.plot(r, g, color=color, lw=lw, label=label)
+        for p in np.asarray(peaks, float)[np.isfinite(peaks)]:
+            ax.axvline(p, color=color, lw=0.6, ls=ls)
+    ax.set(xlabel="r (Angstrom, in-plane)", ylabel="g(r)", xlim=(0, r[-1] + 0.5 * (r[1] - r[0])), title=title)
+    ax.legend(frameon=False)
+    return save(fig, path)

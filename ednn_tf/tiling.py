@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "check_focus_context", "tile_size", "validate_grid", "periodic_pad", "extract_tiles", "tiles_from_padded",
-    "extract_tiles_numpy", "tile_window", "tiles_containing", "fold_tiles",
+    "extract_tiles_numpy", "tile_window", "axis_membership", "tiles_containing", "TileIndex", "fold_tiles",
 ]
 
 
@@ -231,24 +231,108 @@ def tile_window(tile_index, focus: int, context: int, grid_shape):
                  for i, n in zip(tile_index, grid_shape))
 
 
+def axis_membership(n: int, focus: int, context: int):
+    """Which tiles along one periodic axis of ``n`` sites contain which coordinate: a boolean
+    ``(n // f, n)`` table, ``True`` at ``[i, s]`` iff ``i*f - c <= s (mod n) <= i*f + f + c - 1``.
+
+    The one site -> tile map: ``tiles_containing`` and ``TileIndex`` are both built from it.
+    """
+    focus, context = check_focus_context(focus, context)
+    n = int(n)
+    if n < 1 or n % focus:
+        raise ValueError(f"grid size {n} is not a multiple of focus={focus}")
+    # tile i contains s iff (s - (i*f - c)) mod n < f + 2c; a tile at least as wide as the axis holds all
+    offs = (np.arange(n)[None, :] - (np.arange(n // focus)[:, None] * focus - context)) % n
+    return (offs < focus + 2 * context) | (focus + 2 * context >= n)
+
+
 def tiles_containing(site, focus: int, context: int, grid_shape):
     """All tile indices whose window (focus plus context) contains grid ``site`` (periodic).
 
-    For each axis the tiles are those ``i`` with ``i*f - c <= s (mod n) <= i*f + f + c - 1``.
-    Returns an ``(n_tiles, nd)`` int array with unique rows (fewer than ``ceil((f+2c)/f)^nd`` when
-    the grid is smaller than a tile).
+    Returns an ``(n_tiles, nd)`` int array with unique rows in ascending order (fewer than
+    ``ceil((f+2c)/f)^nd`` when the grid is smaller than a tile).
     """
-    focus, context = check_focus_context(focus, context)
-    per_axis = []
-    for s, n in zip(site, grid_shape):
-        if n % focus:
-            raise ValueError(f"grid size {n} is not a multiple of focus={focus}")
-        nt = n // focus
-        # tile i contains s iff (s - (i*f - c)) mod n < f + 2c  (for f + 2c <= n); brute force is exact
-        offs = (int(s) - (np.arange(nt) * focus - context)) % n
-        ok = offs < focus + 2 * context
-        if focus + 2 * context >= n:
-            ok[:] = True
-        per_axis.append(np.flatnonzero(ok))
+    per_axis = [np.flatnonzero(axis_membership(n, focus, context)[:, int(s)]) for s, n in zip(site, grid_shape)]
     mesh = np.meshgrid(*per_axis, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1)
+
+
+class TileIndex:
+    """Which sites each tile sees and which tiles see each site, for one periodic grid.
+
+    Args:
+        grid_shape: spatial sizes ``(H, W)`` or ``(D, H, W)``, each a positive multiple of ``focus``.
+        focus, context: the EDNN's ``f`` and ``c``.
+
+    Attributes:
+        windows: ``(n_tiles, t, .., t)`` int32 -- flat (C-order) site index of every tile entry,
+            obtained by cutting a grid of site indices with ``extract_tiles`` (the model's own
+            tiling); tile ``k`` is the flat index of the tile grid ``(H/f, W/f)``.
+        members: per axis, the ``axis_membership`` table ``(n_a / f, n_a)`` of that axis.
+        site_ptr, site_tiles: CSR map site -> tiles containing it (unique, ascending):
+            tiles of flat site ``s`` are ``site_tiles[site_ptr[s]:site_ptr[s+1]]`` (the product of
+            the per-axis ``members``, the same map as ``tiles_containing``).
+    """
+
+    def __init__(self, grid_shape, focus, context):
+        self.focus, self.context = check_focus_context(focus, context)
+        grid_shape = tuple(int(n) for n in grid_shape)
+        if len(grid_shape) not in (2, 3):
+            raise ValueError(f"grid_shape must have 2 or 3 spatial sizes, got {grid_shape!r}")
+        validate_grid((1, *grid_shape, 1), self.focus)
+        self.grid_shape = grid_shape
+        self.ndim = len(grid_shape)
+        self.tile_grid = tuple(n // self.focus for n in grid_shape)
+        self.tile_size = self.focus + 2 * self.context
+        self.n_sites = int(np.prod(grid_shape))
+        self.n_tiles = int(np.prod(self.tile_grid))
+        if self.n_sites >= 2 ** 31:
+            raise ValueError(f"grid {grid_shape} has {self.n_sites} sites, more than int32 indices allow")
+        ids = np.arange(self.n_sites, dtype=np.int32).reshape((1, *grid_shape, 1))
+        win = keras.ops.convert_to_numpy(extract_tiles(ids, self.focus, self.context))
+        self.windows = win.reshape((self.n_tiles,) + (self.tile_size,) * self.ndim)
+        self.members = tuple(axis_membership(n, self.focus, self.context) for n in grid_shape)
+        self.site_ptr, self.site_tiles = self._site_map()
+
+    def _site_map(self):
+        """CSR ``(site_ptr, site_tiles)`` of the product of the per-axis membership tables."""
+        sites = tiles = np.zeros(1, np.int64)
+        for n, nt, member in zip(self.grid_shape, self.tile_grid, self.members):
+            tile_a, site_a = np.nonzero(member)                  # (tile, coordinate) pairs of this axis
+            sites = (sites[:, None] * n + site_a[None, :]).ravel()
+            tiles = (tiles[:, None] * nt + tile_a[None, :]).ravel()
+        order = np.lexsort((tiles, sites))
+        sites, tiles = sites[order], tiles[order]
+        return np.searchsorted(sites, np.arange(self.n_sites + 1)).astype(np.int64), tiles.astype(np.int32)
+
+    def flat_sites(self, sites):
+        """Validate sites ``(n, ndim)`` (or one site ``(ndim,)``) and return flat int32 indices ``(n,)``."""
+        arr = np.asarray(sites)
+        if arr.ndim == 1 and arr.shape[0] == self.ndim:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != self.ndim:
+            raise ValueError(f"sites must be an (n, {self.ndim}) integer array, got shape {arr.shape}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            if not np.all(np.equal(np.mod(arr, 1), 0)):
+                raise ValueError(f"sites must be integers, got {arr.ravel()[:6]!r}")
+            arr = arr.astype(np.int64)
+        bad = (arr < 0) | (arr >= np.array(self.grid_shape))
+        if np.any(bad):
+            row = arr[np.flatnonzero(bad.any(axis=1))[0]]
+            raise ValueError(f"site {tuple(int(v) for v in row)} is outside the grid {self.grid_shape}")
+        return np.ravel_multi_index(tuple(arr.T), self.grid_shape).astype(np.int32)
+
+    def tiles_of(self, flat_sites):
+        """Tiles containing each flat site: ``(entry_tiles, entry_segment)``, one entry per
+        (site, tile) pair; ``entry_segment[e]`` is the position of the entry's site in ``flat_sites``."""
+        s = np.asarray(flat_sites, np.int64)
+        lo, hi = self.site_ptr[s], self.site_ptr[s + 1]
+        counts = hi - lo
+        seg = np.repeat(np.arange(len(s), dtype=np.int32), counts)
+        starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        entries = self.site_tiles[starts + np.arange(int(counts.sum()))]
+        return entries.astype(np.int32), seg
+
+    def tile_coords(self, flat_tiles):
+        """Tile-grid coordinates ``(n, ndim)`` of flat tile indices."""
+        return np.stack(np.unravel_index(np.asarray(flat_tiles), self.tile_grid), axis=1)

@@ -88,7 +88,10 @@ def train_or_reuse(path, build, data, *, epochs, workdir, lr, loss="mse", rank=0
     wall time of this training session (None when reused), ``history`` the per-epoch logs (from
     ``workdir/log.csv`` when reused).
     """
+    import importlib
     import time
+
+    importlib.import_module(".model", __package__)  # registers EDNN and TileLayer, so load_model finds them
 
     if os.path.exists(path):
         print(f"reusing {path}")

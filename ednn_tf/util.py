@@ -15,16 +15,14 @@ import os
 import numpy as np
 
 __all__ = ["ArgumentError", "check_int", "check_float", "check_positive", "check_bool", "check_choice", "atomic_path",
-           "write_json_atomic", "to_jsonable", "attr_value"]
+           "write_json_atomic", "to_jsonable", "attr_value", "lazy_exports"]
 
 
 class ArgumentError(ValueError, TypeError):
     """A bad argument (wrong type or value); the message names the argument and the value received."""
 
 
-# --------------------------------------------------------------------------------------------
-# checks
-# --------------------------------------------------------------------------------------------
+# --- checks ---
 def check_int(name, value, minimum=None, maximum=None):
     """``int(value)`` if ``value`` is an integer (not a bool) in ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -72,9 +70,7 @@ def check_choice(name, value, choices):
     return value
 
 
-# --------------------------------------------------------------------------------------------
-# atomic writes
-# --------------------------------------------------------------------------------------------
+# --- atomic writes ---
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path`` (same extension); rename it onto ``path`` on success.
@@ -102,9 +98,7 @@ def write_json_atomic(obj, path):
     return os.fspath(path)
 
 
-# --------------------------------------------------------------------------------------------
-# JSON
-# --------------------------------------------------------------------------------------------
+# --- JSON ---
 def to_jsonable(o):
     """Plain JSON data from nested dicts/lists/tuples of numpy and Python values.
 
@@ -136,3 +130,25 @@ def attr_value(value):
     if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value):
         return np.asarray(value)
     return json.dumps(to_jsonable(value))
+
+
+# --- lazy module attributes ---
+def lazy_exports(namespace, exports):
+    """PEP 562 ``(__getattr__, __dir__)`` for the module whose ``globals()`` is ``namespace``.
+
+    ``exports`` maps a name to the module it comes from (relative to the package, e.g. ``".model"``),
+    imported on first access, so importing the module stays light and import cycles are avoided. A
+    name that is the last part of its module's name (``"data": ".data"``) is the module itself.
+    """
+    import importlib
+
+    def __getattr__(name):
+        if name not in exports:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+        module = importlib.import_module(exports[name], namespace["__package__"])
+        return module if module.__name__.rsplit(".", 1)[-1] == name else getattr(module, name)
+
+    def __dir__():
+        return sorted(set(namespace) | set(exports))
+
+    return __getattr__, __dir__

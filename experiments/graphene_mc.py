@@ -6,44 +6,28 @@ EDNN as the energy, compared with Langevin molecular dynamics driven by the refe
     python experiments/graphene_mc.py --model results/hexagonal-cpu/ednn.keras --oracle gfn1-xtb
     python experiments/graphene_mc.py --preset paper --model my_ednn.keras --shape 256 256
 
-Steps (each cached in --out; rerunning the same command reuses what is done):
-
-1. reference MD: the 60-atom pristine graphene cell (12.50 x 12.99 A, ``hexagonal_cell``) under
-   Langevin dynamics (ASE, 1 fs, 1000 K, friction 0.02/fs) with the oracle's forces; frames after
-   the equilibration are kept.
-2. the EDNN: ``--model path.keras`` (its render settings from ``--shape/--gamma/--cutoff``, or a JSON
-   sidecar ``path.json`` with {"shape": [nx, ny], "gamma": .., "cutoff": .., "oracle": ..}, or the
-   ``results.json`` that ``experiments/hexagonal.py`` writes next to its ``ednn.keras``). Without
-   ``--model`` a small EDNN is trained here on oracle-labelled rattled graphene cells (demo), and
-   saved with its sidecar.
-3. Metropolis MC at 1000 K with single-atom in-plane moves (the 2D image is blind to z) and
-   ``ednn_tf.apply.mc.AtomicLocalEnergy`` (re-renders the moved atom's stamps and re-evaluates the
-   affected tiles only); the step is tuned to ~40 % acceptance during equilibration, then fixed.
-4. g(r) of both (in-plane distances, 2D normalisation, periodic), the first three peak positions
-   and their differences, timings per energy evaluation (EDNN full / local vs the oracle; paper:
-   0.39 s vs 9.9 s for VASP), ``results.json`` and ``gr.png``.
-
-The MD and the EDNN labels must come from the same oracle (the paper: VASP/PBE for both). If the
-requested oracle is not installed another one is used and ``results.json`` says so.
+Steps (cached in --out; a rerun reuses what is done): 1. reference Langevin MD (1 fs, friction
+0.02/fs, ``labels.md.langevin_snapshots``) of the 60-atom graphene cell with the oracle; 2. the EDNN:
+``--model path.keras`` with its render settings (``--shape/--gamma/--cutoff`` > sidecar ``path.json``
+> hexagonal.py's ``results.json``, ``apply.runs.read_render_settings``), or a demo EDNN trained here on
+oracle-labelled rattled cells; 3. Metropolis MC, single-atom in-plane moves, local energy updates
+(``apply.atom_mc``), step tuned to ~40 % acceptance; 4. in-plane g(r) of both, first three peaks,
+seconds per energy evaluation (paper: 0.39 s EDNN vs 9.9 s VASP), ``results.json``, ``gr.png``.
+MD and labels should come from one oracle; a missing one is replaced and ``results.json`` says so.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if __name__ == "__main__":
-    # single-threaded BLAS/OpenMP: stable per-call latency on a shared 2-core machine (render, tblite)
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(_var, "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ednn_tf.apply.runs import script_environment  # noqa: E402
 
+REPO = script_environment(__name__ == "__main__")   # before numpy: single-threaded BLAS/OpenMP (render, tblite)
 import numpy as np  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_SECONDS = {"ednn_per_energy": 0.39, "dft_per_energy": 9.9}
 
 PRESETS = {
@@ -99,102 +83,29 @@ def parse_args(argv=None):
     return args, cfg
 
 
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, np.generic):
-        o = o.item()
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return o
-
-
 # ------------------------------------------------------------------------------------------------
-def pick_oracle(requested, notes):
-    """The oracle ``requested`` if its code is installed, else the first available fallback."""
-    from ednn_tf.labels import oracles
-
-    avail = oracles.available_oracles()
-    for name in [requested, "rebo", "tersoff-bnc", "gfn1-xtb", "lj"]:
-        if avail.get(name):
-            if name != requested:
-                notes.append(f"oracle {requested!r} is not installed; using {name!r} instead")
-                print("NOTE:", notes[-1])
-            return oracles.get_oracle(name)
-    raise SystemExit(f"no oracle available ({avail})")
-
-
-def render_settings(args, cfg):
-    """Render settings of --model: command line > sidecar JSON > hexagonal.py's results.json."""
-    from ednn_tf.atoms import render
-
-    found, source = {}, None
-    stem = os.path.splitext(args.model)[0]
-    for cand in (stem + ".json", args.model + ".json"):
-        if os.path.isfile(cand):
-            with open(cand) as fh:
-                found, source = json.load(fh), cand
-            break
-    else:
-        cand = os.path.join(os.path.dirname(os.path.abspath(args.model)), "results.json")
-        if os.path.isfile(cand):
-            with open(cand) as fh:
-                conf = json.load(fh).get("config", {})
-            if "grid" in conf:
-                found = {"shape": [conf["grid"], conf["grid"]], "oracle": conf.get("oracle")}
-                source = cand
-    settings = {"shape": found.get("shape"), "gamma": found.get("gamma", render.DEFAULT_GAMMA),
-                "cutoff": found.get("cutoff", render.DEFAULT_CUTOFF), "channels": found.get("channels"),
-                "oracle": found.get("oracle"), "source": source}
-    for key in ("shape", "gamma", "cutoff"):
-        if getattr(args, key) is not None:
-            settings[key] = list(getattr(args, key)) if key == "shape" else getattr(args, key)
-    if settings["shape"] is None:
-        raise SystemExit(f"no image shape for {args.model}: pass --shape NX NY or write a sidecar "
-                         f"{stem}.json with {{\"shape\": [nx, ny], \"gamma\": 0.2, \"cutoff\": 6.0}}")
-    return settings
-
-
-def run_md(atoms0, oracle, cfg, temperature, seed, path, progress):
-    """Langevin MD with the oracle; returns (frames (n, N, 3), temperatures (n,), seconds per step)."""
+def reference_md(atoms0, oracle, cfg, temperature, seed, path, progress):
+    """Step 1, cached in ``path``: Langevin MD with the oracle (``labels.md.langevin_snapshots``, 1 fs,
+    friction 0.02/fs, its ``stationary_start``); returns (frames (n, N, 3) A, kinetic T (n,) K, s/step)."""
     if os.path.exists(path):
         z = np.load(path)
         if int(z["steps"]) == cfg["md_steps"] and str(z["oracle"]) == oracle.name:
             print(f"MD: reusing {path}")
             return z["frames"], z["temperature"], float(z["seconds_per_step"])
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
-    from tqdm.auto import tqdm
+    from ednn_tf.labels import md
+    from ednn_tf.util import atomic_path
 
-    atoms = atoms0.copy()
-    atoms.calc = oracle.calculator()
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 13]))
-    thermalize_momenta(atoms, temperature, rng=rng)
-    Stationary(atoms)
-    atoms.set_constraint(FixCom())
-    dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.02 / units.fs, fixcm=False,
-                   rng=rng)
-    frames, temps = [], []
-    every, n_rec = cfg["md_every"], cfg["md_steps"] // cfg["md_every"]
     t0 = time.perf_counter()
-    bar = tqdm(range(n_rec), desc=f"MD ({oracle.name})", unit="x%dfs" % every, disable=not progress)
-    for k in bar:
-        dyn.run(every)
-        if (k + 1) * every > cfg["md_equil"]:
-            frames.append(atoms.positions.copy())
-            temps.append(atoms.get_temperature())
-        if temps:
-            bar.set_postfix(T=f"{np.mean(temps):.0f} K", refresh=False)
-    sec = (time.perf_counter() - t0) / (n_rec * every)
-    frames, temps = np.array(frames), np.array(temps)
-    np.savez(path, frames=frames, temperature=temps, seconds_per_step=sec, steps=cfg["md_steps"],
-             oracle=oracle.name)
+    snaps = md.langevin_snapshots(atoms0, oracle.calculator(), temperature_K=temperature, n_steps=cfg["md_steps"],
+                                  every=cfg["md_every"], equilibration_steps=cfg["md_equil"], progress=progress,
+                                  seed=np.random.SeedSequence([seed, 13]), stationary_start=True,
+                                  desc=f"MD ({oracle.name})")
+    sec = (time.perf_counter() - t0) / cfg["md_steps"]
+    frames = np.array([a.positions for a in snaps])
+    temps = np.array([a.info["kinetic_temperature_K"] for a in snaps])
+    with atomic_path(path) as tmp:
+        np.savez(tmp, frames=frames, temperature=temps, seconds_per_step=sec, steps=cfg["md_steps"],
+                 oracle=oracle.name)
     return frames, temps, sec
 
 
@@ -210,42 +121,28 @@ def demo_structures(n, seed, rattle):
     return out
 
 
-def he_initialise(model, seed):
-    """Redraw every kernel of ``model`` from He-uniform (variance preserving for ReLU); biases stay 0.
-
-    With the Glorot init of ``networks.paper_cnn`` the narrow CPU widths (4-16 filters) shrink the
-    activations ~2x per layer (1e-4 at the output after 13 layers, measured): training then sat on
-    a loss plateau for many epochs or died at lr 1e-3. With He init it trains within an epoch.
-    """
-    import keras
-
-    for k, layer in enumerate(model.layers):
-        kernel = getattr(layer, "kernel", None)
-        if kernel is not None:
-            kernel.assign(keras.initializers.HeUniform(seed=seed + 1000 + k)(kernel.shape))
-    return model
-
-
 def train_demo(cfg, oracle, seed, out, workers, progress, results):
-    """Train (or reload) the demo EDNN; returns (model, render settings)."""
+    """Train (or reuse) the demo EDNN: paper CNN (He-uniform kernels, ``networks.he_initialise``) with
+    the fixed eV head ``E = scale * mean_tiles(raw) + E0`` (``atoms.heads.ev_subnet``), MSE in eV^2,
+    cosine-decayed Adam; returns (model, render settings)."""
     import keras
 
-    from ednn_tf import EDNN, networks, training
+    from ednn_tf import training
+    from ednn_tf.apply import runs
+    from ednn_tf.atoms import heads, render
     from ednn_tf.labels import oracles
-    from ednn_tf.atoms import render
 
     path = os.path.join(out, "ednn.keras")
-    side = os.path.join(out, "ednn.json")
     settings = {"shape": [cfg["grid"], cfg["grid"]], "gamma": cfg["gamma"],
                 "cutoff": render.DEFAULT_CUTOFF, "channels": None, "oracle": oracle.name,
                 "focus": cfg["focus"], "context": cfg["context"]}
-    if os.path.exists(path) and os.path.exists(side):
-        with open(side) as fh:
-            old = json.load(fh)
-        if all(old.get(k) == v for k, v in settings.items()):
+    old, source = runs.load_sidecar(path)
+    if os.path.exists(path):
+        if source and all(old.get(k) == v for k, v in settings.items()):
             print(f"model: reusing {path}")
             results["training"] = old.get("training")
             return keras.models.load_model(path, compile=False), old
+        os.remove(path)                      # other settings: train again
     n_tr, n_va = cfg["n_train"], cfg["n_val"]
     structs = demo_structures(n_tr + n_va, seed, cfg["rattle"])
     t0 = time.time()
@@ -258,40 +155,28 @@ def train_demo(cfg, oracle, seed, out, workers, progress, results):
     Y = E[:, None]
     e0, scale = float(E[:n_tr].mean()), float(E[:n_tr].std()) or 1.0
     f, c = cfg["focus"], cfg["context"]
-    n_tiles = (shape[0] // f) * (shape[1] // f)
-    keras.utils.set_random_seed(seed)
-    sub = he_initialise(networks.paper_cnn(f + 2 * c, width=cfg["width"], dense=cfg["dense"], seed=seed), seed)
-    # fixed affine map to eV per tile: E = scale * mean_tiles(raw) + E0 (E0/n_tiles per tile = per area)
-    sub = keras.Model(sub.input, keras.layers.Rescaling(scale / n_tiles, offset=e0 / n_tiles, name="to_eV")(sub.output),
-                      name="paper_cnn_eV")
-    model = EDNN(sub, focus=f, context=c)
-    steps = -(-n_tr // cfg["batch_size"]) * cfg["epochs"]
-    lr = keras.optimizers.schedules.CosineDecay(cfg["lr"], decay_steps=steps, alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
-    t0 = time.time()
-    training.fit(model, X[:n_tr], Y[:n_tr], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                 validation_data=(X[n_tr:], Y[n_tr:]), workdir=os.path.join(out, "train"), progress=progress,
-                 desc="EDNN (demo)")
-    t_train = time.time() - t0
-    pred = model.predict_total(X[n_tr:])
-    err = np.abs(pred - E[n_tr:])
+    build = lambda: heads.ev_ednn(f, c, scale, e0, (shape[0] // f) * (shape[1] // f), width=cfg["width"],  # noqa: E731
+                                  dense=cfg["dense"], seed=seed, he=(seed + 1000, "uniform"), name="paper_cnn_eV")
+    lr = training.cosine_schedule(cfg["lr"], -(-n_tr // cfg["batch_size"]) * cfg["epochs"], alpha=0.02)
+    model, fitted = training.train_or_reuse(
+        path, build, lambda: (X[:n_tr], Y[:n_tr], {"validation_data": (X[n_tr:], Y[n_tr:])}), epochs=cfg["epochs"],
+        workdir=os.path.join(out, "train"), lr=lr, batch_size=cfg["batch_size"], progress=progress,
+        desc="EDNN (demo)")
+    err = np.abs(model.predict_total(X[n_tr:]) - E[n_tr:])
     info = {"n_train": n_tr, "n_val": n_va, "rattle_A": list(cfg["rattle"]), "epochs": cfg["epochs"],
-            "label_seconds": t_label, "train_seconds": t_train, "E0_eV": e0, "scale_eV": scale,
+            "label_seconds": t_label, "train_seconds": fitted["seconds"], "E0_eV": e0, "scale_eV": scale,
             "val_mae_meV_per_atom": float(1e3 * err.mean() / 60), "val_mae_eV": float(err.mean()),
             "val_energy_std_eV": float(E[n_tr:].std())}
     print(f"demo EDNN: validation MAE {info['val_mae_meV_per_atom']:.2f} meV/atom "
           f"(label std {1e3 * info['val_energy_std_eV'] / 60:.2f} meV/atom)")
-    training.save_model_atomic(model, path)
-    settings["training"] = info
-    results["training"] = info
-    with open(side, "w") as fh:
-        json.dump(settings, fh, indent=2)
+    settings["training"] = results["training"] = info
+    runs.write_render_settings(path, settings)
     return model, settings
 
 
 def run_mc(model, atoms0, settings, cfg, temperature, seed, path, progress):
     """Tuned-step Metropolis MC with local energy updates; returns (frames, record dict, local object)."""
-    from ednn_tf.apply.mc import AtomicLocalEnergy, AtomMetropolis
+    from ednn_tf.apply.atom_mc import AtomicLocalEnergy, AtomMetropolis
 
     le = AtomicLocalEnergy(model, atoms0, tuple(settings["shape"]), gamma=settings["gamma"],
                            cutoff=settings["cutoff"], channels=settings.get("channels"))
@@ -359,32 +244,24 @@ def time_evaluations(model, le, atoms0, settings, oracle, repeats, rng, other_or
                     out["other_oracles_energy_s"][name] = per_call(other.energy, cells[:min(repeats, 3)])
                 except Exception as exc:  # a broken optional code must not sink the run
                     out["other_oracles_energy_s"][name] = f"failed: {type(exc).__name__}: {exc}"
+    out["oracle_over_ednn_full"] = out["oracle_energy_s"] / out["ednn_full_calculator_s"]
+    out["full_over_local"] = out["ednn_full_calculator_s"] / out["ednn_local_dE_s"]
     return out
 
 
-def plot_gr(r, g_md, g_mc, peaks_md, peaks_mc, oracle_name, path, temperature=TEMPERATURE_K):
-    import matplotlib
+def compare_gr(md_frames, mc_frames, cell, cfg):
+    """Step 4: in-plane g(r) of the MD and MC frames (``apply.thermo``), their first three peaks (A)."""
+    from ednn_tf.apply.thermo import radial_distribution, rdf_peaks
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(r, g_md, color="tab:orange", lw=1.5, label=f"MD ({oracle_name}), Langevin")
-    ax.plot(r, g_mc, color="black", lw=1.2, label="MC (EDNN)")
-    for p in peaks_md:
-        if np.isfinite(p):
-            ax.axvline(p, color="tab:orange", lw=0.6, ls=":")
-    for p in peaks_mc:
-        if np.isfinite(p):
-            ax.axvline(p, color="black", lw=0.6, ls="--")
-    ax.set_xlabel("r (Angstrom, in-plane)")
-    ax.set_ylabel("g(r)")
-    ax.set_xlim(0, r[-1] + 0.5 * (r[1] - r[0]))
-    ax.legend(frameon=False)
-    ax.set_title(f"Pristine graphene, 60 atoms, {temperature:.0f} K")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    r, g_md = radial_distribution(md_frames, cell, r_max=cfg["r_max"], n_bins=cfg["n_bins"])
+    _, g_mc = radial_distribution(mc_frames, cell, r_max=cfg["r_max"], n_bins=cfg["n_bins"])
+    p_md, p_mc = rdf_peaks(r, g_md, 3), rdf_peaks(r, g_mc, 3)
+    diff = p_mc - p_md
+    print("g(r) peaks (A): MD " + ", ".join(f"{p:.3f}" for p in p_md) + " | MC " + ", ".join(f"{p:.3f}" for p in p_mc))
+    return {"r_A": r, "g_md": g_md, "g_mc": g_mc, "in_plane": True, "peaks_md_A": p_md, "peaks_mc_A": p_mc,
+            "peak_difference_A": diff,
+            "max_abs_peak_difference_A": float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else None,
+            "bin_width_A": float(r[1] - r[0])}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,10 +269,12 @@ def main(argv=None):
     args, cfg = parse_args(argv)
     import keras
 
-    from ednn_tf.apply.calculator import load_model
-    from ednn_tf.apply.mc import radial_distribution, rdf_peaks
-    from ednn_tf.util import write_json_atomic
+    from ednn_tf import plots
+    from ednn_tf.apply import runs
     from ednn_tf.atoms.structures import hexagonal_cell
+    from ednn_tf.labels import oracles
+    from ednn_tf.model import load_ednn
+    from ednn_tf.util import write_json_atomic
 
     progress = not args.no_progress
     os.makedirs(args.out, exist_ok=True)
@@ -404,12 +283,16 @@ def main(argv=None):
     notes = []
     keras.utils.set_random_seed(args.seed)
     atoms0 = hexagonal_cell("graphene", args.seed, rattle=0.0, rattle_z=0.0)
-
     settings = None
     if args.model:
-        settings = render_settings(args, cfg)
-    requested = args.oracle or (settings or {}).get("oracle") or cfg["oracle"]
-    oracle = pick_oracle(requested, notes)
+        try:
+            settings = runs.read_render_settings(args.model, args.shape, args.gamma, args.cutoff)
+        except ValueError as exc:
+            raise SystemExit(f"{exc} (--shape NX NY)") from None
+    oracle, note = oracles.first_available(args.oracle or (settings or {}).get("oracle") or cfg["oracle"])
+    if note:
+        notes.append(note)
+        print("NOTE:", note)
     if settings is not None and settings.get("oracle") and settings["oracle"] != oracle.name:
         notes.append(f"the model was trained on {settings['oracle']!r} labels but the MD uses {oracle.name!r}")
         print("NOTE:", notes[-1])
@@ -419,24 +302,23 @@ def main(argv=None):
 
     def save():
         results["wall_seconds"] = time.time() - t_start
-        write_json_atomic(_jsonable(results), os.path.join(args.out, "results.json"))
+        write_json_atomic(results, os.path.join(args.out, "results.json"))
 
     # 1. reference MD
-    md_frames, md_T, md_sec = run_md(atoms0, oracle, cfg, T, args.seed, os.path.join(args.out, "md.npz"), progress)
+    md_frames, md_T, md_sec = reference_md(atoms0, oracle, cfg, T, args.seed, os.path.join(args.out, "md.npz"),
+                                           progress)
     results["md"] = {"frames": len(md_frames), "steps": cfg["md_steps"], "equilibration_steps": cfg["md_equil"],
                      "timestep_fs": 1.0, "friction_per_fs": 0.02, "mean_temperature_K": float(md_T.mean()),
                      "seconds_per_step": md_sec}
     save()
-
     # 2. the EDNN
     if args.model:
-        model = load_model(args.model)
+        model = load_ednn(args.model)
         results["model_settings"] = settings
     else:
         model, settings = train_demo(cfg, oracle, args.seed, args.out, args.workers, progress, results)
         results["model_settings"] = {k: v for k, v in settings.items() if k != "training"}
     save()
-
     # 3. Metropolis MC
     mc_frames, mc_info, le = run_mc(model, atoms0, settings, cfg, T, args.seed, os.path.join(args.out, "mc.npz"),
                                     progress)
@@ -445,24 +327,16 @@ def main(argv=None):
     results["mc"]["frames"] = len(mc_frames)
     results["mc"]["mean_energy_eV"] = float(energy.mean()) if energy.size else None
     save()
-
     # 4. g(r), peaks, timings
-    r, g_md = radial_distribution(md_frames, atoms0.cell, r_max=cfg["r_max"], n_bins=cfg["n_bins"])
-    _, g_mc = radial_distribution(mc_frames, atoms0.cell, r_max=cfg["r_max"], n_bins=cfg["n_bins"])
-    p_md, p_mc = rdf_peaks(r, g_md, 3), rdf_peaks(r, g_mc, 3)
-    results["gr"] = {"r_A": r, "g_md": g_md, "g_mc": g_mc, "in_plane": True,
-                     "peaks_md_A": p_md, "peaks_mc_A": p_mc, "peak_difference_A": p_mc - p_md,
-                     "max_abs_peak_difference_A": float(np.nanmax(np.abs(p_mc - p_md))) if np.isfinite(p_mc - p_md).any() else None,
-                     "bin_width_A": float(r[1] - r[0])}
-    print("g(r) peaks (A): MD " + ", ".join(f"{p:.3f}" for p in p_md) + " | MC " + ", ".join(f"{p:.3f}" for p in p_mc))
-    plot_gr(r, g_md, g_mc, p_md, p_mc, oracle.name, os.path.join(args.out, "gr.png"), T)
+    gr = results["gr"] = compare_gr(md_frames, mc_frames, atoms0.cell, cfg)
+    plots.radial_distributions(gr["r_A"], [(gr["g_md"], gr["peaks_md_A"], "tab:orange", 1.5, ":",
+                                            f"MD ({oracle.name}), Langevin"),
+                                           (gr["g_mc"], gr["peaks_mc_A"], "black", 1.2, "--", "MC (EDNN)")],
+                               os.path.join(args.out, "gr.png"), f"Pristine graphene, 60 atoms, {T:.0f} K")
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, 17]))
     timing = time_evaluations(model, le, atoms0, settings, oracle, cfg["timing_repeats"], rng,
                               other_oracles=args.preset != "tiny")
-    timing["md_step_with_forces_s"] = md_sec
-    timing["mc_seconds_per_move"] = mc_info["seconds_per_move"]
-    timing["oracle_over_ednn_full"] = timing["oracle_energy_s"] / timing["ednn_full_calculator_s"]
-    timing["full_over_local"] = timing["ednn_full_calculator_s"] / timing["ednn_local_dE_s"]
+    timing.update(md_step_with_forces_s=md_sec, mc_seconds_per_move=mc_info["seconds_per_move"])
     results["timing"] = timing
     print("seconds per energy: EDNN full {ednn_full_calculator_s:.4f} (numpy render {ednn_full_numpy_render_s:.4f}), "
           "local dE {ednn_local_dE_s:.4f}, oracle {oracle_energy_s:.4f} ({oracle})".format(**timing))

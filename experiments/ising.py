@@ -76,25 +76,45 @@ def parse_args(argv=None):
     return args, cfg
 
 
-def main(argv=None):
-    args, cfg = parse_args(argv)
+def _train_or_reuse(cfg, args, c, path, train_idx, progress):
+    """Train the c-context model (resumably, optionally with Horovod) or reuse its saved file."""
     import keras
 
-    from ednn_tf import EDNN, data, ising, networks, plots, training
-    from ednn_tf.metrics import extensive_errors
-    from ednn_tf.util import write_json_atomic
+    from ednn_tf import EDNN, data, networks, training
 
-    root = True
+    seed = cfg["seed"]
+    dist = None
+    if args.distributed:
+        from ednn_tf import distributed as dist
+
+    def build():
+        keras.utils.set_random_seed(seed + c)
+        model = EDNN(networks.ising_dense(1 + 2 * c, seed=seed + 10 * c), focus=1, context=c)
+        # global batch split over ranks: lr unchanged
+        return dist.make_distributed(model) if dist else model
+
+    def dataset():
+        # each rank streams its own 1/size of the training rows in batches of 1/size of the global batch
+        batch = cfg["batch_size"] // (dist.size() if dist else 1)
+        rank_idx = train_idx[dist.rank()::dist.size()] if dist else train_idx
+        ds = data.h5_dataset(path, batch_size=batch, indices=rank_idx, shuffle=True, seed=seed, drop_remainder=True)
+        return ds, None, {}
+
+    steps = cfg["epochs"] * (len(train_idx) // cfg["batch_size"])
+    lr = training.cosine_schedule(cfg["lr"], steps, decay=cfg["lr_decay"], alpha=0.01)
+    return training.train_or_reuse(os.path.join(args.out, f"model_c{c}.keras"), build, dataset, epochs=cfg["epochs"],
+                                   workdir=os.path.join(args.out, f"train_c{c}"), lr=lr, progress=progress,
+                                   desc=f"c={c}", callbacks=[dist.BroadcastInitialState()] if dist else [],
+                                   rank=dist.rank() if dist else 0)
+
+
+def _load_data(args, cfg, root, progress):
+    """The cached 8x8 data set split by Markov chain, its test rows and the near-Tc transfer set."""
+    from ednn_tf import data, ising
+
     if args.distributed:
         from ednn_tf import distributed
-        distributed.init()
-        root = distributed.is_root()
-    progress = root and not args.no_progress
-    os.makedirs(args.out, exist_ok=True)
-    t_start = time.time()
     L, seed = cfg["L"], cfg["seed"]
-
-    # ---------------------------------------------------------------- data (cached, atomic)
     n_total = cfg["n_train"] + cfg["n_test"]
     path = os.path.join(args.data_dir, f"ising_L{L}_n{n_total}_seed{seed}.h5")
     if not os.path.exists(path):
@@ -110,8 +130,6 @@ def main(argv=None):
     train_idx, test_idx = data.split_indices(len(chains), (cfg["n_train"] / n_total, cfg["n_test"] / n_total),
                                              seed=seed, groups=chains)
     test = data.read_arrays(path, ["X", "Y", "temperatures"], indices=test_idx)
-    x_test = test["X"].astype(np.float32)
-    y_test = test["Y"][:, 0]
 
     big_L = cfg["big_L"]
     big_path = os.path.join(args.data_dir, f"ising_L{big_L}_nearTc_n{cfg['n_big']}_seed{seed}.h5")
@@ -127,40 +145,39 @@ def main(argv=None):
     if args.distributed:
         distributed.barrier()
     big = data.read_arrays(big_path, ["X", "Y", "temperatures"])
+    return path, train_idx, test, big
+
+
+def main(argv=None):
+    args, cfg = parse_args(argv)
+    from ednn_tf import plots
+    from ednn_tf.metrics import extensive_errors
+    from ednn_tf.util import write_json_atomic
+
+    root = True
+    if args.distributed:
+        from ednn_tf import distributed
+        distributed.init()
+        root = distributed.is_root()
+    progress = root and not args.no_progress
+    os.makedirs(args.out, exist_ok=True)
+    t_start = time.time()
+    L = cfg["L"]
+
+    path, train_idx, test, big = _load_data(args, cfg, root, progress)
+    x_test = test["X"].astype(np.float32)
+    y_test = test["Y"][:, 0]
+    big_L = cfg["big_L"]
 
     # ---------------------------------------------------------------- train the c-scan
     results = {"config": {**cfg, "contexts": list(cfg["contexts"])}, "dataset": path, "c_scan": {}}
     histories = {}
     models = {}
     for c in cfg["contexts"]:
-        model_path = os.path.join(args.out, f"model_c{c}.keras")
-        if os.path.exists(model_path):
-            print(f"c={c}: reusing {model_path}")
-            model = keras.models.load_model(model_path)
-        else:
-            keras.utils.set_random_seed(seed + c)
-            model = EDNN(networks.ising_dense(1 + 2 * c, seed=seed + 10 * c), focus=1, context=c)
-            lr = cfg["lr"]
-            batch = cfg["batch_size"] // (distributed.size() if args.distributed else 1)
-            steps = cfg["epochs"] * (len(train_idx) // cfg["batch_size"])
-            if args.distributed:
-                model = distributed.make_distributed(model)   # global batch split over ranks: lr unchanged
-            if cfg["lr_decay"]:
-                lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.01)
-            model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
-            # each rank streams its own 1/size of the training rows in batches of 1/size of the global batch
-            rank_idx = train_idx[distributed.rank()::distributed.size()] if args.distributed else train_idx
-            ds = data.h5_dataset(path, batch_size=batch, indices=rank_idx, shuffle=True, seed=seed,
-                                 drop_remainder=True)
-            t0 = time.time()
-            cbs = [distributed.BroadcastInitialState()] if args.distributed else []
-            hist = training.fit(model, ds, epochs=cfg["epochs"], workdir=os.path.join(args.out, f"train_c{c}"),
-                                progress=progress, desc=f"c={c}", callbacks=cbs,
-                                rank=distributed.rank() if args.distributed else 0)
-            results.setdefault("train_seconds", {})[c] = time.time() - t0
-            histories[f"c={c}"] = hist.history["loss"]
-            if root:
-                training.save_model_atomic(model, model_path)
+        model, info = _train_or_reuse(cfg, args, c, path, train_idx, progress)
+        if not info["reused"]:
+            results.setdefault("train_seconds", {})[c] = info["seconds"]
+            histories[f"c={c}"] = info["history"]["loss"]
         models[c] = model
         pred = model.predict_total(x_test, batch_size=4096)
         stats = extensive_errors(y_test, pred, n_sites=L * L, level=4.0)

@@ -5,7 +5,7 @@
     python experiments/ising_mc.py --model exact --preset tiny                        # smoke test, seconds
 
 The EDNN (trained on 8x8, f=1, c=1 by ``experiments/ising.py``) is applied unchanged to 32x32
-and 64x64 lattices and sampled with the exact colour-parallel Metropolis of ``ednn_tf.apply.mc`` over
+and 64x64 lattices and sampled with the exact colour-parallel Metropolis of ``ednn_tf.apply.lattice_mc`` over
 ``T`` in [1.5, 3.5]. The same sampler runs with an exact-energy sub-network (the true
 nearest-neighbour Hamiltonian), and Onsager's exact energy is drawn for reference. Per lattice
 size and Hamiltonian: energy per spin, <|m|>, specific heat and Binder cumulant vs ``T``; ``Tc``
@@ -86,7 +86,7 @@ def load_model(path):
 
 def run_one(model, L, cfg, seed, path, progress, label):
     """Burn-in plus recorded sweeps of all temperatures x replicas at once; cached in ``path``."""
-    from ednn_tf.apply.mc import Metropolis
+    from ednn_tf.apply.lattice_mc import Metropolis
     if os.path.exists(path):
         print(f"{label}: reusing {path}")
         with np.load(path) as z:
@@ -147,7 +147,7 @@ def plot(results, cfg, onsager, tc_exact, path):
 def main(argv=None):
     args, cfg = parse_args(argv)
     from ednn_tf import EDNN, ising, testing
-    from ednn_tf.apply.mc import binder_crossing, thermodynamics
+    from ednn_tf.apply.thermo import binder_crossing, thermodynamics
     from ednn_tf.util import write_json_atomic
 
     os.makedirs(args.out, exist_ok=True)

@@ -55,13 +55,39 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    import h5py
+def _model(args):
+    """The trained EDNN of ``--model``, or the untrained paper CNN of fixed seed (timing only)."""
     import keras
+
+    from ednn_tf import EDNN, networks
+    from ednn_tf.model import load_ednn
+
+    if args.model:
+        return load_ednn(args.model)
+    keras.utils.set_random_seed(args.seed)
+    t = args.focus + 2 * args.context
+    return EDNN(networks.paper_cnn(t, width=args.width, seed=args.seed), focus=args.focus, context=args.context)
+
+
+def _map_writer(out, model, shape, rank, size):
+    """``(open HDF5 file, map_writer)`` writing this rank's per-tile energies to ``tile_map_rank<r>.h5``."""
+    import h5py
     import numpy as np
 
-    from ednn_tf import EDNN, distributed, networks
+    fh = h5py.File(os.path.join(out, f"tile_map_rank{rank}.h5"), "w")
+    dset = fh.create_dataset("tile_energy", shape=(shape[0] // model.focus, shape[1] // model.focus), dtype="f4",
+                             fillvalue=np.nan)
+    fh.attrs.update(focus=model.focus, context=model.context, rank=rank, size=size, unit="model output (eV)")
+
+    def write_block(r, block):
+        dset[r:r + len(block)] = block
+
+    return fh, write_block
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from ednn_tf import distributed
     from ednn_tf.apply.inference import evaluate_sharded
     from ednn_tf.util import write_json_atomic
     from ednn_tf.atoms.sheets import PorousSheet
@@ -75,12 +101,7 @@ def main(argv=None):
         tf.config.threading.set_inter_op_parallelism_threads(1)
     sheet = PorousSheet((CELL[0] * args.repeats, CELL[1] * args.repeats), seed=args.seed)
     H = W = args.pixels_per_cell * args.repeats
-    if args.model:
-        model = keras.models.load_model(args.model)
-    else:
-        keras.utils.set_random_seed(args.seed)
-        t = args.focus + 2 * args.context
-        model = EDNN(networks.paper_cnn(t, width=args.width, seed=args.seed), focus=args.focus, context=args.context)
+    model = _model(args)
     if H % model.focus:
         raise SystemExit(f"image size {H} px is not a multiple of focus={model.focus}; change --pixels-per-cell")
     os.makedirs(args.out, exist_ok=True)
@@ -90,17 +111,7 @@ def main(argv=None):
               f"image {H} x {W} px, {(H // model.focus) * (W // model.focus):,} tiles of {model.tile_size}^2, "
               f"{size} rank(s)")
     src = sheet.row_source((H, W))
-    writer = None
-    if args.map:
-        fh = h5py.File(os.path.join(args.out, f"tile_map_rank{rank}.h5"), "w")
-        dset = fh.create_dataset("tile_energy", shape=(H // model.focus, W // model.focus), dtype="f4",
-                                 fillvalue=np.nan)
-        fh.attrs.update(focus=model.focus, context=model.context, rank=rank, size=size, unit="model output (eV)")
-
-        def write_block(r, block):
-            dset[r:r + len(block)] = block
-
-        writer = write_block
+    fh, writer = _map_writer(args.out, model, (H, W), rank, size) if args.map else (None, None)
     t0 = time.perf_counter()
     res = evaluate_sharded(model, src, (H, W), n_tile_rows=args.sample_tile_rows, tile_rows_per_chunk=args.tile_rows_per_chunk,
                            batch_tiles=args.batch_tiles, map_writer=writer,
@@ -108,7 +119,7 @@ def main(argv=None):
                                                 args.tile_cols_per_block or None), progress=root and not args.no_progress,
                            desc=f"rank {rank}", atoms_per_tile=n_est / ((H // model.focus) * (W // model.focus)))
     wall = time.perf_counter() - t0
-    if args.map:
+    if fh is not None:
         fh.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peaks = distributed.allgather_object(peak_mb) if size > 1 else [peak_mb]

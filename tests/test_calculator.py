@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from ase.calculators.calculator import PropertyNotImplementedError
 
+from conftest import smooth_subnet
 from ednn_tf import EDNN, networks
 from ednn_tf.apply.calculator import EDNNCalculator
 from ednn_tf.atoms.render import render
@@ -13,20 +14,9 @@ SHAPE = (64, 64)          # 0.195 x 0.203 A pixels over the 12.50 x 12.99 A cell
 FOCUS, CONTEXT = 16, 8    # 32 x 32 tiles, 4 x 4 of them
 
 
-def _smooth_subnet(t, dtype, seed=1, channels=1):
-    """A small conv net with tanh (smooth everywhere, so finite differences converge cleanly)."""
-    init = lambda k: keras.initializers.GlorotUniform(seed=seed + k)  # noqa: E731
-    inp = keras.Input((t, t, channels), dtype=dtype)
-    h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(0))(inp)
-    h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(1))(h)
-    h = keras.layers.Flatten(dtype=dtype)(h)
-    out = keras.layers.Dense(1, dtype=dtype, kernel_initializer=init(2))(h)
-    return keras.Model(inp, out)
-
-
 @pytest.fixture(scope="module")
 def model64():
-    return EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float64"), FOCUS, CONTEXT, dtype="float64")
+    return EDNN(smooth_subnet(FOCUS + 2 * CONTEXT, "float64"), FOCUS, CONTEXT, dtype="float64")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +64,7 @@ def test_forces_equal_finite_differences_float64(calc64, atoms):
 
 def test_forces_float32_model(atoms):
     """A float32 model: same plumbing, finite differences limited by float32 energies."""
-    model = EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float32", seed=5), FOCUS, CONTEXT)
+    model = EDNN(smooth_subnet(FOCUS + 2 * CONTEXT, "float32", seed=5), FOCUS, CONTEXT)
     calc = EDNNCalculator(model, shape=SHAPE, gamma=0.2)
     forces = calc.get_forces(atoms)
     assert forces.dtype == np.float64
@@ -107,7 +97,7 @@ def test_energy_equals_predict_total_of_numpy_render(model32, model64, atoms, cu
 
 def test_element_channels_energy_and_forces():
     """channels=["B", "N"]: a 2-channel model on h-BN; energy as the numpy path, forces as FD."""
-    model = EDNN(_smooth_subnet(FOCUS + 2 * CONTEXT, "float64", seed=9, channels=2), FOCUS, CONTEXT,
+    model = EDNN(smooth_subnet(FOCUS + 2 * CONTEXT, "float64", seed=9, channels=2), FOCUS, CONTEXT,
                  dtype="float64")
     atoms = hexagonal_cell("hbn", seed=1, rattle=0.06)
     calc = EDNNCalculator(model, shape=SHAPE, channels=["B", "N"], cutoff=6.0)

@@ -88,7 +88,7 @@ def test_writer_validates(tmp_path):
         data.write_dataset(tmp_path / "a.h5", np.zeros((3, 2, 2, 1)), np.zeros(2))
     with pytest.raises(ValueError, match=r"got \(3, 2\)"):
         data.write_dataset(tmp_path / "a.h5", np.zeros((3, 2, 2, 1)), np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got batch_size=0"):
         data.h5_dataset(_write(tmp_path)[0], batch_size=0)
 
 

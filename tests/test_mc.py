@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from ednn_tf import EDNN, networks, testing, tiling
-from ednn_tf.apply.mc import (LocalEnergy, Metropolis, TileIndex, binder_crossing, colouring_1d, lattice_colouring,
-                        thermodynamics)
+from ednn_tf.apply.lattice_mc import LocalEnergy, Metropolis, colouring_1d, lattice_colouring
+from ednn_tf.apply.thermo import binder_crossing, thermodynamics
+from ednn_tf.tiling import TileIndex
 
 
 def _spins(rng, *shape):
@@ -225,11 +226,8 @@ def test_thermodynamics_and_binder_crossing():
 def test_experiment_script_tiny(tmp_path):
     """experiments/ising_mc.py end to end on the tiny preset (exact sub-network as the 'EDNN')."""
     pytest.importorskip("ednn_tf.ising")
-    import json
-    from conftest import load_experiment
-    mod = load_experiment("ising_mc")
-    mod.main(["--model", "exact", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"])
-    res = json.loads((tmp_path / "results.json").read_text())
+    from conftest import run_experiment
+    res = run_experiment("ising_mc", tmp_path, "--model", "exact", "--preset", "tiny", "--no-progress")
     assert (tmp_path / "thermodynamics.png").exists()
     for L in ("8", "16"):
         e, x = res["runs"]["ednn"][L]["thermo"], res["runs"]["exact"][L]["thermo"]

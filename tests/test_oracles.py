@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("ase")
 
+from ednn_tf.labels import labelling
 from ednn_tf.labels import oracles as orc
 from ednn_tf.labels.oracles import (cell_area, get_oracle, label_structures, mev_per_area, mev_per_atom, read_checkpoint,
                              structures_fingerprint)
@@ -176,9 +177,9 @@ def test_label_structures_resumes_from_checkpoint(tmp_path, n_workers):
     ck = tmp_path / "ck.npz"
     # an interrupted run that finished structures 0, 2, 3: write its checkpoint with marker energies
     done = {0: 111.0, 2: 222.0, 3: 333.0}
-    meta = {"format": orc.CHECKPOINT_FORMAT, "oracle": "lj", "settings": get_oracle("lj").settings,
+    meta = {"format": labelling.CHECKPOINT_FORMAT, "oracle": "lj", "settings": get_oracle("lj").settings,
             "versions": {}, "n_structures": 7, "fingerprint": structures_fingerprint(structs)}
-    orc._write_checkpoint(str(ck), meta, done)
+    labelling._write_checkpoint(str(ck), meta, done)
     e = label_structures(structs, "lj", n_workers=n_workers, checkpoint=ck, progress=False, checkpoint_seconds=0)
     for i in range(7):  # finished ones are not recomputed, the rest are computed exactly
         assert e[i] == done.get(i, full[i])

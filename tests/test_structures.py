@@ -117,8 +117,8 @@ def test_rattle_has_the_requested_sigmas_and_keeps_atoms_apart():
     (lambda: porous_graphene(size=2.0), "2.0"),
     (lambda: porous_graphene(n_pores=1, radius_range=(80.0, 90.0)), "removed every atom"),
     (lambda: supercell(hexagonal_cell("graphene", 0), 0), "0"),
-    (lambda: rattle(hexagonal_cell("graphene", 0), -0.05), "sigma_xy must be >= 0.0, got -0.05"),
-    (lambda: rattle(hexagonal_cell("graphene", 0), 0.05, float("nan")), "sigma_z must be a finite number, got nan"),
+    (lambda: rattle(hexagonal_cell("graphene", 0), -0.05), "sigma_xy must be >= 0.0, got sigma_xy=-0.05"),
+    (lambda: rattle(hexagonal_cell("graphene", 0), 0.05, float("nan")), "sigma_z must be a finite number, got sigma_z=nan"),
 ])
 def test_bad_input_names_the_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):

@@ -7,13 +7,11 @@ much the predicted total moves. Two families of masks of **equal pixel count** a
 * :func:`edge_mask`: a band along the outer edge of the tile (inside the context region);
 * :func:`centre_mask`: a square in the centre of the tile (inside the focus region).
 
-Both are cut from one ordering of the ``t x t`` tile pixels (:func:`pixel_order`): by Chebyshev
-distance from the tile centre, then Euclidean distance, then row-major index. ``centre_mask(t, A)``
-is the first ``A`` pixels of that order and ``edge_mask(t, A)`` the last ``A``, so both always hold
-exactly ``A`` pixels. When ``A = band_area(t, w) = 4 w (t - w)`` the edge mask is exactly the
-``w``-wide band at the tile border; when ``A = s**2`` with ``s`` of the parity of ``t`` the centre
-mask is exactly the central ``s x s`` square (otherwise the last, partial ring is filled from the
-middle of its sides outwards for the centre mask, and from its corners inwards for the edge mask).
+Both are cut from one centre-outwards ordering of the ``t x t`` tile pixels (:func:`pixel_order`):
+``centre_mask(t, A)`` is its first ``A`` pixels and ``edge_mask(t, A)`` its last ``A``, so both hold
+exactly ``A`` pixels; with ``A = band_area(t, w)`` the edge mask is the ``w``-wide border band, with
+``A = s**2`` (``s`` of the parity of ``t``) the centre mask is the central ``s x s`` square (a partial
+last ring fills from the middle of its sides for the centre mask, from its corners for the edge mask).
 
 The blur is applied to the *whole periodic image* (:func:`gaussian_blur`, wrap-around boundary), and
 tiles are then cut from both the original and the blurred image with the shared
@@ -29,25 +27,12 @@ once on all tiles of a batch, the sum is formed in float64) -- the same data pat
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from ..util import check_int
 
 __all__ = ["pixel_order", "centre_mask", "edge_mask", "band_area", "gaussian_blur", "blurred_tiles",
            "predict_with_blur"]
-
-
-def _check_tile(tile_size):
-    if isinstance(tile_size, bool) or not isinstance(tile_size, numbers.Integral) or tile_size < 1:
-        raise ValueError(f"tile_size must be an integer >= 1, got {tile_size!r}")
-    return int(tile_size)
-
-
-def _check_area(tile_size, area):
-    if isinstance(area, bool) or not isinstance(area, numbers.Integral) or not 0 <= area <= tile_size ** 2:
-        raise ValueError(f"area must be an integer number of pixels in 0..{tile_size ** 2} "
-                         f"(tile {tile_size}x{tile_size}), got {area!r}")
-    return int(area)
 
 
 def pixel_order(tile_size: int) -> np.ndarray:
@@ -57,7 +42,7 @@ def pixel_order(tile_size: int) -> np.ndarray:
     come in order), then Euclidean distance, then the flat index. Returns an int64 array of
     length ``t**2``, a permutation of ``range(t**2)``.
     """
-    t = _check_tile(tile_size)
+    t = check_int("tile_size", tile_size, minimum=1)
     r = np.arange(t) - (t - 1) / 2.0
     di, dj = np.meshgrid(r, r, indexing="ij")
     cheb = np.maximum(np.abs(di), np.abs(dj)).ravel()
@@ -65,38 +50,33 @@ def pixel_order(tile_size: int) -> np.ndarray:
     return np.lexsort((np.arange(t * t), eucl, cheb)).astype(np.int64)
 
 
-def centre_mask(tile_size: int, area: int) -> np.ndarray:
-    """Boolean ``(t, t)`` mask of the ``area`` pixels nearest the tile centre (see :func:`pixel_order`).
-
-    Exactly the central ``s x s`` square when ``area = s**2`` and ``s`` has the parity of ``t``.
-    """
-    t = _check_tile(tile_size)
-    area = _check_area(t, area)
+def _ordered_mask(tile_size, area, outermost):
+    """Boolean ``(t, t)`` mask of the first (or, if ``outermost``, the last) ``area`` pixels of :func:`pixel_order`."""
+    t = check_int("tile_size", tile_size, minimum=1)
+    area = check_int("area", area, minimum=0, maximum=t * t)
+    order = pixel_order(t)
     m = np.zeros(t * t, dtype=bool)
-    m[pixel_order(t)[:area]] = True
+    m[order[t * t - area:] if outermost else order[:area]] = True
     return m.reshape(t, t)
+
+
+def centre_mask(tile_size: int, area: int) -> np.ndarray:
+    """Boolean ``(t, t)`` mask of the ``area`` pixels nearest the tile centre (the central square for
+    ``area = s**2``, ``s`` of the parity of ``t``)."""
+    return _ordered_mask(tile_size, area, outermost=False)
 
 
 def edge_mask(tile_size: int, area: int) -> np.ndarray:
-    """Boolean ``(t, t)`` mask of the ``area`` pixels farthest from the tile centre.
-
-    Exactly the ``w``-wide band along the tile border when ``area = band_area(t, w)``.
-    """
-    t = _check_tile(tile_size)
-    area = _check_area(t, area)
-    m = np.zeros(t * t, dtype=bool)
-    if area:
-        m[pixel_order(t)[-area:]] = True
-    return m.reshape(t, t)
+    """Boolean ``(t, t)`` mask of the ``area`` pixels farthest from the tile centre (the ``w``-wide
+    border band for ``area = band_area(t, w)``)."""
+    return _ordered_mask(tile_size, area, outermost=True)
 
 
 def band_area(tile_size: int, width: int) -> int:
     """Pixels in the ``width``-wide band along the border of a ``t x t`` tile: ``4 w (t - w)``
     (``t**2`` once ``2 w >= t``)."""
-    t = _check_tile(tile_size)
-    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 0:
-        raise ValueError(f"width must be an integer >= 0, got {width!r}")
-    w = min(int(width), (t + 1) // 2)
+    t = check_int("tile_size", tile_size, minimum=1)
+    w = min(check_int("width", width, minimum=0), (t + 1) // 2)
     return t * t - max(t - 2 * w, 0) ** 2
 
 
@@ -151,7 +131,7 @@ def predict_with_blur(model, x, mask, sigma=None, x_blurred=None, batch_size: in
     """Totals of a trained 2-D :class:`ednn_tf.EDNN` when the ``mask`` pixels of every tile are blurred.
 
     Args:
-        model: a trained ``EDNN`` (uses ``model.focus``, ``model.context``, ``model.subnet``).
+        model: a trained ``EDNN`` (uses ``model.focus``, ``model.context``, ``model.tile_values``).
         x: ``(B, H, W, C)`` images (H, W multiples of the focus).
         mask: boolean ``(t, t)`` tile mask (:func:`edge_mask`, :func:`centre_mask`, or any).
         sigma: blur width in pixels (number or ``(sigma_H, sigma_W)``); ignored if ``x_blurred``
@@ -159,9 +139,8 @@ def predict_with_blur(model, x, mask, sigma=None, x_blurred=None, batch_size: in
         batch_size: images per subnet call.
     Returns float64 ``(B,)`` totals, summed over tiles in float64.
     """
-    import tensorflow as tf
-
     from .. import tiling
+    from ..model import sum_tiles
 
     x = np.asarray(x)
     tiling.validate_grid(x.shape, model.focus)
@@ -169,19 +148,15 @@ def predict_with_blur(model, x, mask, sigma=None, x_blurred=None, batch_size: in
         raise ValueError(f"predict_with_blur handles 2-D images (B, H, W, C), got shape {x.shape}")
     mask = np.asarray(mask, dtype=bool)
     if x_blurred is None:
-        if mask.any():
-            if sigma is None:
-                raise ValueError("give sigma (pixels) or a precomputed x_blurred")
-            x_blurred = gaussian_blur(x, sigma)
-        else:
-            x_blurred = x
+        if mask.any() and sigma is None:
+            raise ValueError("give sigma (pixels) or a precomputed x_blurred")
+        x_blurred = gaussian_blur(x, sigma) if mask.any() else x
     elif np.shape(x_blurred) != x.shape:
         raise ValueError(f"x_blurred has shape {np.shape(x_blurred)}, x has {x.shape}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     out = np.empty(len(x), dtype=np.float64)
-    for lo in range(0, len(x), int(batch_size)):
-        hi = lo + int(batch_size)
-        tiles = blurred_tiles(x[lo:hi], x_blurred[lo:hi], mask, model.focus, model.context)
-        folded, grid_shape = tiling.fold_tiles(tiles, 2)
-        contrib = np.asarray(tf.reshape(model.subnet(folded, training=False), grid_shape), dtype=np.float64)
-        out[lo:hi] = contrib.reshape(len(contrib), -1).sum(axis=1)
+    for lo in range(0, len(x), batch_size):
+        tiles = blurred_tiles(x[lo:lo + batch_size], x_blurred[lo:lo + batch_size], mask, model.focus, model.context)
+        contrib = np.asarray(model.tile_values(tiles))                  # (b, H/f, W/f)
+        out[lo:lo + batch_size] = sum_tiles(contrib.reshape(len(contrib), -1), axis=1)
     return out

@@ -50,60 +50,66 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 from numbers import Integral
 
 import numpy as np
-
-from ..util import check_positive
 from ase.calculators.calculator import Calculator, all_changes
 
-from ..atoms import render as _render
+from ..atoms import cells
 from ..atoms.render_tf import render_tf
+from ..model import load_ednn, sum_tiles
+from ..util import check_int, check_positive
 
-__all__ = ["EDNNCalculator", "load_model"]
+__all__ = ["EDNNCalculator", "subnet_input_spec", "image_settings", "load_model"]
 
-
-def load_model(model):
-    """Return an EDNN from an ``ednn_tf.EDNN`` instance or a path to a ``.keras`` file.
-
-    Raises ValueError for a missing file, a file that is not a Keras archive of an EDNN, or
-    an object that is not an EDNN (the message names what was received).
-    """
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise ValueError(f"model file not found: {path!r}")
-        import keras
-
-        from .. import model as _model  # noqa: F401  (registers EDNN for deserialisation)
-
-        try:
-            loaded = keras.models.load_model(path, compile=False)
-        except Exception as exc:  # Keras raises many types for bad archives
-            raise ValueError(f"could not load an EDNN from {path!r}: {type(exc).__name__}: {exc}") from exc
-        model = loaded
-    for attr in ("focus", "context", "subnet", "tile_contributions"):
-        if not hasattr(model, attr):
-            raise ValueError(f"model must be an ednn_tf.EDNN or a path to one saved as .keras, "
-                             f"got {type(model).__name__} (missing {attr!r})")
-    return model
+#: Deprecated alias of :func:`ednn_tf.model.load_ednn` (still used by experiments/graphene_mc.py).
+load_model = load_ednn
 
 
-def _subnet_input(model):
-    """(spatial rank or None, channels or None, input dtype name) of the model's sub-network."""
-    sub = model.subnet
-    dtype = None
-    shape = None
-    if getattr(sub, "inputs", None):
-        shape = tuple(sub.inputs[0].shape)
-        dtype = str(getattr(sub.inputs[0], "dtype", None) or "")
-        dtype = dtype.replace("tf.", "").replace("<dtype: '", "").replace("'>", "") or None
+def subnet_input_spec(model):
+    """(spatial rank or None, channels or None, input dtype name) of the model's sub-network; the dtype
+    falls back to the model's compute dtype (else float32) when the input does not name one."""
+    inputs = getattr(model.subnet, "inputs", None)
+    dtype = str(getattr(inputs[0], "dtype", "")) if inputs else ""
+    dtype = dtype.replace("tf.", "").replace("<dtype: '", "").replace("'>", "")
     if dtype not in ("float16", "bfloat16", "float32", "float64"):
         dtype = getattr(model, "compute_dtype", None) or "float32"
-    if shape is None:
-        return None, None, dtype
-    return len(shape) - 2, shape[-1], dtype
+    return (len(inputs[0].shape) - 2, inputs[0].shape[-1], dtype) if inputs else (None, None, dtype)
+
+
+def image_settings(model, shape=None, pixel_size=None, channels=None):
+    """Checked image settings for ``model``: ``(shape or None, pixel_size or None, ndim, channels, dtype)``.
+
+    Exactly one of ``shape`` (pixels per cell axis, multiples of the model's focus) and
+    ``pixel_size`` (Angstrom; then ``ndim`` is the model's rank, 2 if unknown) must be given.
+    ``channels`` becomes a list of distinct atomic numbers (or None: one channel weighted by Z);
+    ``dtype`` is the sub-network's input dtype. Raises ValueError when the grid's rank or the
+    channel count does not match the model's sub-network.
+    """
+    focus = int(model.focus)
+    nd_model, c_model, dtype = subnet_input_spec(model)
+    if (shape is None) == (pixel_size is None):
+        raise ValueError(f"give exactly one of shape and pixel_size, got shape={shape!r}, pixel_size={pixel_size!r}")
+    if shape is not None:
+        shape = cells.check_grid_shape(shape)
+        if any(n % focus for n in shape):
+            raise ValueError(f"image shape {shape} must be a multiple of the model's focus {focus} along every axis")
+        ndim = len(shape)
+    else:
+        pixel_size = check_positive("pixel_size", pixel_size)
+        ndim = 2 if nd_model is None else nd_model
+    if nd_model is not None and nd_model != ndim:
+        raise ValueError(f"the model works on {nd_model}D tiles but shape={shape!r} is {ndim}D")
+    if channels is not None:
+        chan = cells.atomic_numbers([channels] if isinstance(channels, (str, bytes, Integral)) else list(channels),
+                                    "channels")
+        if chan.size == 0 or np.unique(chan).size != chan.size:
+            raise ValueError(f"channels must list distinct elements, got {channels!r}")
+        channels = [int(z) for z in chan]
+    n_channels = 1 if channels is None else len(channels)
+    if c_model is not None and c_model != n_channels:
+        raise ValueError(f"the model expects {c_model} image channel(s) but channels={channels!r} gives {n_channels}")
+    return shape, pixel_size, ndim, channels, dtype
 
 
 class EDNNCalculator(Calculator):
@@ -121,7 +127,7 @@ class EDNNCalculator(Calculator):
         hexagonal cells. Every entry must be a multiple of the model's focus. Give either
         ``shape`` or ``pixel_size``.
     pixel_size : float, optional
-        Target pixel size in Angstrom; the grid is ``render.shape_for_cell(cell, pixel_size,
+        Target pixel size in Angstrom; the grid is ``cells.shape_for_cell(cell, pixel_size,
         multiple_of=focus)`` for each structure, so cells of any size get the training
         resolution (2D models only).
     gamma : float
@@ -154,50 +160,20 @@ class EDNNCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "tile_energies"]
     nolabel = True
 
-    def __init__(self, model, shape=None, pixel_size=None, gamma=_render.DEFAULT_GAMMA, cutoff=None,
+    def __init__(self, model, shape=None, pixel_size=None, gamma=cells.DEFAULT_GAMMA, cutoff=None,
                  channels=None, max_cached=8, **kwargs):
-        self.model = load_model(model)
+        self.model = load_ednn(model)
         self.focus = int(self.model.focus)
-        nd_model, c_model, self._input_dtype = _subnet_input(self.model)
-        if (shape is None) == (pixel_size is None):
-            raise ValueError(f"give exactly one of shape and pixel_size, got shape={shape!r}, "
-                             f"pixel_size={pixel_size!r}")
-        if shape is not None:
-            shape = _render.check_grid_shape(shape)
-            bad = [n for n in shape if n % self.focus]
-            if bad:
-                raise ValueError(f"image shape {shape} must be a multiple of the model's focus "
-                                 f"{self.focus} along every axis")
-            ndim = len(shape)
-        else:
-            pixel_size = check_positive("pixel_size", pixel_size)
-            ndim = 2 if nd_model is None else nd_model
-        if nd_model is not None and nd_model != ndim:
-            raise ValueError(f"the model works on {nd_model}D tiles but shape={shape!r} is {ndim}D")
+        shape, pixel_size, self.ndim, channels, self._input_dtype = image_settings(self.model, shape, pixel_size,
+                                                                                   channels)
         gamma = check_positive("gamma", gamma)
         if cutoff is not None:
             cutoff = check_positive("cutoff", cutoff)
-        n_channels = 1
-        if channels is not None:
-            if isinstance(channels, (str, bytes, Integral)):
-                channels = [channels]
-            chan = _render.atomic_numbers(list(channels), "channels")
-            if chan.size == 0 or np.unique(chan).size != chan.size:
-                raise ValueError(f"channels must list distinct elements, got {channels!r}")
-            channels = [int(z) for z in chan]
-            n_channels = len(channels)
-        if c_model is not None and c_model != n_channels:
-            raise ValueError(f"the model expects {c_model} image channel(s) but channels={channels!r} "
-                             f"gives {n_channels}")
-        if isinstance(max_cached, bool) or not isinstance(max_cached, Integral) or max_cached < 1:
-            raise ValueError(f"max_cached must be an integer >= 1, got {max_cached!r}")
-        self.ndim = ndim
-        self._max_cached = int(max_cached)
+        self._max_cached = check_int("max_cached", max_cached, minimum=1)
         self._functions = collections.OrderedDict()
         super().__init__(shape=None if shape is None else list(shape), pixel_size=pixel_size, gamma=gamma,
                          cutoff=cutoff, channels=channels, **kwargs)
 
-    # ------------------------------------------------------------------------------------------
     def grid_shape(self, atoms):
         """Image grid used for ``atoms`` (validates the cell; see :meth:`cell_lengths`)."""
         return self._grid_shape(self.cell_lengths(atoms))
@@ -206,20 +182,16 @@ class EDNNCalculator(Calculator):
         p = self.parameters
         if p.shape is not None:
             return tuple(int(n) for n in p.shape)
-        return _render.shape_for_cell(lengths, p.pixel_size, multiple_of=self.focus, ndim=self.ndim)
+        return cells.shape_for_cell(lengths, p.pixel_size, multiple_of=self.focus, ndim=self.ndim)
 
     def cell_lengths(self, atoms):
-        """Orthorhombic cell lengths along the image axes (Angstrom), after checking the cell.
-
-        Raises ValueError for a missing, non-orthorhombic or non-periodic cell (the EDNN image
-        is always periodic along its axes).
-        """
-        cell = atoms.cell.array
-        lengths = _render.cell_lengths(cell, self.ndim)   # raises for non-orthorhombic / empty
-        pbc = np.asarray(atoms.pbc)
-        if not np.all(pbc[:self.ndim]):
-            raise ValueError(f"the EDNN image is periodic along its {self.ndim} axes, but atoms.pbc = "
-                             f"{pbc.tolist()}; set atoms.pbc = {[True] * self.ndim + [bool(b) for b in pbc[self.ndim:]]}")
+        """Orthorhombic cell lengths along the image axes (Angstrom); raises ValueError for a missing,
+        non-orthorhombic or non-periodic cell (the EDNN image is always periodic along its axes)."""
+        lengths = cells.cell_lengths(atoms.cell.array, self.ndim)   # raises for non-orthorhombic / empty
+        pbc = [bool(b) for b in atoms.pbc]
+        if not all(pbc[:self.ndim]):
+            raise ValueError(f"the EDNN image is periodic along its {self.ndim} axes, but atoms.pbc = {pbc}; "
+                             f"set atoms.pbc = {[True] * self.ndim + pbc[self.ndim:]}")
         return lengths
 
     def _function(self, numbers, lengths, shape, forces):
@@ -232,29 +204,20 @@ class EDNNCalculator(Calculator):
             return fn
         p = self.parameters
         model, in_dtype = self.model, self._input_dtype
-        numbers = numbers.copy()
-        lengths = np.array(lengths, dtype=np.float64)
+        numbers, lengths = numbers.copy(), np.array(lengths, dtype=np.float64)
 
         def energy(pos):
-            img = render_tf(pos, numbers, lengths, shape, gamma=p.gamma, cutoff=p.cutoff,
-                                    channels=p.channels)
-            contrib = model.tile_contributions(tf.cast(img[None], in_dtype), training=False)
-            contrib = tf.cast(contrib[0], tf.float64)
-            return tf.reduce_sum(contrib), contrib
+            img = render_tf(pos, numbers, lengths, shape, gamma=p.gamma, cutoff=p.cutoff, channels=p.channels)
+            contrib = tf.cast(model.tile_contributions(tf.cast(img[None], in_dtype), training=False)[0], tf.float64)
+            return sum_tiles(contrib), contrib
 
-        spec = [tf.TensorSpec((len(numbers), 3), tf.float64)]
-        if forces:
-            def run(pos):
-                with tf.GradientTape() as tape:
-                    tape.watch(pos)
-                    total, contrib = energy(pos)
-                grad = tape.gradient(total, pos)
-                return total, contrib, -grad
-        else:
-            def run(pos):
+        def run(pos):
+            with tf.GradientTape() as tape:
+                tape.watch(pos)
                 total, contrib = energy(pos)
-                return total, contrib, tf.zeros_like(pos)
-        fn = tf.function(run, input_signature=spec, autograph=False)
+            return total, contrib, -tape.gradient(total, pos) if forces else tf.zeros_like(pos)
+
+        fn = tf.function(run, input_signature=[tf.TensorSpec((len(numbers), 3), tf.float64)], autograph=False)
         self._functions[key] = fn
         while len(self._functions) > self._max_cached:
             self._functions.popitem(last=False)
@@ -268,26 +231,20 @@ class EDNNCalculator(Calculator):
             raise ValueError("cannot evaluate an empty structure (0 atoms)")
         lengths = self.cell_lengths(atoms)
         shape = self._grid_shape(lengths)
-        bad = [n for n in shape if n % self.focus]
-        if bad:
+        if any(n % self.focus for n in shape):
             raise ValueError(f"image shape {shape} is not a multiple of the model's focus {self.focus}")
         pos = np.asarray(atoms.positions, dtype=np.float64)
         if not np.all(np.isfinite(pos)):
             i = int(np.argwhere(~np.isfinite(pos))[0, 0])
             raise ValueError(f"positions must be finite, got {pos[i].tolist()!r} for atom {i}")
-        numbers = _render.atomic_numbers(atoms.numbers, "atoms.numbers")
-        _render.channel_weights(numbers, self.parameters.channels)   # raises for elements not in channels
+        numbers = cells.atomic_numbers(atoms.numbers, "atoms.numbers")
+        cells.channel_weights(numbers, self.parameters.channels)   # raises for elements not in channels
         want_forces = "forces" in properties
-        fn = self._function(numbers, lengths, shape, want_forces)
-        import tensorflow as tf
-
-        total, contrib, forces = fn(tf.constant(pos))
+        total, contrib, forces = self._function(numbers, lengths, shape, want_forces)(pos)
         energy = float(total.numpy())
         if not math.isfinite(energy):
             raise RuntimeError(f"the EDNN returned a non-finite energy {energy!r}")
-        self.results["energy"] = energy
-        self.results["free_energy"] = energy
-        self.results["tile_energies"] = contrib.numpy()
+        self.results.update(energy=energy, free_energy=energy, tile_energies=contrib.numpy())
         if want_forces:
             self.results["forces"] = forces.numpy() + 0.0   # + 0.0: no -0.0 in the z column
 

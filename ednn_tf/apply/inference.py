@@ -5,23 +5,24 @@ periodic wrap), e.g. by rendering only the atoms near a stripe of a procedurally
 Tile rows are processed a chunk at a time: the chunk's rows plus its ``c``-wide halo above and
 below are requested and padded periodically along the columns. The padded stripe is then cut, a
 block of tile columns at a time, into tiles with the same ``tiling.tiles_from_padded`` the Keras
-layer uses, and each block goes through the sub-network in fixed-size batches. Contributions are
-accumulated in float64. Peak memory is one stripe of grid rows plus one block of tiles: it
-does not depend on the number of rows, and the tiles (``(f + 2c)^2 / f^2`` times the stripe's
-pixels if cut at once) no longer grow with the grid's width.
+layer uses, and each block goes through ``EDNN.tile_values`` in batches of ``batch_tiles`` tiles.
+Contributions are summed in float64 (``model.sum_tiles``). Peak memory is one stripe of grid rows
+plus one block of tiles: it does not depend on the number of rows, and the tiles (``(f + 2c)^2 / f^2``
+times the stripe's pixels if cut at once) do not grow with the grid's width.
 
 With Horovod each rank takes a contiguous block of tile rows (``shard_rows``) and the float64
 partial sums are combined by one allreduce at the end.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from .. import tiling
+from ..model import sum_tiles
+from ..util import check_int
 
 __all__ = ["ArraySource", "shard_rows", "evaluate_streaming", "evaluate_sharded", "StreamResult"]
 
@@ -31,12 +32,10 @@ class ArraySource:
 
     def __init__(self, grid):
         grid = np.asarray(grid)
-        if grid.ndim == 2:
-            grid = grid[..., None]
-        if grid.ndim != 3:
+        self.grid = grid[..., None] if grid.ndim == 2 else grid
+        if self.grid.ndim != 3:
             raise ValueError(f"grid must be (H, W) or (H, W, C), got shape {grid.shape}")
-        self.grid = grid
-        self.shape = grid.shape
+        self.shape = self.grid.shape
 
     def __call__(self, r0, r1):
         return np.take(self.grid, np.arange(r0, r1) % self.shape[0], axis=0)
@@ -63,29 +62,74 @@ class StreamResult(dict):
         return self["total"]
 
 
-def _batched_subnet(subnet, batch, tile_shape):
-    spec = tf.TensorSpec((batch,) + tuple(tile_shape), tf.float32)
-
-    @tf.function(input_signature=[spec])
-    def run(tiles):
-        return tf.reshape(subnet(tiles, training=False), [-1])
-
-    return run
+def _tile_runner(model, channels):
+    """``model.tile_values`` on a flat stack ``(m, t, t, C)`` of tiles, traced once for any ``m``."""
+    spec = tf.TensorSpec((None, model.tile_size, model.tile_size, channels), tf.float32)
+    return tf.function(lambda tiles: model.tile_values(tiles, training=False), input_signature=[spec])
 
 
-def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_per_chunk=1,
-                       batch_tiles=256, tile_cols_per_block="auto", keep_map=False, map_writer=None, progress=False, desc="tiles",
+def _stream_plan(model, grid_shape, row_range, tile_rows_per_chunk, batch_tiles, tile_cols_per_block):
+    """Validated ``(W, n_cols, start, stop, cols_per_block)`` of ``evaluate_streaming``."""
+    f = model.focus
+    H, W = (int(s) for s in grid_shape)
+    for n in (H, W):
+        if n < 1 or n % f:
+            raise ValueError(f"grid size {n} in grid_shape={tuple(grid_shape)} is not a positive multiple of focus={f}")
+    n_rows, n_cols = H // f, W // f
+    start, stop = (0, n_rows) if row_range is None else (int(row_range[0]), int(row_range[1]))
+    if not 0 <= start <= stop <= n_rows:
+        raise ValueError(f"row_range {row_range} outside the {n_rows} tile rows")
+    rows, batch = check_int("tile_rows_per_chunk", tile_rows_per_chunk, 1), check_int("batch_tiles", batch_tiles, 1)
+    if tile_cols_per_block is None:
+        cols = n_cols
+    elif tile_cols_per_block == "auto":
+        cols = max(1, 4 * batch // rows)
+    elif isinstance(tile_cols_per_block, (int, np.integer)) and tile_cols_per_block >= 1:
+        cols = int(tile_cols_per_block)
+    else:
+        raise ValueError(f"tile_cols_per_block must be 'auto', None or an integer >= 1, got {tile_cols_per_block!r}")
+    return W, n_cols, start, stop, min(cols, n_cols)
+
+
+def _stripe(source, r, r_end, f, c, W):
+    """Grid rows of tile rows ``r .. r_end-1`` plus the ``c``-wide halo, checked, ``(rows, W, C)``."""
+    stripe = np.asarray(source(r * f - c, r_end * f + c), dtype=np.float32)
+    stripe = stripe[..., None] if stripe.ndim == 2 else stripe
+    want = ((r_end - r) * f + 2 * c, W)
+    if stripe.shape[:2] != want:
+        raise ValueError(f"source returned rows of shape {stripe.shape}, expected {want + stripe.shape[2:]}")
+    if not np.all(np.isfinite(stripe)):
+        raise ValueError(f"source returned non-finite values for tile rows {r}..{r_end - 1}")
+    return stripe
+
+
+def _stripe_values(model, run, stripe, n_cols, cols, batch):
+    """Per-tile values ``(rows, n_cols)`` of one stripe: ``cols`` tile columns, ``batch`` tiles a call."""
+    f, c = model.focus, model.context
+    padded = tiling.periodic_pad(stripe[None], c, axes=(2,))            # (1, rows f + 2c, W + 2c, C)
+    block = np.empty(((len(stripe) - 2 * c) // f, n_cols), np.float32)
+    for q in range(0, n_cols, cols):
+        q_end = min(n_cols, q + cols)
+        tiles = tiling.tiles_from_padded(padded[:, :, q * f:q_end * f + 2 * c], f, c)   # (1, rows, q_end-q, t, t, C)
+        flat, _ = tiling.fold_tiles(tiles, 2)
+        out = np.concatenate([run(flat[lo:lo + batch]).numpy() for lo in range(0, int(flat.shape[0]), batch)])
+        block[:, q:q_end] = out.reshape(len(block), q_end - q)
+    return block
+
+
+def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_per_chunk=1, batch_tiles=256,
+                       tile_cols_per_block="auto", keep_map=False, map_writer=None, progress=False, desc="tiles",
                        atoms_per_tile=None):
     """Evaluate ``model`` (an ``EDNN``) over tile rows ``row_range`` of a 2D grid, streaming.
 
     Args:
-        model: an ``ednn_tf.EDNN`` (its ``focus``, ``context`` and ``subnet`` are used).
+        model: an ``ednn_tf.EDNN`` (its ``focus``, ``context`` and ``tile_values`` are used).
         source: callable ``source(r0, r1) -> array (r1 - r0, W, C)`` of grid rows ``r0 .. r1-1``;
             rows outside ``[0, H)`` must wrap periodically.
         grid_shape: ``(H, W)`` of the whole grid (multiples of ``focus``).
         row_range: ``(start, stop)`` tile rows to evaluate (default all ``H / f``).
         tile_rows_per_chunk: tile rows requested from ``source`` at a time (memory knob).
-        batch_tiles: tiles per sub-network call (fixed, so the graph is traced once).
+        batch_tiles: tiles per sub-network call (the graph is traced once, for any batch).
         tile_cols_per_block: tile columns cut from the stripe at a time (memory knob). ``"auto"``
             (default): as many as fill four ``batch_tiles`` calls (fewer, larger cuts: less per-op
             overhead); ``None``: the whole width at once.
@@ -96,81 +140,35 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
     Returns a ``StreamResult`` with the float64 ``total``.
     """
     f, c = model.focus, model.context
-    H, W = (int(s) for s in grid_shape)
-    for n in (H, W):
-        if n < 1 or n % f:
-            raise ValueError(f"grid size {n} in grid_shape={tuple(grid_shape)} is not a positive multiple of focus={f}")
-    n_rows, n_cols = H // f, W // f
-    start, stop = (0, n_rows) if row_range is None else (int(row_range[0]), int(row_range[1]))
-    if not 0 <= start <= stop <= n_rows:
-        raise ValueError(f"row_range {row_range} outside the {n_rows} tile rows")
-    if tile_rows_per_chunk < 1 or batch_tiles < 1:
-        raise ValueError(f"tile_rows_per_chunk and batch_tiles must be >= 1, got {tile_rows_per_chunk}, {batch_tiles}")
-    if tile_cols_per_block is None:
-        cols_per_block = n_cols
-    elif tile_cols_per_block == "auto":
-        cols_per_block = max(1, 4 * int(batch_tiles) // int(tile_rows_per_chunk))
-    elif isinstance(tile_cols_per_block, (int, np.integer)) and tile_cols_per_block >= 1:
-        cols_per_block = int(tile_cols_per_block)
-    else:
-        raise ValueError(f"tile_cols_per_block must be 'auto', None or an integer >= 1, got {tile_cols_per_block!r}")
-    cols_per_block = min(cols_per_block, n_cols)
-    t = f + 2 * c
-    run = None
-    partials = []
-    tile_map = [] if keep_map else None
-    n_done = 0
-    bar = None
+    W, n_cols, start, stop, cols = _stream_plan(model, grid_shape, row_range, tile_rows_per_chunk, batch_tiles,
+                                                tile_cols_per_block)
+    run, partials, tile_map, n_done, bar = None, [], [], 0, None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=(stop - start) * n_cols, desc=desc, unit="tile", dynamic_ncols=True)
     t0 = time.perf_counter()
     for r in range(start, stop, tile_rows_per_chunk):
         r_end = min(stop, r + tile_rows_per_chunk)
-        stripe = np.asarray(source(r * f - c, r_end * f + c), dtype=np.float32)
-        if stripe.ndim == 2:
-            stripe = stripe[..., None]
-        want = ((r_end - r) * f + 2 * c, W)
-        if stripe.shape[:2] != want:
-            raise ValueError(f"source returned rows of shape {stripe.shape}, expected {want + stripe.shape[2:]}")
-        if not np.all(np.isfinite(stripe)):
-            raise ValueError(f"source returned non-finite values for tile rows {r}..{r_end - 1}")
-        padded = tiling.periodic_pad(stripe[None], c, axes=(2,))            # (1, rows f + 2c, W + 2c, C)
-        block = np.empty((r_end - r, n_cols), np.float32)
-        for q in range(0, n_cols, cols_per_block):
-            q_end = min(n_cols, q + cols_per_block)
-            tiles = tiling.tiles_from_padded(padded[:, :, q * f:q_end * f + 2 * c], f, c)   # (1, rows, q_end - q, t, t, C)
-            tiles = tf.reshape(tiles, (-1, t, t, stripe.shape[-1]))
-            if run is None:
-                run = _batched_subnet(model.subnet, batch_tiles, tiles.shape[1:])
-            m_all = int(tiles.shape[0])
-            out = np.empty(m_all, np.float32)
-            for lo in range(0, m_all, batch_tiles):
-                chunk = tiles[lo:lo + batch_tiles]
-                m = int(chunk.shape[0])
-                if m < batch_tiles:
-                    chunk = tf.concat([chunk, tf.zeros((batch_tiles - m,) + tuple(chunk.shape[1:]), chunk.dtype)], 0)
-                out[lo:lo + m] = run(chunk).numpy()[:m]
-            block[:, q:q_end] = out.reshape(r_end - r, q_end - q)
-        out = block.ravel()
-        n = out.size
-        partials.append(math.fsum(out.astype(np.float64)))
+        stripe = _stripe(source, r, r_end, f, c, W)
+        if run is None:
+            run = _tile_runner(model, stripe.shape[-1])
+        block = _stripe_values(model, run, stripe, n_cols, cols, int(batch_tiles))
+        partials.append(sum_tiles(block))
         if keep_map:
             tile_map.append(block)
         if map_writer is not None:
             map_writer(r, block)
-        n_done += n
+        n_done += block.size
         if bar is not None:
-            bar.update(n)
+            bar.update(block.size)
             if atoms_per_tile:
                 el = time.perf_counter() - t0
                 bar.set_postfix(atoms_per_s=f"{n_done * atoms_per_tile / max(el, 1e-9):.3g}", refresh=False)
     if bar is not None:
         bar.close()
-    total = math.fsum(partials)
     dt = time.perf_counter() - t0
-    res = StreamResult(total=total, n_tiles=n_done, seconds=dt, tiles_per_s=n_done / max(dt, 1e-12),
-                       row_range=(start, stop))
+    res = StreamResult(total=float(sum_tiles(partials)), n_tiles=n_done, seconds=dt,
+                       tiles_per_s=n_done / max(dt, 1e-12), row_range=(start, stop))
     if keep_map:
         res["tile_map"] = np.concatenate(tile_map, axis=0) if tile_map else np.zeros((0, n_cols), np.float32)
     return res
@@ -196,15 +194,6 @@ def evaluate_sharded(model, source, grid_shape, n_tile_rows=None, **kwargs):
     res = evaluate_streaming(model, source, grid_shape, row_range=rr, **kwargs)
     res["local_total"] = res["total"]
     res["rank"], res["size"] = rank, size
-    if size > 1:
-        res["total"] = float(distributed.allreduce_sum(np.float64(res["total"])))
-        res["n_tiles_all"] = int(distributed.allreduce_sum(np.float64(res["n_tiles"])))
-    else:
-        res["n_tiles_all"] = res["n_tiles"]
+    res["total"] = float(distributed.allreduce_sum(np.float64(res["total"])))          # identity on one rank
+    res["n_tiles_all"] = int(distributed.allreduce_sum(np.float64(res["n_tiles"])))
     return res
-
-
-def default_batch_tiles(tile_size: int, channels: int = 1, budget_bytes: int = 256 * 2 ** 20):
-    """A tile batch that keeps the input tiles of one call under ``budget_bytes`` (default 256 MiB)."""
-    return max(1, int(budget_bytes // (4 * channels * tile_size ** 2 * 8)))  # x8: activations headroom
-

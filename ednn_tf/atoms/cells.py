@@ -64,7 +64,7 @@ from ..util import check_positive
 
 __all__ = ["DEFAULT_GAMMA", "DEFAULT_CUTOFF", "PAPER_PIXEL_SIZE", "truncation_error", "check_grid_shape",
            "cell_lengths", "atomic_numbers", "parse_structure", "channel_weights", "shape_for_cell",
-           "grid_coordinates"]
+           "grid_coordinates", "cell_area", "mev_per_area", "mev_per_atom"]
 
 #: Gaussian width of eqn (2) in Angstrom (paper value).
 DEFAULT_GAMMA = 0.2
@@ -77,9 +77,7 @@ PAPER_PIXEL_SIZE = 0.05
 _ORTHO_RTOL = 1e-6
 
 
-# --------------------------------------------------------------------------
-# validation helpers
-# --------------------------------------------------------------------------
+# --- validation helpers ---
 def truncation_error(cutoff: float = DEFAULT_CUTOFF) -> float:
     """Relative truncation error ``exp(-cutoff**2 / 2)`` of a Gaussian cut at
     ``cutoff`` gammas (largest dropped value relative to the peak).
@@ -273,9 +271,7 @@ def channel_weights(Z, channels):
     return W, chan
 
 
-# --------------------------------------------------------------------------
-# grid helpers
-# --------------------------------------------------------------------------
+# --- grid helpers ---
 def shape_for_cell(cell, pixel_size: float = PAPER_PIXEL_SIZE, multiple_of: int = 1, ndim: int = 2):
     """Grid shape giving about ``pixel_size`` Angstrom per pixel over ``cell``.
 
@@ -326,6 +322,33 @@ def grid_coordinates(cell, shape):
     return tuple(np.arange(n, dtype=np.float64) * (L / n) for L, n in zip(lengths, shape))
 
 
-# --------------------------------------------------------------------------
-# numpy core
-# --------------------------------------------------------------------------
+# --- energies per area and per atom ---
+def cell_area(atoms) -> float:
+    """In-plane cell area ``|a x b|`` in Angstrom^2 (cell vectors 0 and 1 span the sheet)."""
+    cell = np.asarray(atoms.cell)
+    area = float(np.linalg.norm(np.cross(cell[0], cell[1])))
+    if not area > 0:
+        raise ValueError(f"cell has zero in-plane area (cell={cell.tolist()})")
+    return area
+
+
+def _per(energies, structures, measure, scale):
+    from ase import Atoms
+
+    if isinstance(structures, Atoms):
+        return float(energies) * scale / measure(structures)
+    e = np.asarray(energies, dtype=np.float64)
+    structures = list(structures)
+    if e.shape != (len(structures),):
+        raise ValueError(f"energies must have shape ({len(structures)},) to match the structures, got {e.shape}")
+    return e * scale / np.array([measure(s) for s in structures])
+
+
+def mev_per_area(energies, structures):
+    """Energy (eV) -> meV/A^2 of cell area (the paper's unit). Scalar + Atoms, or arrays + list."""
+    return _per(energies, structures, cell_area, 1000.0)
+
+
+def mev_per_atom(energies, structures):
+    """Energy (eV) -> meV/atom. Scalar + Atoms, or arrays + list."""
+    return _per(energies, structures, len, 1000.0)

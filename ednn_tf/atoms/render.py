@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -124,6 +125,45 @@ def _fold_rows(block, g0, out, nx, ny):
         r += k
 
 
+def _bin_atoms(px, py, w, T, Ntx, Nty, dtype):
+    """Atoms sorted by the tile (T x T pixels) holding the start of their window: sorted tile ids,
+    rank inside the tile, window offsets in the tile, weighted x / plain y profiles, the dense
+    capacity ``M`` per tile (bounded so empty tiles cost little) and the first atom of each tile row."""
+    (sx, vx), (sy, vy) = px, py
+    N = vx.shape[0]
+    tx, ty = sx // T, sy // T
+    tid = tx * Nty + ty
+    order = np.argsort(tid, kind="stable")
+    tid_s = tid[order]
+    counts = np.bincount(tid_s, minlength=Ntx * Nty)
+    rank = np.arange(N) - np.concatenate(([0], np.cumsum(counts)[:-1]))[tid_s]
+    M = int(min(counts.max(), max(1, 2 * N // (Ntx * Nty) + 1)))
+    return SimpleNamespace(tid_s=tid_s, rank=rank, M=M, dense=rank < M, ox=sx[order] - tx[order] * T,
+                           oy=sy[order] - ty[order] * T, gx=(vx[order] * w[order, None]).astype(dtype),
+                           gy=vy[order].astype(dtype), row_bounds=np.searchsorted(tid_s, np.arange(Ntx + 1) * Nty))
+
+
+def _dense_tile_rows(b, sel, a0, a1, g, bufs, Sb):
+    """Add the dense-pass atoms ``sel`` of tile rows ``a0 <= a < a1`` into the strip view ``Sb``."""
+    T, Ex, Ey, Nty, M = g.T, g.Ex, g.Ey, g.Nty, b.M
+    GX, GY, ext_buf = bufs
+    nt = (a1 - a0) * Nty
+    gxb, gyb = GX[:nt * M], GY[:nt * M]
+    gxb.fill(0)
+    gyb.fill(0)
+    slot = (b.tid_s[sel] - a0 * Nty) * M + b.rank[sel]
+    gxb[slot[:, None], b.ox[sel, None] + np.arange(g.Wx)[None, :]] = b.gx[sel]
+    gyb[slot[:, None], b.oy[sel, None] + np.arange(g.Wy)[None, :]] = b.gy[sel]
+    ext = np.matmul(gxb.reshape(nt, M, Ex).transpose(0, 2, 1), gyb.reshape(nt, M, Ey),
+                    out=ext_buf[:nt]).reshape(a1 - a0, Nty, Ex, Ey)
+    for p in range(g.Px):
+        tp = min(T, Ex - p * T)
+        for q in range(g.Py):
+            tq = min(T, Ey - q * T)
+            blk = ext[:, :, p * T:p * T + tp, q * T:q * T + tq].transpose(0, 2, 1, 3)
+            Sb[p:p + a1 - a0, :tp, q:q + Nty, :tq] += blk
+
+
 def _accumulate_tiled(px, py, w, nx, ny, dtype, out, tile=None):
     """out (nx, ny) via per-tile batched matmuls.  Cost O(N (T+W)^2 + pixels).
 
@@ -135,74 +175,34 @@ def _accumulate_tiled(px, py, w, nx, ny, dtype, out, tile=None):
     ``out``, so no full-size intermediate is allocated.  Tiles holding more
     than M atoms send the excess to a sparse pass (items of <= 64 atoms).
     """
-    sx, vx = px
-    sy, vy = py
-    N, Wx = vx.shape
-    Wy = vy.shape[1]
+    N, Wx = px[1].shape
+    Wy = py[1].shape[1]
     if N == 0:
         out[...] = 0
         return out
     T = int(tile) if tile else _tile_size(Wx, Wy)
-    Ex, Ey = T + Wx - 1, T + Wy - 1
-    Ntx, Nty = -(-nx // T), -(-ny // T)
-    Px, Py = -(-Ex // T), -(-Ey // T)
-    Cy = (Nty + Py - 1) * T
-
-    tx, ty = sx // T, sy // T
-    tid = tx * Nty + ty
-    order = np.argsort(tid, kind="stable")
-    tid_s = tid[order]
-    counts = np.bincount(tid_s, minlength=Ntx * Nty)
-    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    rank = np.arange(N) - first[tid_s]
-    # Capacity of the dense pass (bounded so empty tiles cost little).
-    M = int(min(counts.max(), max(1, 2 * N // (Ntx * Nty) + 1)))
-    dense = rank < M
-
-    ox = sx[order] - tx[order] * T  # window offset inside its tile
-    oy = sy[order] - ty[order] * T
-    gx = (vx[order] * w[order, None]).astype(dtype)
-    gy = vy[order].astype(dtype)
-    jx = np.arange(Wx)
-    jy = np.arange(Wy)
-    row_bounds = np.searchsorted(tid_s, np.arange(Ntx + 1) * Nty)
-
-    # Work buffers for one batch of tile rows (~8 MB of extended tiles).
-    rpb = max(1, int(2e6 // (Nty * Ex * Ey)))
-    nt_max = rpb * Nty
-    GX = np.empty((nt_max * M, Ex), dtype=dtype)
-    GY = np.empty((nt_max * M, Ey), dtype=dtype)
-    ext_buf = np.empty((nt_max, Ex, Ey), dtype=dtype)
-    S = np.zeros(((rpb + Px - 1) * T, Cy), dtype=dtype)  # strip of the canvas
-    Sb = S.reshape(rpb + Px - 1, T, Nty + Py - 1, T)
-    rem = (Px - 1) * T
-
+    g = SimpleNamespace(T=T, Wx=Wx, Wy=Wy, Ex=T + Wx - 1, Ey=T + Wy - 1, Nty=-(-ny // T))
+    g.Px, g.Py = -(-g.Ex // T), -(-g.Ey // T)
+    Ntx = -(-nx // T)
+    b = _bin_atoms(px, py, w, T, Ntx, g.Nty, dtype)
+    # Work buffers for one batch of tile rows (~8 MB of extended tiles) and a strip of the canvas.
+    rpb = max(1, int(2e6 // (g.Nty * g.Ex * g.Ey)))
+    nt_max = rpb * g.Nty
+    bufs = (np.empty((nt_max * b.M, g.Ex), dtype=dtype), np.empty((nt_max * b.M, g.Ey), dtype=dtype),
+            np.empty((nt_max, g.Ex, g.Ey), dtype=dtype))
+    S = np.zeros(((rpb + g.Px - 1) * T, (g.Nty + g.Py - 1) * T), dtype=dtype)
+    Sb = S.reshape(rpb + g.Px - 1, T, g.Nty + g.Py - 1, T)
+    rem = (g.Px - 1) * T
     for a0 in range(0, Ntx, rpb):
         a1 = min(Ntx, a0 + rpb)
-        lo, hi = row_bounds[a0], row_bounds[a1]
+        lo, hi = b.row_bounds[a0], b.row_bounds[a1]
         idx = np.arange(lo, hi)
-        sel = idx[dense[lo:hi]]
+        sel = idx[b.dense[lo:hi]]
         if sel.size:
-            nt = (a1 - a0) * Nty
-            gxb, gyb = GX[:nt * M], GY[:nt * M]
-            gxb.fill(0)
-            gyb.fill(0)
-            slot = (tid_s[sel] - a0 * Nty) * M + rank[sel]
-            gxb[slot[:, None], ox[sel, None] + jx[None, :]] = gx[sel]
-            gyb[slot[:, None], oy[sel, None] + jy[None, :]] = gy[sel]
-            ext = np.matmul(
-                gxb.reshape(nt, M, Ex).transpose(0, 2, 1), gyb.reshape(nt, M, Ey),
-                out=ext_buf[:nt],
-            ).reshape(a1 - a0, Nty, Ex, Ey)
-            for p in range(Px):
-                tp = min(T, Ex - p * T)
-                for q in range(Py):
-                    tq = min(T, Ey - q * T)
-                    blk = ext[:, :, p * T:p * T + tp, q * T:q * T + tq].transpose(0, 2, 1, 3)
-                    Sb[p:p + a1 - a0, :tp, q:q + Nty, :tq] += blk
-        extra = idx[~dense[lo:hi]]
+            _dense_tile_rows(b, sel, a0, a1, g, bufs, Sb)
+        extra = idx[~b.dense[lo:hi]]
         if extra.size:
-            _sparse_tiles(extra, tid_s, rank, M, ox, oy, gx, gy, T, Ex, Ey, Nty, a0, S, dtype)
+            _sparse_tiles(extra, b.tid_s, b.rank, b.M, b.ox, b.oy, b.gx, b.gy, T, g.Ex, g.Ey, g.Nty, a0, S, dtype)
         nfin = (a1 - a0) * T
         _fold_rows(S[:nfin], a0 * T, out, nx, ny)
         if rem:
@@ -257,18 +257,9 @@ def _render_plane(px, py, w, nx, ny, dtype, method, out):
     return _accumulate_tiled(px, py, w, nx, ny, dtype, out)
 
 
-def render(
-    atoms_or_positions,
-    numbers=None,
-    cell=None,
-    shape=(256, 256),
-    gamma: float = DEFAULT_GAMMA,
-    cutoff: float = DEFAULT_CUTOFF,
-    channels=None,
-    dtype=np.float32,
-    method: str = "auto",
-    out=None,
-) -> np.ndarray:
+def render(atoms_or_positions, numbers=None, cell=None, shape=(256, 256), gamma: float = DEFAULT_GAMMA,
+           cutoff: float = DEFAULT_CUTOFF, channels=None, dtype=np.float32, method: str = "auto",
+           out=None) -> np.ndarray:
     """Render eqn (2), ``V = sum_i Z_i exp(-|r - r_i|^2 / (2 gamma^2))``, on a periodic grid.
 
     Parameters
@@ -311,12 +302,8 @@ def render(
         ``C = 1`` (Z-weighted) or ``len(channels)``; ``img[ix, iy, c]`` is the
         value at ``x = ix Lx / nx``, ``y = iy Ly / ny`` (row = x).
 
-    Raises
-    ------
-    ValueError
-        Bad positions (non-finite, wrong shape), unknown element, cell that
-        is missing, non-orthorhombic or non-positive, grid size < 1, or
-        invalid gamma / cutoff / dtype / method.
+    Raises ValueError (naming the value) for bad positions, an unknown element, a missing,
+    non-orthorhombic or non-positive cell, a grid size < 1, or a bad gamma / cutoff / dtype / method.
     """
     shape = check_grid_shape(shape)
     ndim = len(shape)
@@ -329,39 +316,39 @@ def render(
     weights, _ = channel_weights(Z, channels)
     R = cutoff * gamma
     prof = [_axis_profiles(positions[:, a], lengths[a], shape[a], gamma, R) for a in range(ndim)]
-    nx, ny = shape[0], shape[1]
-    C = weights.shape[1]
-
-    out_shape = tuple(shape) + (C,)
-    if out is None:
-        out = np.empty(out_shape, dtype=dt)
-    elif not isinstance(out, np.ndarray) or out.shape != out_shape or out.dtype != dt:
-        got = (out.shape, str(out.dtype)) if isinstance(out, np.ndarray) else type(out).__name__
-        raise ValueError(f"out must be a numpy array of shape {out_shape} and dtype {dt}, got {got}")
-
-    def planes(w_all, px, py, dest):
-        """Fill dest (nx, ny, C) for weights w_all (N, C) and profiles px, py."""
-        for c in range(C):
-            idx = np.nonzero(w_all[:, c])[0]
-            if idx.size == w_all.shape[0]:
-                sub_x, sub_y = px, py
-            else:
-                sub_x = (px[0][idx], px[1][idx])
-                sub_y = (py[0][idx], py[1][idx])
-            _render_plane(sub_x, sub_y, w_all[idx, c], nx, ny, dt, method, dest[:, :, c])
-
+    out = _check_out(out, tuple(shape) + (weights.shape[1],), dt)
     if ndim == 2:
-        planes(weights, prof[0], prof[1], out)
+        _planes(weights, prof[0], prof[1], out, method)
         return out
-
-    nz = shape[2]
-    Gz = _dense_matrix(prof[2][0], prof[2][1], nz, np.float64)  # (N, nz)
-    for k in range(nz):
+    Gz = _dense_matrix(prof[2][0], prof[2][1], shape[2], np.float64)  # (N, nz)
+    for k in range(shape[2]):
         idx = np.nonzero(Gz[:, k])[0]
         px = (prof[0][0][idx], prof[0][1][idx])
         py = (prof[1][0][idx], prof[1][1][idx])
-        planes(weights[idx] * Gz[idx, k, None], px, py, out[:, :, k, :])
+        _planes(weights[idx] * Gz[idx, k, None], px, py, out[:, :, k, :], method)
     return out
+
+
+def _check_out(out, out_shape, dt):
+    if out is None:
+        return np.empty(out_shape, dtype=dt)
+    if not isinstance(out, np.ndarray) or out.shape != out_shape or out.dtype != dt:
+        got = (out.shape, str(out.dtype)) if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"out must be a numpy array of shape {out_shape} and dtype {dt}, got {got}")
+    return out
+
+
+def _planes(w_all, px, py, dest, method):
+    """Fill ``dest`` (nx, ny, C) for weights ``w_all`` (N, C) and axis profiles ``px``, ``py``."""
+    nx, ny, C = dest.shape
+    for c in range(C):
+        idx = np.nonzero(w_all[:, c])[0]
+        if idx.size == w_all.shape[0]:
+            sub_x, sub_y = px, py
+        else:
+            sub_x = (px[0][idx], px[1][idx])
+            sub_y = (py[0][idx], py[1][idx])
+        _render_plane(sub_x, sub_y, w_all[idx, c], nx, ny, dest.dtype, method, dest[:, :, c])
 
 
 def render_many(structures, shape=(256, 256), progress: bool = False, **kwargs) -> np.ndarray:

@@ -55,10 +55,32 @@ def render_tf(positions, numbers, cell, shape=(256, 256), gamma=DEFAULT_GAMMA, c
     if cutoff is not None:
         cutoff = check_positive("cutoff", cutoff)
     lengths = cell_lengths(cell, ndim)
+    pos, Z = _check_positions(positions, numbers, ndim)
+    dtype = pos.dtype
+    weights, _ = channel_weights(Z, channels)
+    Wt = tf.constant(weights, dtype=dtype)  # (N, C)
+    C = weights.shape[1]
+    R = (cutoff if cutoff is not None else _SMOOTH_RANGE) * gamma
+    G = [_profile(pos[:, a], float(lengths[a]), shape[a], gamma, R, cutoff) for a in range(ndim)]
+    nx = shape[0]
+    A = tf.reshape(G[0][:, :, None] * Wt[:, None, :], (-1, nx * C))  # (N, nx*C)
+    if ndim == 2:
+        B = G[1]
+    else:
+        B = tf.reshape(G[1][:, :, None] * G[2][:, None, :], (-1, shape[1] * shape[2]))
+    img = tf.matmul(A, B, transpose_a=True)  # (nx*C, rest)
+    img = tf.reshape(img, (nx, C) + shape[1:])
+    perm = (0,) + tuple(range(2, ndim + 1)) + (1,)
+    return tf.transpose(img, perm)
+
+
+def _check_positions(positions, numbers, ndim):
+    """(positions as a float tensor, atomic numbers), checked against each other and the grid."""
+    import tensorflow as tf
+
     pos = tf.convert_to_tensor(positions)
     if not pos.dtype.is_floating:
         pos = tf.cast(pos, tf.float32)
-    dtype = pos.dtype
     if pos.shape.rank != 2 or pos.shape[1] not in (2, 3):
         raise ValueError(f"positions must have shape (N, 2) or (N, 3), got {pos.shape}")
     if pos.shape[1] < ndim:
@@ -71,33 +93,23 @@ def render_tf(positions, numbers, cell, shape=(256, 256), gamma=DEFAULT_GAMMA, c
         if not np.all(np.isfinite(p)):
             bad = np.argwhere(~np.isfinite(p))[0]
             raise ValueError(f"positions must be finite, got {p[bad[0]].tolist()!r} for atom {int(bad[0])}")
-    weights, _ = channel_weights(Z, channels)
-    Wt = tf.constant(weights, dtype=dtype)  # (N, C)
-    C = weights.shape[1]
-    R = (cutoff if cutoff is not None else _SMOOTH_RANGE) * gamma
+    return pos, Z
 
-    def profile(coord, L, n):
-        grid = tf.constant(np.arange(n) * (L / n), dtype=dtype)
-        d = grid[None, :] - coord[:, None]
-        d = d - L * tf.stop_gradient(tf.round(d / L))  # minimum image, in [-L/2, L/2]
-        K = int(math.floor(R / L + 0.5))  # further images that can lie within R
-        total = None
-        for m in range(-K, K + 1):
-            dm = d + m * L if m else d
-            g = tf.exp(-0.5 * tf.square(dm / gamma))
-            if cutoff is not None:
-                g = tf.where(tf.abs(dm) <= R, g, tf.zeros_like(g))
-            total = g if total is None else total + g
-        return total
 
-    G = [profile(pos[:, a], float(lengths[a]), shape[a]) for a in range(ndim)]
-    nx = shape[0]
-    A = tf.reshape(G[0][:, :, None] * Wt[:, None, :], (-1, nx * C))  # (N, nx*C)
-    if ndim == 2:
-        B = G[1]
-    else:
-        B = tf.reshape(G[1][:, :, None] * G[2][:, None, :], (-1, shape[1] * shape[2]))
-    img = tf.matmul(A, B, transpose_a=True)  # (nx*C, rest)
-    img = tf.reshape(img, (nx, C) + shape[1:])
-    perm = (0,) + tuple(range(2, ndim + 1)) + (1,)
-    return tf.transpose(img, perm)
+def _profile(coord, L, n, gamma, R, cutoff):
+    """(N, n) periodic Gaussian profiles along one axis of length ``L`` (A): minimum image plus the
+    further images within ``R``; truncated at ``R`` when ``cutoff`` is set."""
+    import tensorflow as tf
+
+    grid = tf.constant(np.arange(n) * (L / n), dtype=coord.dtype)
+    d = grid[None, :] - coord[:, None]
+    d = d - L * tf.stop_gradient(tf.round(d / L))  # minimum image, in [-L/2, L/2]
+    K = int(math.floor(R / L + 0.5))  # further images that can lie within R
+    total = None
+    for m in range(-K, K + 1):
+        dm = d + m * L if m else d
+        g = tf.exp(-0.5 * tf.square(dm / gamma))
+        if cutoff is not None:
+            g = tf.where(tf.abs(dm) <= R, g, tf.zeros_like(g))
+        total = g if total is None else total + g
+    return total

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from . import render as _render
-from .structures import _FRACTIONAL
+from .structures import FRACTIONAL
 
 __all__ = ["PorousSheet"]
 
@@ -81,7 +81,7 @@ class PorousSheet:
         a, b = self.a, self.b
         i0, i1 = math.floor(x0 / a) - 1, math.floor(x1 / a) + 1
         ix = np.arange(i0, i1 + 1)
-        fx, fy = _FRACTIONAL[:, 0], _FRACTIONAL[:, 1]
+        fx, fy = FRACTIONAL[:, 0], FRACTIONAL[:, 1]
         X = (ix[:, None, None] + fx[None, None, :]) * a + np.zeros((1, self.ny, 1))
         Y = (np.arange(self.ny)[None, :, None] + fy[None, None, :]) * b + np.zeros((len(ix), 1, 1))
         keep = (X >= x0) & (X < x1)

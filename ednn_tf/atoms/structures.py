@@ -28,6 +28,8 @@ import numbers
 import numpy as np
 from ase import Atoms
 
+from ..util import check_float, check_int
+
 __all__ = [
     "HEXAGONAL_KINDS",
     "honeycomb_sheet",
@@ -42,32 +44,9 @@ __all__ = [
 #: Kinds accepted by :func:`hexagonal_cell`.
 HEXAGONAL_KINDS = ("graphene", "hbn", "bnc-domains", "bnc-random")
 
-_FRACTIONAL = np.array([(0.0, 0.0), (0.5, 1.0 / 6.0), (0.5, 0.5), (0.0, 2.0 / 3.0)])
+FRACTIONAL = _FRACTIONAL = np.array([(0.0, 0.0), (0.5, 1.0 / 6.0), (0.5, 0.5), (0.0, 2.0 / 3.0)])
 _SUBLATTICE = np.array([0, 1, 0, 1])  # 0 = A (boron in h-BN), 1 = B (nitrogen in h-BN)
 _MAX_REDRAWS = 100
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-# --------------------------------------------------------------------------------------------
-def _check_int(name, value, minimum=None, maximum=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
-
-
-def _check_float(name, value, minimum=None, strict=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    value = float(value)
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
-    return value
 
 
 def _rng(seed, *extra):
@@ -77,9 +56,7 @@ def _rng(seed, *extra):
     return np.random.default_rng(np.random.SeedSequence([int(seed), *extra]))
 
 
-# --------------------------------------------------------------------------------------------
-# lattice
-# --------------------------------------------------------------------------------------------
+# --- lattice ---
 def honeycomb_sheet(nx: int, ny: int, lattice_constant: float = 2.46, symbols=("C", "C"),
                     vacuum: float = 20.0) -> Atoms:
     """Ideal honeycomb sheet of ``nx x ny`` rectangular 4-atom cells (``4 nx ny`` atoms).
@@ -98,10 +75,10 @@ def honeycomb_sheet(nx: int, ny: int, lattice_constant: float = 2.46, symbols=("
     Returns an orthorhombic, ``pbc = (True, True, False)`` :class:`ase.Atoms`. Atom order: cell by
     cell (x fastest), four sites per cell; ``atoms.arrays["sublattice"]`` holds 0 (A) or 1 (B).
     """
-    nx = _check_int("nx", nx, 1)
-    ny = _check_int("ny", ny, 1)
-    a = _check_float("lattice_constant", lattice_constant, 0.0, strict=True)
-    vacuum = _check_float("vacuum", vacuum, 0.0, strict=True)
+    nx = check_int("nx", nx, 1)
+    ny = check_int("ny", ny, 1)
+    a = check_float("lattice_constant", lattice_constant, 0.0, strict=True)
+    vacuum = check_float("vacuum", vacuum, 0.0, strict=True)
     if len(symbols) != 2:
         raise ValueError(f"symbols must be two element symbols (sublattice A, B), got {symbols!r}")
     b = math.sqrt(3.0) * a
@@ -169,9 +146,9 @@ def rattle(atoms: Atoms, sigma_xy: float, sigma_z: float = 0.0, seed=0, min_dist
     draw keeps the atoms apart."""
     if not isinstance(atoms, Atoms):
         raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
-    sigma_xy = _check_float("sigma_xy", sigma_xy, 0.0)
-    sigma_z = _check_float("sigma_z", sigma_z, 0.0)
-    min_distance = _check_float("min_distance", min_distance, 0.0)
+    sigma_xy = check_float("sigma_xy", sigma_xy, 0.0)
+    sigma_z = check_float("sigma_z", sigma_z, 0.0)
+    min_distance = check_float("min_distance", min_distance, 0.0)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     return _rattle(atoms.copy(), rng, sigma_xy, sigma_z, min_distance)
 
@@ -182,9 +159,34 @@ def _periodic_xy_distance(xy, centre, cell_xy):
     return np.hypot(d[:, 0], d[:, 1])
 
 
-# --------------------------------------------------------------------------------------------
-# Sec. 3.2.1: hexagonal sheets
-# --------------------------------------------------------------------------------------------
+# --- Sec. 3.2.1: hexagonal sheets ---
+def _hexagonal_symbols(atoms, kind, rng, bn_fraction, info):
+    """Element symbols of ``kind`` on the honeycomb sites of ``atoms`` (draws from ``rng``; records
+    the draws in ``info``)."""
+    bn_symbols = np.where(atoms.arrays["sublattice"] == 0, "B", "N")
+    if kind == "hbn":
+        return bn_symbols
+    if kind == "graphene":
+        return np.full(len(atoms), "C")
+    if kind == "bnc-random":
+        if bn_fraction is None:
+            bn_fraction = float(rng.uniform(0.05, 0.5))
+        bn_fraction = check_float("bn_fraction", bn_fraction, 0.0, 1.0)
+        info["bn_fraction"] = bn_fraction
+        return np.where(rng.random(len(atoms)) < bn_fraction, bn_symbols, "C")
+    cell_xy = atoms.cell.lengths()[:2]  # bnc-domains
+    xy = atoms.positions[:, :2]
+    inside = np.zeros(len(atoms), dtype=bool)
+    n_domains = int(rng.integers(1, 4))
+    for _ in range(n_domains):
+        centre = rng.uniform(0.0, 1.0, 2) * cell_xy
+        radius = rng.uniform(0.2, 0.45) * min(cell_xy)
+        inside |= _periodic_xy_distance(xy, centre, cell_xy) < radius
+    bn_host = bool(rng.random() < 0.5)
+    info.update(n_domains=n_domains, host="hbn" if bn_host else "graphene")
+    return np.where(~inside if bn_host else inside, bn_symbols, "C")
+
+
 def hexagonal_cell(kind: str = "graphene", seed: int = 0, *, vacancies: int = 0, rattle: float = 0.07,
                    rattle_z: float = 0.03, lattice_constant: float = 2.50, repeat=(5, 3),
                    vacuum: float = 20.0, bn_fraction: float | None = None,
@@ -222,46 +224,19 @@ def hexagonal_cell(kind: str = "graphene", seed: int = 0, *, vacancies: int = 0,
     """
     if kind not in HEXAGONAL_KINDS:
         raise ValueError(f"kind must be one of {HEXAGONAL_KINDS}, got {kind!r}")
-    vacancies = _check_int("vacancies", vacancies, 0, 3)
-    rattle = _check_float("rattle", rattle, 0.0)
-    rattle_z = _check_float("rattle_z", rattle_z, 0.0)
-    min_distance = _check_float("min_distance", min_distance, 0.0)
+    vacancies = check_int("vacancies", vacancies, 0, 3)
+    rattle = check_float("rattle", rattle, 0.0)
+    rattle_z = check_float("rattle_z", rattle_z, 0.0)
+    min_distance = check_float("min_distance", min_distance, 0.0)
     if len(tuple(repeat)) != 2:
         raise ValueError(f"repeat must be two integers (nx, ny), got {repeat!r}")
-    nx, ny = (_check_int("repeat", r, 1) for r in repeat)
+    nx, ny = (check_int("repeat", r, 1) for r in repeat)
     rng = _rng(seed, 1)  # stream 1: hexagonal cells
 
     atoms = honeycomb_sheet(nx, ny, lattice_constant, ("C", "C"), vacuum)
-    sub = atoms.arrays["sublattice"]
-    bn_symbols = np.where(sub == 0, "B", "N")
     info = {"generator": "hexagonal_cell", "kind": kind, "seed": int(seed), "vacancies": vacancies,
             "rattle": rattle, "rattle_z": rattle_z, "lattice_constant": float(lattice_constant)}
-    if kind == "hbn":
-        symbols = bn_symbols
-    elif kind == "graphene":
-        symbols = np.full(len(atoms), "C")
-    elif kind == "bnc-random":
-        if bn_fraction is None:
-            bn_fraction = float(rng.uniform(0.05, 0.5))
-        bn_fraction = _check_float("bn_fraction", bn_fraction, 0.0)
-        if bn_fraction > 1.0:
-            raise ValueError(f"bn_fraction must be in [0, 1], got {bn_fraction}")
-        substituted = rng.random(len(atoms)) < bn_fraction
-        symbols = np.where(substituted, bn_symbols, "C")
-        info["bn_fraction"] = bn_fraction
-    else:  # bnc-domains
-        cell_xy = atoms.cell.lengths()[:2]
-        xy = atoms.positions[:, :2]
-        inside = np.zeros(len(atoms), dtype=bool)
-        n_domains = int(rng.integers(1, 4))
-        for _ in range(n_domains):
-            centre = rng.uniform(0.0, 1.0, 2) * cell_xy
-            radius = rng.uniform(0.2, 0.45) * min(cell_xy)
-            inside |= _periodic_xy_distance(xy, centre, cell_xy) < radius
-        bn_host = bool(rng.random() < 0.5)
-        bn_sites = ~inside if bn_host else inside
-        symbols = np.where(bn_sites, bn_symbols, "C")
-        info.update(n_domains=n_domains, host="hbn" if bn_host else "graphene")
+    symbols = _hexagonal_symbols(atoms, kind, rng, bn_fraction, info)
     atoms.set_chemical_symbols(list(symbols))
 
     if vacancies:
@@ -283,14 +258,14 @@ def hexagonal_dataset(n: int, seed: int = 0, *, kinds=HEXAGONAL_KINDS, vacancy_p
     else none; in-plane rattle sigma uniform in ``rattle_range`` (Angstrom), ``rattle_z`` =
     ``0.4 * rattle``. Other keyword arguments go to :func:`hexagonal_cell`.
     """
-    n = _check_int("n", n, 0)
+    n = check_int("n", n, 0)
     kinds = tuple(kinds)
     if not kinds or any(k not in HEXAGONAL_KINDS for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {HEXAGONAL_KINDS}, got {kinds!r}")
-    p = _check_float("vacancy_probability", vacancy_probability, 0.0)
+    p = check_float("vacancy_probability", vacancy_probability, 0.0)
     if p > 1.0:
         raise ValueError(f"vacancy_probability must be in [0, 1], got {vacancy_probability}")
-    lo, hi = (_check_float("rattle_range", r, 0.0) for r in rattle_range)
+    lo, hi = (check_float("rattle_range", r, 0.0) for r in rattle_range)
     if hi < lo:
         raise ValueError(f"rattle_range must be (low, high) with low <= high, got {rattle_range!r}")
     _rng(seed)  # validate
@@ -307,9 +282,7 @@ def hexagonal_dataset(n: int, seed: int = 0, *, kinds=HEXAGONAL_KINDS, vacancy_p
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Sec. 3.2.2: porous graphene
-# --------------------------------------------------------------------------------------------
+# --- Sec. 3.2.2: porous graphene ---
 def porous_graphene(size: float = 35.0, n_pores: int | None = None, seed: int = 0, *,
                     radius_range=(2.0, 6.0), lattice_constant: float = 2.46, vacuum: float = 20.0,
                     rattle: float = 0.0, rattle_z: float = 0.0, prune_dangling: bool = True,
@@ -344,17 +317,17 @@ def porous_graphene(size: float = 35.0, n_pores: int | None = None, seed: int = 
 
     Raises ``ValueError`` if the pores remove every atom.
     """
-    a = _check_float("lattice_constant", lattice_constant, 0.0, strict=True)
-    size = _check_float("size", size, 0.0, strict=True)
+    a = check_float("lattice_constant", lattice_constant, 0.0, strict=True)
+    size = check_float("size", size, 0.0, strict=True)
     if size < 3 * a:
         raise ValueError(f"size must be at least 3 lattice constants ({3 * a:.2f} A), got {size}")
-    rlo, rhi = (_check_float("radius_range", r, 0.0) for r in radius_range)
+    rlo, rhi = (check_float("radius_range", r, 0.0) for r in radius_range)
     if rhi < rlo:
         raise ValueError(f"radius_range must be (low, high) with low <= high, got {radius_range!r}")
     rng = _rng(seed, 3)  # stream 3: porous graphene
     if n_pores is None:
         n_pores = int(rng.integers(1, 7))
-    n_pores = _check_int("n_pores", n_pores, 0)
+    n_pores = check_int("n_pores", n_pores, 0)
     nx = max(1, round(size / a))
     ny = max(1, round(size / (math.sqrt(3.0) * a)))
     atoms = honeycomb_sheet(nx, ny, a, ("C", "C"), vacuum)
@@ -380,8 +353,8 @@ def porous_graphene(size: float = 35.0, n_pores: int | None = None, seed: int = 
     if len(atoms) == 0:
         raise ValueError(f"the {n_pores} pores (radii {[p[2] for p in pores]}) removed every atom; "
                          f"use fewer or smaller pores")
-    atoms = _rattle(atoms, rng, _check_float("rattle", rattle, 0.0), _check_float("rattle_z", rattle_z, 0.0),
-                    _check_float("min_distance", min_distance, 0.0))
+    atoms = _rattle(atoms, rng, check_float("rattle", rattle, 0.0), check_float("rattle_z", rattle_z, 0.0),
+                    check_float("min_distance", min_distance, 0.0))
     del atoms.arrays["sublattice"]
     atoms.info.update(generator="porous_graphene", seed=int(seed), size=size, n_pores=n_pores,
                       pores=pores, lattice_constant=a)
@@ -392,5 +365,5 @@ def supercell(atoms: Atoms, k: int) -> Atoms:
     """``k x k`` in-plane supercell, ``atoms.repeat((k, k, 1))`` (k^2 times the atoms and area)."""
     if not isinstance(atoms, Atoms):
         raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
-    k = _check_int("k", k, 1)
+    k = check_int("k", k, 1)
     return atoms.repeat((k, k, 1))

@@ -1,0 +1,243 @@
+"""Label many structures with an oracle: in parallel worker processes (:mod:`.workers`), resumable
+from an ``.npz`` checkpoint (written atomically with :func:`ednn_tf.util.atomic_path`);
+``label_timed`` labels serially and times each structure; ``prepare_dataset`` labels and renders
+the hexagonal-sheet data file (:mod:`ednn_tf.atoms.datasets`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..util import atomic_path, check_float, check_int
+from . import workers
+
+__all__ = ["CHECKPOINT_FORMAT", "label_structures", "structures_fingerprint", "read_checkpoint", "label_timed",
+           "prepare_dataset"]
+
+CHECKPOINT_FORMAT = "ednn_tf.label_checkpoint/1"
+_SAME_JOB_KEYS = ("oracle", "settings", "n_structures", "fingerprint")
+
+
+def structures_fingerprint(atoms_list) -> str:
+    """SHA-256 over numbers, positions, cell and pbc of every structure, in order."""
+    h = hashlib.sha256()
+    h.update(len(atoms_list).to_bytes(8, "little"))
+    for atoms in atoms_list:
+        workers.hash_atoms(h, atoms)
+    return h.hexdigest()
+
+
+def read_checkpoint(path) -> dict:
+    """Read a :func:`label_structures` checkpoint: ``{"meta": {...}, "indices": int array, "energies": eV}``."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            indices = np.array(z["indices"], dtype=np.int64)
+            energies = np.array(z["energies"], dtype=np.float64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable label_structures checkpoint: {exc}") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {CHECKPOINT_FORMAT!r})")
+    if indices.shape != energies.shape:
+        raise ValueError(f"{path}: corrupt checkpoint ({indices.shape[0]} indices, {energies.shape[0]} energies)")
+    return {"meta": meta, "indices": indices, "energies": energies}
+
+
+def _write_checkpoint(path, meta, done: dict):
+    idx = np.fromiter(sorted(done), dtype=np.int64, count=len(done))
+    en = np.array([done[i] for i in idx], dtype=np.float64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta, sort_keys=True)), indices=idx, energies=en)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _finished(checkpoint, meta) -> dict:
+    """``{index: energy}`` already in ``checkpoint`` (ValueError if it belongs to another job)."""
+    if checkpoint is None or not os.path.exists(checkpoint):
+        return {}
+    ck = read_checkpoint(checkpoint)
+    old, n = ck["meta"], meta["n_structures"]
+    for key in _SAME_JOB_KEYS:
+        if old.get(key) != meta[key]:
+            raise ValueError(f"checkpoint {checkpoint} was written for a different job: {key} is "
+                             f"{old.get(key)!r} there but {meta[key]!r} now; use another checkpoint path")
+    if len(ck["indices"]) and (ck["indices"].min() < 0 or ck["indices"].max() >= n):
+        raise ValueError(f"checkpoint {checkpoint} has indices outside 0..{n - 1}")
+    return {int(i): float(e) for i, e in zip(ck["indices"], ck["energies"])}
+
+
+class _Recorder:
+    """Collects energies, updates the progress bar and writes the checkpoint every ``seconds``."""
+
+    def __init__(self, oracle, checkpoint, meta, done, seconds, bar):
+        self.oracle, self.checkpoint, self.meta, self.done, self.seconds, self.bar = \
+            oracle, checkpoint, meta, done, seconds, bar
+        self.last, self.pending = time.monotonic(), 0
+
+    def save(self, force=False):
+        if self.checkpoint is None or self.pending == 0:
+            return
+        if force or time.monotonic() - self.last >= self.seconds:
+            _write_checkpoint(self.checkpoint, self.meta, self.done)
+            self.last, self.pending = time.monotonic(), 0
+
+    def __call__(self, i, energy):
+        if not isinstance(energy, float) or not math.isfinite(energy):
+            raise RuntimeError(f"oracle {self.oracle.name!r} returned a non-finite energy {energy!r} for structure {i}")
+        self.done[i] = energy
+        self.pending += 1
+        self.bar.update(1)
+        self.save()
+
+
+def _get_oracle(name, **settings):
+    from .oracles import get_oracle  # not at import time: oracles.py re-exports this module's names
+
+    return get_oracle(name, **settings)
+
+
+def _energy_task(name, settings, runtime):  # worker factory: packed atoms -> energy (eV)
+    oracle = _get_oracle(name, **settings, **runtime)
+    return lambda packed: oracle.energy(workers.unpack_atoms(packed))
+
+
+def _check_structures(oracle, atoms_list):
+    for i, atoms in enumerate(atoms_list):
+        try:
+            oracle.check(atoms)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"structure {i}: {exc}") from None
+
+
+def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, progress: bool = True,
+                     checkpoint_seconds: float = 5.0, threads_per_worker: int | None = None) -> np.ndarray:
+    """Total energies (eV) of ``atoms_list`` from ``oracle``, in parallel, resumable.
+
+    Parameters
+    ----------
+    atoms_list : sequence of ase.Atoms
+    oracle : Oracle or str
+        An :class:`~ednn_tf.labels.oracles.Oracle` or a registry name (default settings).
+    n_workers : int >= 1
+        Worker processes (:mod:`ednn_tf.labels.workers`). ``1`` computes in this process. Each
+        worker is a fresh interpreter without TensorFlow, started with ``OMP_NUM_THREADS`` =
+        ``threads_per_worker`` (default: cores // n_workers, at least 1).
+    checkpoint : path or None
+        ``.npz`` file of finished indices and energies plus the oracle name/settings/versions and a
+        fingerprint of the structures. Written atomically whenever results are pending and
+        ``checkpoint_seconds`` have passed since the last write (0 = after every structure), and
+        always on completion, error, Ctrl-C or SIGTERM. If it exists, its energies are reused and
+        only the missing structures are computed; a checkpoint written for other structures or
+        another oracle/settings raises ValueError.
+    progress : bool
+        tqdm progress bar on stderr.
+
+    Returns a float64 array of shape (len(atoms_list),), eV, in input order.
+    Raises RuntimeError (after saving the checkpoint) if the oracle fails on a structure.
+    """
+    oracle = _get_oracle(oracle)
+    n_workers = check_int("n_workers", n_workers, minimum=1)
+    checkpoint_seconds = check_float("checkpoint_seconds", checkpoint_seconds, minimum=0)
+    atoms_list = list(atoms_list)
+    _check_structures(oracle, atoms_list)
+    n = len(atoms_list)
+    meta = {"format": CHECKPOINT_FORMAT, "oracle": oracle.name, "settings": oracle.settings,
+            "versions": oracle.versions, "n_structures": n, "fingerprint": structures_fingerprint(atoms_list)}
+    checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+    done = _finished(checkpoint, meta)
+    todo = [i for i in range(n) if i not in done]
+
+    def local(i):
+        try:
+            return oracle.energy(atoms_list[i])
+        except Exception as exc:
+            raise RuntimeError(f"oracle {oracle.name!r} failed on structure {i}: {exc}") from exc
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=n - len(todo), disable=not progress, unit="structure",
+               desc=f"labelling ({oracle.name})", file=sys.stderr)
+    record = _Recorder(oracle, checkpoint, meta, done, checkpoint_seconds, bar)
+    if threads_per_worker is None:
+        threads_per_worker = max(1, workers.cpu_count() // min(n_workers, max(len(todo), 1)))
+    with workers.sigterm_as_exit():
+        try:
+            workers.run_tasks(todo, record, local=local, payload=lambda i: (workers.pack_atoms(atoms_list[i]),),
+                              factory=_energy_task, args=(oracle.name, oracle.settings, oracle.runtime),
+                              n_workers=n_workers, threads=threads_per_worker, what=f"oracle {oracle.name!r}",
+                              item="structure")
+        finally:
+            record.save(force=True)
+            bar.close()
+    return np.array([done[i] for i in range(n)], dtype=np.float64)
+
+
+def label_timed(structs, oracle, path, progress=True, desc="labelling"):
+    """Serial, in-process oracle energies (eV) and wall seconds per structure, resumable from the
+    JSON file ``path`` (ValueError if it was written for other structures or another oracle)."""
+    from tqdm.auto import tqdm
+
+    from ..util import write_json_atomic
+
+    meta = {"oracle": oracle.name, "settings": oracle.settings, "fingerprint": structures_fingerprint(structs),
+            "threads": os.environ.get("OMP_NUM_THREADS")}
+    state = {"meta": meta, "energy": {}, "seconds": {}}
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)
+        if {k: old["meta"].get(k) for k in ("oracle", "settings", "fingerprint")} != \
+                {k: meta[k] for k in ("oracle", "settings", "fingerprint")}:
+            raise ValueError(f"{path} was written for other structures or another oracle; delete it or use --data-dir")
+        state = old
+    todo = [i for i in range(len(structs)) if str(i) not in state["energy"]]
+    for i in tqdm(todo, desc=desc, unit="structure", disable=not progress or not todo):
+        t0 = time.perf_counter()
+        e = oracle.energy(structs[i])
+        state["seconds"][str(i)] = time.perf_counter() - t0
+        state["energy"][str(i)] = e
+        write_json_atomic(state, path)
+    n = len(structs)
+    return (np.array([state["energy"][str(i)] for i in range(n)]),
+            np.array([state["seconds"][str(i)] for i in range(n)]))
+
+
+def prepare_dataset(cfg, oracle, data_dir, channels, gamma, workers=2, threads=1, progress=True):
+    """The data file of ``cfg`` (``n_structures``, ``seed``, ``rattle``, ``grid``, ``channels``):
+    existing, re-rendered from a sibling render of the same labelled cells, or generated
+    (``hexagonal_dataset``), labelled with ``oracle`` (:func:`label_structures`, resumable
+    ``<stem>.labels.npz``) and rendered with ``gamma`` (A). Returns ``(stem, path)``."""
+    from ..atoms import datasets, render, structures
+
+    N, seed, n = cfg["n_structures"], cfg["seed"], cfg["grid"]
+    rattle = tuple(float(r) for r in cfg["rattle"])
+    stem, path = datasets.dataset_paths(data_dir, datasets.oracle_tag(oracle), cfg)
+    siblings = [] if os.path.exists(path) else datasets.sibling_renders(stem)
+    if siblings:   # the same labelled cells at another grid or channel choice: re-render, never relabel
+        print(f"re-rendering the labelled cells of {siblings[0]} -> {path}")
+        datasets.rerender_dataset(siblings[0], path, (n, n), gamma, channels, progress)
+    if os.path.exists(path):
+        return stem, path
+    print(f"generating {N} hexagonal sheets (seed {seed}) -> {path}")
+    t0 = time.time()
+    structs = structures.hexagonal_dataset(N, seed, rattle_range=rattle)
+    t1 = time.time()
+    energies = label_structures(structs, oracle, n_workers=workers, checkpoint=f"{stem}.labels.npz",
+                                progress=progress, threads_per_worker=threads)
+    t2 = time.time()
+    cell = structs[0].cell.lengths()[:2]
+    attrs = {**oracle.attrs(), "unit": "eV", "generator": "ednn_tf.atoms.structures.hexagonal_dataset",
+             "n_structures": N, "seed": seed, "rattle_range_A": list(rattle), "grid": [n, n], "gamma_A": gamma,
+             "cutoff_gamma": render.DEFAULT_CUTOFF, "pixel_size_A": [cell[0] / n, cell[1] / n],
+             "cell_A": cell.tolist(), "channels": "Z-weighted" if channels is None else channels,
+             "image": "eqn (2): sum_i Z_i exp(-r^2 / 2 gamma^2) (or one channel per element, weight 1), row = x",
+             "labelling_seconds": t2 - t1}
+    datasets.build_dataset(path, structs, energies, (n, n), gamma, attrs, progress, channels=channels)
+    print(f"  labelled in {t2 - t1:.0f} s, total {time.time() - t0:.0f} s")
+    return stem, path
