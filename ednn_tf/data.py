@@ -7,9 +7,8 @@ Schema (one file per dataset)::
     <any>  (N, ...)                          optional per-sample extras (temperatures, cells, ...)
     attrs                                    provenance: generator, seed, units, oracle, ...
 
-Writes are atomic (:func:`ednn_tf.util.atomic_path`): a temporary file is renamed over ``path`` only once
-complete, so an interrupted run never leaves a truncated dataset behind.
-Reading never loads the whole file: ``h5_dataset`` streams contiguous batches.
+Writes are atomic (:func:`ednn_tf.util.atomic_path`: an interrupted run never leaves a truncated
+dataset); ``h5_dataset`` streams batches and never loads the whole file.
 """
 from __future__ import annotations
 
@@ -27,22 +26,10 @@ __all__ = ["write_dataset", "read_attrs", "read_arrays", "dataset_length", "h5_d
 
 
 def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> str:
-    """Write ``X``, ``Y`` (and per-sample ``extra_arrays``) to an HDF5 file atomically.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Destination ``.h5`` file. Parent directories are created.
-    X : array (N, ...)
-        Inputs, stored with their dtype (use int8 for spins to save space).
-    Y : array (N,) or (N, 1)
-        Targets, stored as float64 with shape (N, 1).
-    attrs : mapping, optional
-        Provenance stored as HDF5 attributes (non-scalar values as JSON text).
-    **extra_arrays : arrays of leading length N (or any array, stored as given).
-
-    Returns the path written.
-    """
+    """Write ``X`` ``(N, ...)`` (stored with its dtype: int8 for spins), ``Y`` ``(N,)`` or ``(N, 1)``
+    (stored float64 ``(N, 1)``) and ``extra_arrays`` (stored as given; object/str arrays as JSON
+    text) to the ``.h5`` file ``path`` atomically, with ``attrs`` as HDF5 attributes (non-scalar
+    values as JSON text). Parent folders are created; returns the path."""
     path = os.fspath(path)
     X = np.asarray(X)
     Y = np.asarray(Y, dtype=np.float64)
@@ -81,17 +68,19 @@ def _open(path):
         raise ValueError(f"cannot read HDF5 dataset {path!r} (corrupt or not HDF5): {exc}") from exc
 
 
-def _check(f, path, x_rank=None):
+def _need(f, path, key):
+    if key not in f:
+        raise KeyError(f"dataset {path!r} has no {key!r} array (found: {sorted(f.keys())})")
+
+
+def _check(f, path):
     for key in ("X", "Y"):
-        if key not in f:
-            raise KeyError(f"dataset {path!r} has no {key!r} array (found: {sorted(f.keys())})")
+        _need(f, path, key)
     nx, ny = f["X"].shape[0], f["Y"].shape[0]
     if nx != ny:
         raise ValueError(f"dataset {path!r}: X has {nx} samples but Y has {ny}")
-    if f["X"].ndim not in (4, 5) and x_rank is None:
+    if f["X"].ndim not in (4, 5):
         raise ValueError(f"dataset {path!r}: X must be (N, H, W, C) or (N, D, H, W, C), got shape {f['X'].shape}")
-    if x_rank is not None and f["X"].ndim != x_rank:
-        raise ValueError(f"dataset {path!r}: X must have rank {x_rank}, got shape {f['X'].shape}")
     return nx
 
 
@@ -125,19 +114,15 @@ def read_arrays(path, names: Iterable[str] = ("X", "Y"), indices=None) -> dict:
         _check(f, path)
         out = {}
         for n in names:
-            if n not in f:
-                raise KeyError(f"dataset {path!r} has no {n!r} array (found: {sorted(f.keys())})")
+            _need(f, path, n)
             out[n] = f[n][()] if indices is None else f[n][np.sort(np.asarray(indices))]
         return out
 
 
 def split_indices(n: int, fractions=(0.8, 0.2), seed: int = 0, groups=None):
-    """Random split of ``range(n)`` into parts with the given fractions.
-
-    With ``groups`` (an (n,) array of group ids, e.g. the MD trajectory a snapshot came from) whole
-    groups go to one side, so correlated samples never leak across the split.
-    Returns a list of sorted index arrays.
-    """
+    """Random split of ``range(n)`` into a list of sorted index arrays with the given fractions. With
+    ``groups`` (an (n,) array of group ids, e.g. the MD trajectory of each snapshot) whole groups go to
+    one side, so correlated samples never leak across the split."""
     if n < 1:
         raise ValueError(f"cannot split n={n} samples")
     fr = np.asarray(fractions, dtype=float)
@@ -158,15 +143,12 @@ def split_indices(n: int, fractions=(0.8, 0.2), seed: int = 0, groups=None):
 
 def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False, seed: int = 0,
                x_dtype="float32", repeat: bool = False, drop_remainder: bool = False):
-    """Stream ``(X, Y)`` batches from an HDF5 file as a ``tf.data.Dataset``.
+    """Stream ``(X, Y)`` batches from an HDF5 file as a ``tf.data.Dataset``, one batch in memory at a time.
 
-    Only one batch is in memory at a time. Without ``shuffle`` batches are contiguous runs of the
-    (sorted) ``indices`` (default all rows), read as one slab each. With ``shuffle`` the indices are
-    permuted afresh every epoch (seeded by ``seed`` and the epoch number) and each batch reads its
-    rows in sorted order, so samples are fully mixed across batches.
-
-    Raises FileNotFoundError for a missing file, KeyError for a missing ``X``/``Y``, ValueError
-    for mismatched lengths, wrong rank, a corrupt file or a bad batch size.
+    Without ``shuffle`` batches are contiguous runs of the sorted ``indices`` (default all rows), one
+    slab read each; with ``shuffle`` the indices are permuted afresh every epoch (seed ``(seed,
+    epoch)``) and each batch reads its rows in sorted order. Raises FileNotFoundError (missing file),
+    KeyError (no ``X``/``Y``), ValueError (mismatched lengths, wrong rank, corrupt file, bad batch size).
     """
     import tensorflow as tf
 
@@ -203,10 +185,8 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
                 yield xb.astype(x_dtype, copy=False), yb.astype("float32", copy=False)
 
     bdim = batch_size if drop_remainder else None
-    ds = tf.data.Dataset.from_generator(
-        gen,
-        output_signature=(tf.TensorSpec((bdim,) + tuple(x_shape), tf.as_dtype(x_dtype)),
-                          tf.TensorSpec((bdim, 1), tf.float32)))
+    signature = (tf.TensorSpec((bdim,) + tuple(x_shape), tf.as_dtype(x_dtype)), tf.TensorSpec((bdim, 1), tf.float32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=signature)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
     if repeat:
         ds = ds.repeat()
@@ -214,9 +194,8 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
 
 
 def periodic_augment_numpy(x, rng):
-    """``periodic_augment`` in numpy for any backend: each sample of ``x`` ``(B, H, W, C)`` gets its
-    own random whole-pixel periodic shift and mirror along both image axes (``rng`` a numpy
-    ``Generator``). Returns a new array."""
+    """``periodic_augment`` in numpy (any backend): a new ``(B, H, W, C)`` array, each sample with its own
+    random whole-pixel periodic shift and mirror along both image axes drawn from the Generator ``rng``."""
     x = np.asarray(x)
     b = len(x)
     rows = np.arange(b)[:, None]
@@ -251,13 +230,12 @@ class ArrayBatches:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         y = y.reshape(len(x), -1)
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
 
         class _Batches(keras.utils.PyDataset):
             def __init__(self):
                 super().__init__(workers=int(workers))
-                self.batch_size, self.epoch = int(batch_size), 0
+                self.batch_size, self.epoch = batch_size, 0
                 self._draw()
 
             def _draw(self):
@@ -288,12 +266,9 @@ class ArrayBatches:
 
 
 def periodic_augment(x, y, seed=0):
-    """Random whole-pixel periodic translation and random mirror along each image axis, per sample.
-
-    Both are exact symmetries of a labelled periodic cell (the image of the translated / mirrored
-    structure; the energy is unchanged), so ``y`` is passed through. ``x`` is a ``(B, H, W, C)``
-    tensor; every sample gets its own shifts and mirrors (one gather per axis).
-    """
+    """Random whole-pixel periodic translation and mirror along each image axis of a ``(B, H, W, C)``
+    tensor, per sample (one gather per axis). Both are exact symmetries of a labelled periodic cell
+    (the image of the moved structure, same energy), so ``y`` is passed through."""
     import tensorflow as tf
 
     out = x
@@ -309,13 +284,10 @@ def periodic_augment(x, y, seed=0):
 
 def augment_symmetries(ds, seed):
     """Map a ``(X, Y)`` batch dataset through exact symmetries of a periodic cell's energy: one random
-    periodic shift for the whole batch (any number of pixels: the image of the shifted structure,
-    and a different cut into tiles) and per-sample mirror flips along x and y (reversing a grid axis
-    is the image of the mirrored structure, ``x -> (n - 1) L / n - x``); ``Y`` is unchanged.
-
-    Unlike ``periodic_augment`` (stateless per-op seeds, one shift per sample) the random numbers come
-    from one ``tf.random.Generator`` seeded with ``seed + 17``, so the stream differs (and a resumed
-    run draws new ones); kept as is because the porous-graphene figures were trained with it.
+    periodic shift for the whole batch (a different cut into tiles) and per-sample mirror flips along
+    x and y (reversing a grid axis images ``x -> (n - 1) L / n - x``); ``Y`` is unchanged. Unlike
+    ``periodic_augment`` the numbers come from one ``tf.random.Generator`` seeded ``seed + 17`` (a
+    resumed run draws new ones); the porous-graphene figures were trained with this stream.
     """
     import tensorflow as tf
 

@@ -19,18 +19,11 @@ Typical use (launch with ``horovodrun -np N --gloo python train.py``)::
                          *dist.root_only([keras.callbacks.ModelCheckpoint(...)])],
               verbose=dist.root_verbose(1))
 
-Every function degrades to a single process (rank 0 of size 1, no collective ops at all) when Horovod
-is not installed or the script was not started by a Horovod launcher, so the same script runs
-unchanged with plain ``python``.
-
-The training half (:func:`make_distributed`, :class:`DataParallelMixin`, :class:`BroadcastInitialState`,
-:func:`allreduce_gradients`, ...) lives in :mod:`ednn_tf.distributed_train`; its names are also
-reachable here, loaded on first use (PEP 562), so ``dist.make_distributed`` works as shown above.
-
-Design (docs/distributed.md): :func:`make_distributed` replaces ``train_step`` (and wraps
-``get_metrics_result`` / ``make_*_function``) on the *instance*, so functional, Sequential and
-subclassed models keep their class; :class:`DataParallelMixin` builds the same in; a model with its
-own ``train_step`` calls :func:`allreduce_gradients` in it (``replace_train_step=False``).
+Without Horovod, or without a Horovod launcher, every function degrades to a single process (rank 0
+of size 1, no collectives), so the same script runs with plain ``python``. The training half
+(``make_distributed``, ``DataParallelMixin``, ``BroadcastInitialState``, ``allreduce_gradients``, ...)
+lives in :mod:`ednn_tf.distributed_train` and is reachable here, loaded on first use. Design, rules
+and failure handling: docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -50,21 +43,11 @@ __all__ = ["init", "is_initialized", "is_distributed", "rank", "size", "local_ra
 
 log = logging.getLogger(__name__)
 
-#: Environment defaults applied (``os.environ.setdefault``: only where not already set) right before
-#: ``hvd.init()``. They turn a dead / frozen / diverging rank into an error on the surviving ranks
-#: instead of an indefinite hang:
-#:
-#: * ``HOROVOD_GLOO_TIMEOUT_SECONDS``: timeout of the Gloo rendezvous and of every Gloo collective; a
-#:   frozen rank (or one whose host vanished) makes the others fail after this many seconds. Horovod's
-#:   default is 30 s; 120 s tolerates slow start-up (TensorFlow import) on loaded nodes.
-#: * ``HOROVOD_STALL_CHECK_TIME_SECONDS`` / ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS``: if some ranks wait
-#:   for a collective that another (alive) rank never submits (unequal numbers of batches per rank, a
-#:   collective issued on rank 0 only), Horovod warns after the check time and shuts down (every
-#:   pending op raises) after the shutdown time; its default is to warn forever. Under Gloo this needs
-#:   the one-word fix of scripts/install_horovod.sh (stock 0.28.1 never detects a Gloo stall).
-#:
-#: A rank that *dies* (crash, OOM kill, SIGKILL) is handled by ``horovodrun``: it terminates all
-#: remaining workers and exits non-zero.
+#: Environment defaults set (where not already set) right before ``hvd.init()``: a frozen rank makes the
+#: others fail after the Gloo timeout (Horovod: 30 s; 120 s tolerates slow start-up), and a collective
+#: some alive rank never submits shuts Horovod down after the stall time (Horovod: warn forever; under
+#: Gloo this needs the fix of scripts/install_horovod.sh). A rank that dies is handled by ``horovodrun``.
+#: docs/distributed.md ("Failures") has the measurements.
 FAILURE_ENV_DEFAULTS: dict[str, str] = {
     "HOROVOD_GLOO_TIMEOUT_SECONDS": "120",
     "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
@@ -79,19 +62,12 @@ _hvd: Any = None
 
 
 def init(*, configure_gpus: bool = True) -> bool:
-    """Initialise Horovod if this process was launched by a Horovod launcher.
-
-    Idempotent; call it first thing in the training script (before TensorFlow touches a GPU).
-    Returns ``True`` if Horovod is active (possibly with ``size() == 1``), ``False`` for the
-    single-process fallback.
-
-    * Horovod is imported lazily. If it is not installed, or the process was not started by
-      ``horovodrun`` (no ``HOROVOD_RANK`` etc. in the environment), nothing is initialised and
-      ``rank() == 0``, ``size() == 1``. ``EDNN_HOROVOD=1`` forces ``hvd.init()`` (raises if Horovod
-      is missing), ``EDNN_HOROVOD=0`` forces the fallback.
-    * :data:`FAILURE_ENV_DEFAULTS` are applied before ``hvd.init()``.
-    * On CPU nothing is pinned. If GPUs are visible and ``configure_gpus``, memory growth is
-      enabled and each process sees only GPU ``local_rank() % n_gpus``.
+    """Initialise Horovod if a Horovod launcher started this process (``HOROVOD_RANK`` etc. set); idempotent,
+    call it first (before TensorFlow touches a GPU). Returns ``True`` if Horovod is active, ``False`` for
+    the single-process fallback (Horovod missing or not launched). ``EDNN_HOROVOD=1`` forces
+    ``hvd.init()`` (raises if Horovod is missing), ``EDNN_HOROVOD=0`` the fallback. Applies
+    :data:`FAILURE_ENV_DEFAULTS`; with visible GPUs and ``configure_gpus`` enables memory growth and
+    shows each process only GPU ``local_rank() % n_gpus`` (on CPU nothing is pinned).
     """
     global _hvd
     if _hvd is not None:
@@ -204,14 +180,10 @@ def barrier() -> None:
 
 
 def shard(dataset, *, even: bool = True):
-    """Give each rank a disjoint 1/size() slice of a ``tf.data.Dataset``.
-
-    Apply it to the *unbatched*, deterministically ordered dataset (before ``shuffle``/``batch``),
-    then batch with :func:`local_batch_size`. With ``even=True`` and a known cardinality, the dataset
-    is first truncated to a multiple of ``size()`` so that every rank gets the same number of
-    elements (unequal numbers of batches would leave ranks waiting in an allreduce). Identity when
-    ``size() == 1``.
-    """
+    """Give each rank a disjoint 1/size() slice of the *unbatched*, deterministically ordered
+    ``tf.data.Dataset`` (then shuffle, and batch with :func:`local_batch_size`). With ``even`` and a known
+    cardinality it is first cut to a multiple of ``size()`` (unequal batch counts would leave ranks
+    waiting in an allreduce). Identity when ``size() == 1``."""
     n = size()
     if n == 1:
         return dataset
@@ -231,23 +203,15 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 def scale_learning_rate(lr: float) -> float:
-    """Linear learning-rate scaling: ``lr * size()``.
-
-    Use it when the *per-rank* batch size is kept fixed, so that the global batch grows with
-    ``size()``; when a fixed global batch is split over the ranks (:func:`local_batch_size`), keep
-    the learning rate unchanged.
-    """
+    """``lr * size()``: for a fixed *per-rank* batch (the global batch grows with ``size()``); keep ``lr``
+    when a fixed global batch is split over the ranks (:func:`local_batch_size`)."""
     return lr * size()
 
 
 def root_only(callbacks: Any) -> list:
-    """``callbacks`` (a callback, a list of them, or None) as a list on rank 0, ``[]`` on the others.
-
-    For anything with side effects that must happen once: ModelCheckpoint, CSVLogger, TensorBoard,
-    plots, progress output. Do *not* wrap callbacks that run collectives or change training
-    (BroadcastInitialState, EarlyStopping, ReduceLROnPlateau run on every rank; their decisions stay
-    consistent because the logged metrics are averaged over ranks).
-    """
+    """``callbacks`` (a callback, a list of them, or None) as a list on rank 0, ``[]`` on the others: for
+    side effects that must happen once (ModelCheckpoint, CSVLogger, plots). Not for callbacks that run
+    collectives or change training (BroadcastInitialState, EarlyStopping, ReduceLROnPlateau)."""
     cbs = [callbacks] if isinstance(callbacks, keras.callbacks.Callback) else list(callbacks or [])
     return cbs if is_root() else []
 
@@ -267,12 +231,9 @@ def _broadcast(variables: Iterable, root_rank: int, hvd, prefix: str) -> int:
 
 
 def broadcast_variables(model: keras.Model, root_rank: int = 0, *, include_optimizer: bool = True) -> int:
-    """Copy all model weights (trainable and not) and optimizer variables from ``root_rank`` to every
-    rank; returns the number of variables broadcast (0 without Horovod or with one process).
-
-    The model must be built. An unbuilt optimizer is built first (``optimizer.build(
-    model.trainable_variables)``) so that its slots exist on all ranks. Collective: every rank calls it.
-    """
+    """Copy all model weights and optimizer variables (an unbuilt optimizer is built first) from
+    ``root_rank`` to every rank; returns how many (0 without Horovod or with one process). The model
+    must be built. Collective: every rank calls it."""
     if not model.built:
         raise ValueError("broadcast_variables: build the model first (call it on data or use "
                          "BroadcastInitialState in fit)")

@@ -35,12 +35,8 @@ def _grouped_average(values: list, keep, hvd) -> list:
 
 
 def allreduce_gradients(grads: Sequence) -> list:
-    """Average gradients over all ranks (``None`` entries are kept as ``None``).
-
-    Call it between ``tape.gradient`` and ``optimizer.apply`` in a custom ``train_step``. Returns
-    ``list(grads)`` unchanged when ``size() == 1``. ``tf.IndexedSlices`` are handled by Horovod
-    (allgather).
-    """
+    """Gradients averaged over all ranks (``None`` kept; unchanged when ``size() == 1``; ``IndexedSlices``
+    handled by Horovod): call it between ``tape.gradient`` and ``optimizer.apply`` in a custom step."""
     hvd = _backend()
     if not hvd or hvd.size() == 1:
         return list(grads)
@@ -48,13 +44,9 @@ def allreduce_gradients(grads: Sequence) -> list:
 
 
 def average_logs(logs):
-    """Average every floating-point entry of a (nested) logs structure over ranks.
-
-    Non-float entries are returned unchanged. Identity when ``size() == 1``. Every rank must call it
-    the same number of times (it is a collective). Inside a traced ``train_step`` it issues one extra
-    collective per step and must not be used with ``steps_per_execution > 1`` (overlapping loop
-    iterations would submit two ops with the same Horovod name).
-    """
+    """Every floating-point entry of a (nested) logs structure averaged over ranks (others unchanged;
+    identity when ``size() == 1``). A collective; in a traced ``train_step`` one extra per step, and
+    not with ``steps_per_execution > 1`` (two in-flight ops would share a Horovod name)."""
     hvd = _backend()
     if not hvd or hvd.size() == 1 or not logs:
         return logs
@@ -65,13 +57,9 @@ def average_logs(logs):
 
 
 def distributed_train_step(model: keras.Model, data) -> dict:
-    """Data-parallel equivalent of Keras 3's TensorFlow ``Model.train_step``.
-
-    Forward pass and ``compute_loss`` under a ``tf.GradientTape``, gradients averaged over ranks
-    with ``hvd.grouped_allreduce(op=hvd.Average)``, then ``optimizer.apply_gradients``; returns
-    ``model.compute_metrics(...)`` (rank-local running metrics; epoch-level metrics are averaged by
-    the ``get_metrics_result`` wrapper, see :func:`make_distributed`). With one process it performs
-    exactly the operations of the stock ``train_step`` (bit-identical results).
+    """Keras 3's TensorFlow ``Model.train_step`` with the gradients averaged over ranks
+    (:func:`allreduce_gradients`); returns the rank-local ``model.compute_metrics(...)`` (epoch metrics
+    are averaged by the ``get_metrics_result`` wrapper). With one process: bit-identical to the stock step.
     """
     import tensorflow as tf
 
@@ -114,35 +102,15 @@ def _disable_jit_if_distributed(model: keras.Model) -> None:
 
 def make_distributed(model: keras.Model, *, average_metrics: bool = True,
                      replace_train_step: bool | None = None) -> keras.Model:
-    """Make ``model.fit`` train data-parallel over all Horovod ranks.
+    """Make ``model.fit`` data-parallel over all Horovod ranks; returns ``model`` (docs/distributed.md).
 
-    Works for functional, Sequential and subclassed ``keras.Model`` s without changing the model's
-    class (so saving/loading is unaffected); on the instance it
-
-    * replaces ``train_step`` by :func:`distributed_train_step` (gradients averaged over ranks
-      before ``optimizer.apply_gradients``);
-    * wraps ``get_metrics_result`` so that the metrics Keras reports at the end of every epoch, for
-      validation and from ``evaluate`` are averaged over ranks (``average_metrics=True``). Keras
-      builds those logs from the metric objects (``get_metrics_result()``, called eagerly), not from
-      ``train_step``'s return value, so every rank logs the same epoch numbers and EarlyStopping /
-      ReduceLROnPlateau / ModelCheckpoint(monitor) decide alike on all ranks. Per-*batch* logs stay
-      rank-local: averaging inside the traced step would cost a second collective per step and
-      breaks ``steps_per_execution > 1`` (consecutive steps run in a ``tf.while_loop`` whose
-      iterations may overlap, and Horovod rejects two in-flight ops with the same name);
-    * switches XLA off (``jit_compile``) when ``size() > 1``.
-
-    Can be called before or after ``compile`` (a cached train function is discarded). Returns the
-    model. In a single process the training is bit-identical to the unmodified model.
-
-    A model whose class defines its own ``train_step`` raises ``ValueError`` by default
-    (``replace_train_step=None``: that logic would be silently replaced). Either call
-    :func:`allreduce_gradients` on the gradients inside it and pass ``replace_train_step=False``
-    (the step is kept; metric averaging and the XLA switch are still installed), or pass ``True``
-    to use the standard data-parallel step anyway.
-
-    Caveat: with ``average_metrics`` the metric collection is a collective: every rank must call
-    ``evaluate`` (or ``fit`` with validation data) together; evaluating on rank 0 only would wait
-    for the other ranks (the stall guard in :data:`FAILURE_ENV_DEFAULTS` turns that into an error).
+    On the instance (any ``keras.Model``; its class, hence saving, is unchanged) it replaces
+    ``train_step`` by :func:`distributed_train_step`, wraps ``get_metrics_result`` so epoch,
+    validation and ``evaluate`` metrics are averaged over ranks (``average_metrics``; per-batch logs
+    stay rank-local) and switches XLA off when ``size() > 1``. Before or after ``compile``; bit-identical
+    in a single process. A class with its own ``train_step`` raises ValueError unless
+    ``replace_train_step`` is ``False`` (keep it; call :func:`allreduce_gradients` inside it) or ``True``
+    (use the standard step). With ``average_metrics`` every rank must ``evaluate`` together (a collective).
     """
     if keras.backend.backend() != "tensorflow":
         raise NotImplementedError("ednn_tf.distributed requires the TensorFlow backend")
@@ -191,12 +159,9 @@ def _install_instance_methods(model: keras.Model, replace_train_step: bool, aver
 
 
 class DataParallelMixin:
-    """Mixin giving a ``keras.Model`` subclass data-parallel ``fit``.
-
-    Put it first in the bases: ``class EDNN(DataParallelMixin, keras.Model)``. Same behaviour as
-    :func:`make_distributed` for every instance, and free in single-process runs. Set the class
-    attribute ``average_metrics = False`` to keep metrics per rank.
-    """
+    """Data-parallel ``fit`` for a ``keras.Model`` subclass, as :func:`make_distributed` on every instance
+    (first in the bases: ``class M(DataParallelMixin, keras.Model)``); ``average_metrics = False`` keeps
+    metrics per rank."""
 
     average_metrics = True
 
@@ -217,20 +182,10 @@ class DataParallelMixin:
 
 
 class BroadcastInitialState(keras.callbacks.Callback):
-    """Broadcast model and optimizer state from ``root_rank`` when ``fit`` starts.
-
-    Pass it to ``fit`` on *every* rank (not through :func:`root_only`). Needed whenever ranks may
-    start from different weights (random initialisation without a common seed, checkpoint restored
-    on rank 0 only, ...).
-
-    If the model is built at ``on_train_begin`` (functional and Sequential models, or any model
-    called / ``build()``-t before ``fit``), the broadcast happens before the first step, building the
-    optimizer if needed, and N-rank training reproduces 1-rank training. An unbuilt subclassed model
-    only creates its weights while the first train step is traced; the broadcast then happens at the
-    end of the first batch (as Horovod's own Keras callback does): ranks agree from the second step
-    on, but the first step used each rank's own initial weights. Build such models before ``fit``
-    (``model.build((None, L, L, 1))`` or ``model(x[:1])``) to avoid this.
-    """
+    """Broadcast model and optimizer state from ``root_rank`` when ``fit`` starts; pass it on *every*
+    rank. A model built before ``fit`` is broadcast before the first step (N ranks reproduce 1 rank);
+    an unbuilt one after the first batch (its first step used each rank's own weights), so build
+    subclassed models first (``model.build((None, L, L, 1))``)."""
 
     def __init__(self, root_rank: int = 0):
         super().__init__()

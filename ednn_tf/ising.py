@@ -1,25 +1,18 @@
 """The 2D nearest-neighbour Ising model: exact energies and Onsager's solution (pure numpy, no TensorFlow).
 
-The training data of Sec. 3.1 of Mills et al. (Chem. Sci. 2019): spin lattices ``s_i = +-1`` on a
-periodic square lattice and their total energy
+The training data of Sec. 3.1 of Mills et al. (Chem. Sci. 2019): spins ``s_i = +-1`` on a periodic
+square lattice with total energy ``H = -J sum_<ij> s_i s_j``, each nearest-neighbour bond counted
+once (every site's right and lower neighbour, periodic). The sampler (``sample_configurations``,
+``sample_uniform_temperatures``, ``generate_dataset``) lives in :mod:`ednn_tf.ising_sampler` and is
+reachable here too, loaded on first use.
 
-    H = -J sum_<ij> s_i s_j ,
+Units: energies in units of ``J``; temperatures ``k_B T`` in the same unit (``J / k_B`` for ``J = 1``).
+The infinite lattice has ``TC = 2 / ln(1 + sqrt 2) ~ 2.269`` (times ``|J|``).
 
-the sum running over nearest-neighbour bonds, each bond counted once (every site's right and
-lower neighbour, with periodic wrap-around). The sampler (``sample_configurations``,
-``sample_uniform_temperatures``, ``generate_dataset``) lives in :mod:`ednn_tf.ising_sampler`; its
-names are reachable here too, loaded on first use (``ising.generate_dataset``).
-
-Units: energies are in units of ``J`` (pass ``J`` to get them in another unit); temperatures are
-``k_B T`` in the same unit, i.e. in units of ``J / k_B`` for ``J = 1``. The exact critical
-temperature of the infinite lattice is ``TC = 2 / ln(1 + sqrt 2) ~ 2.269`` (times ``|J|``).
-
-Small lattices: every function uses the same periodic neighbour map as ``np.roll``, so for a
-side of length 1 or 2 the "right" and "left" neighbours coincide and such a pair is counted
-twice (and a site whose side is 1 is its own neighbour, contributing ``-J s_i s_i = -J``). This is
-exactly what a local operator summed over periodic 3x3 tiles (``ednn_tf.testing.IsingTileEnergy``)
-computes, so data and models agree for every lattice size. The sampler needs sides >= 2 and
-samples ``exp(-H/T)`` with this same ``H``.
+Small lattices: the neighbour map is ``np.roll``'s, so on a side of length 1 or 2 the "right" and
+"left" neighbours coincide and the pair is counted twice (a site on a side of 1 is its own
+neighbour, contributing ``-J``): exactly what a local operator summed over periodic 3x3 tiles
+(``ednn_tf.testing.IsingTileEnergy``) computes, so data and models agree for every lattice size.
 """
 from __future__ import annotations
 
@@ -27,7 +20,7 @@ import math
 
 import numpy as np
 
-from .util import lazy_exports
+from .util import check_float, lazy_exports
 
 __all__ = ["TC", "ising_energy", "onsager_energy_per_spin", "onsager_magnetisation", "DEFAULT_T_MIN",
            "DEFAULT_T_MAX"]
@@ -43,13 +36,7 @@ DEFAULT_T_MAX = 5.0
 
 
 def _check_J(J, positive=False):
-    try:
-        Jf = float(J)
-    except (TypeError, ValueError):
-        raise ValueError(f"J must be a real number, got J={J!r}") from None
-    if not math.isfinite(Jf) or (positive and Jf <= 0):
-        raise ValueError(f"J must be a finite number{' > 0' if positive else ''}, got J={J!r}")
-    return Jf
+    return check_float("J", J, minimum=0 if positive else None, strict=True)
 
 
 def _as_spins(spins):
@@ -86,22 +73,13 @@ def _as_temperatures(T, name="temperatures"):
 
 
 def ising_energy(spins, J=1.0):
-    """Exact total energy ``H = -J sum_<ij> s_i s_j`` of periodic square-lattice spin configurations.
+    """Exact total energy ``H = -J sum_<ij> s_i s_j`` of periodic spin lattices (an all-up ``L x M``
+    lattice has ``H = -2 J L M``).
 
-    Each bond counted once (right and lower neighbour, periodic; small sides as in the module
-    docstring): an all-up ``L x M`` lattice has ``H = -2 J L M``.
-
-    Args:
-        spins: array of +1/-1 (any integer or float dtype), shape ``(L, M)`` for one lattice or
-            ``(N, L, M)`` / ``(N, L, M, 1)`` for a batch. Non-square lattices are allowed.
-        J: coupling constant (energy unit); ``J > 0`` is ferromagnetic.
-
-    Returns:
-        float64 energy in units of J times ``J``: a numpy scalar for one ``(L, M)`` lattice, else an
-        ``(N,)`` array.
-
-    Raises:
-        ValueError: wrong rank/shape, values other than +1/-1, or a non-finite ``J``.
+    ``spins``: +1/-1 of any integer or float dtype, ``(L, M)`` for one lattice or ``(N, L, M)`` /
+    ``(N, L, M, 1)`` for a batch; ``J``: coupling (energy unit, ``J > 0`` ferromagnetic). Returns the
+    float64 energy (a numpy scalar for one lattice, else ``(N,)``); raises ValueError for a wrong
+    shape, values other than +-1 or a non-finite ``J``.
     """
     J = _check_J(J)
     s, single = _as_spins(spins)

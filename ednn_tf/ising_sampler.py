@@ -1,16 +1,9 @@
-"""Sampling the 2D Ising model of :mod:`ednn_tf.ising`: many replicas at once, each at its own temperature.
+"""Sampling the 2D Ising model of :mod:`ednn_tf.ising`: many replicas at once, each at its own temperature
+(colour-parallel Metropolis plus a vectorised Swendsen-Wang update), and the HDF5 Ising dataset.
 
-``sample_configurations(L, temperatures, ...)``
-    Equilibrium configurations: colour-parallel Metropolis sweeps plus a vectorised Swendsen-Wang
-    cluster update, all replicas in one ``(R, L*L)`` int8 array.
-``sample_uniform_temperatures(L, n_samples, t_min, t_max, ...)``
-    The same with temperatures drawn uniformly from ``[t_min, t_max]``.
-``generate_dataset(path, L, n_samples, ...)``
-    Sample, compute the exact energies and write an HDF5 dataset (``ednn_tf.data`` schema).
-
-Pure numpy (scipy is imported lazily); no TensorFlow. The sampler needs lattice sides >= 2 and
-samples ``exp(-H/T)`` with ``H`` exactly as in ``ising.ising_energy`` (see that module for the
-small-lattice neighbour convention). All three functions are also reachable as ``ising.<name>``.
+Pure numpy (scipy imported lazily), no TensorFlow. Lattice sides must be >= 2; the sampled
+distribution is ``exp(-H/T)`` with ``H`` exactly ``ising.ising_energy``'s. Every name is also
+reachable as ``ising.<name>``.
 """
 from __future__ import annotations
 
@@ -50,13 +43,10 @@ def _n_thermalise(h, w, n_thermalise):
 
 @functools.lru_cache(maxsize=32)
 def _lattice(h, w):
-    """Neighbour tables and a proper colouring of the periodic h x w lattice (sites in C order).
-
-    Returns (right, down, classes) where right/down are (n,) flat neighbour indices and classes is a
-    tuple of (idx (n_c,), nbs (4, n_c)) for each colour: no two sites of a colour are neighbours, so
-    all sites of one colour can be Metropolis-updated simultaneously. Even sides give the two
-    checkerboard colours; odd sides a greedy colouring with 3 (or 4) colours.
-    """
+    """Neighbour tables and a proper colouring of the periodic h x w lattice (sites in C order):
+    ``(right, down, classes)``, right/down the (n,) flat neighbour indices, classes per colour
+    ``(idx (n_c,), nbs (4, n_c))``. No two sites of a colour are neighbours, so a colour is updated at
+    once; even sides give the two checkerboard colours, odd sides a greedy 3 (or 4) colouring."""
     idx = np.arange(h * w).reshape(h, w)
     nbs = np.stack([np.roll(idx, k, axis=a).ravel() for k, a in ((-1, 1), (-1, 0), (1, 1), (1, 0))])  # r, d, l, u
     if h % 2 == 0 and w % 2 == 0:
@@ -75,10 +65,8 @@ def _lattice(h, w):
 
 
 def _metropolis_sweep(s, lat, tables, rng):
-    """One colour-parallel Metropolis sweep of all replicas. ``s``: (R, n) int8, modified in place.
-
-    ``tables``: (R, 9) float32, acceptance probability min(1, exp(-2 J x / T)) for x = s_i h_i + 4.
-    """
+    """One colour-parallel Metropolis sweep of all replicas ``s`` (R, n) int8, in place. ``tables``:
+    (R, 9) float32 acceptance probabilities min(1, exp(-2 J x / T)) at index x + 4, x = s_i h_i."""
     for sel, nb in lat[2]:
         si = s[:, sel]
         h = s[:, nb[0]] + s[:, nb[1]]
@@ -108,14 +96,10 @@ class _BondGraph:
 
 
 def _swendsen_wang(s, lat, graph_arrays, p_bond, sign_j, rng):
-    """One Swendsen-Wang update of all replicas at once. ``s``: (R, n) int8, modified in place.
-
-    Every satisfied bond (``J s_i s_j > 0``) is activated with probability ``p_bond = 1 -
-    exp(-2|J|/T)`` of its replica; the connected components of the active bonds (periodic, all
-    replicas in one sparse graph whose nodes are ``replica * n + site``) are found with
-    ``scipy.sparse.csgraph.connected_components``, and each cluster is flipped with probability 1/2.
-    This is the standard Swendsen-Wang (Edwards-Sokal) move and satisfies detailed balance for
-    ``exp(-H/T)``.
+    """One Swendsen-Wang (Edwards-Sokal) update of all replicas ``s`` (R, n) int8, in place: every
+    satisfied bond (``J s_i s_j > 0``) is active with probability ``p_bond = 1 - exp(-2|J|/T)``, the
+    clusters of active bonds (all replicas in one sparse graph, node ``replica * n + site``) come from
+    ``connected_components``, and each flips with probability 1/2 (detailed balance for ``exp(-H/T)``).
     """
     from scipy.sparse import csr_array
     from scipy.sparse.csgraph import connected_components
@@ -164,37 +148,19 @@ def sample_configurations(L, temperatures, n_per_temperature=1, seed=0, n_therma
                           cluster=True, metropolis=True, J=1.0, progress=False):
     """Equilibrium Ising configurations of many replicas simulated at once, one per temperature.
 
-    Each entry of ``temperatures`` is one replica (Markov chain) on a periodic ``L x L`` lattice.
-    All replicas evolve together in one ``(R, L*L)`` int8 array (in chunks of about a million
-    sites). One *sweep* is a colour-parallel Metropolis sweep over all sites (checkerboard for even
-    sides) followed, with ``cluster=True``, by one Swendsen-Wang cluster update; both satisfy
-    detailed balance for ``exp(-H/T)``, and the cluster move removes critical slowing down so that
-    snapshots near ``TC`` decorrelate within a few sweeps. Replicas start ordered below ``TC`` and
-    random above, run ``n_thermalise`` sweeps, then record ``n_per_temperature`` snapshots
-    separated by ``n_between`` sweeps (snapshots of one replica are consecutive in the output).
+    Each entry of ``temperatures`` (``k_B T`` in J/k_B, finite, > 0; repeat a value for independent
+    chains) is one Markov chain on a periodic ``L x L`` lattice (``L`` an int >= 2 or a pair ``(H,
+    W)``); all evolve together in one int8 array, in chunks of about a million sites. One *sweep* is a
+    colour-parallel Metropolis sweep (``metropolis``) then a Swendsen-Wang update (``cluster``), which
+    removes critical slowing down. Chains start ordered below ``TC`` and random above, run
+    ``n_thermalise`` sweeps (default ``20 + max(H, W) // 4``; with the cluster move 128x128 at ``TC``
+    equilibrates within ~15), then record ``n_per_temperature`` snapshots ``n_between`` sweeps apart
+    (at ``TC`` the energy autocorrelation after 5 sweeps is ~0.02 on 8x8, ~0.15 on 32x32). ``J < 0``
+    (antiferromagnet) is supported; ``seed`` seeds ``numpy.random.default_rng`` (bit-identical
+    reruns); ``progress`` prints to stderr.
 
-    Args:
-        L: lattice side (int >= 2), or a pair ``(H, W)`` for a rectangular lattice.
-        temperatures: scalar or 1-D array of ``k_B T`` in units of J/k_B, each finite and > 0;
-            repeat a value to get independent chains at the same temperature.
-        n_per_temperature: snapshots recorded per replica (>= 1).
-        seed: seed of ``numpy.random.default_rng``; the same seed (and arguments) gives
-            bit-identical output.
-        n_thermalise: sweeps before the first snapshot (>= 0); default ``20 + max(H, W) // 4``
-            (22 for 8x8, 52 for 128x128). With the cluster move a 128x128 lattice at ``TC``
-            equilibrates from the random or ordered start within ~15 sweeps.
-        n_between: sweeps between consecutive snapshots of a replica (>= 1). At ``TC`` the
-            energy autocorrelation after 5 sweeps (with the cluster move) is ~0.02 on 8x8 and
-            ~0.15 on 32x32.
-        cluster: include the Swendsen-Wang update in every sweep.
-        metropolis: include the Metropolis sweep (set False to use the cluster move alone).
-        J: coupling (energy unit); the sampled distribution is ``exp(-H/T)`` with ``H`` as in
-            ``ising_energy``. ``J < 0`` (antiferromagnet) is supported.
-        progress: print progress to stderr.
-
-    Returns:
-        ``(spins, temps)``: int8 ``(N, H, W)`` of +-1 and float64 ``(N,)`` with
-        ``N = len(temperatures) * n_per_temperature``; ``temps = np.repeat(temperatures, n_per_temperature)``.
+    Returns ``(spins, temps)``: int8 ``(N, H, W)`` of +-1 and float64 ``(N,)``, ``N = len(temperatures) *
+    n_per_temperature``, ``temps = np.repeat(temperatures, n_per_temperature)`` (a chain's snapshots adjacent).
     """
     h, w = _lattice_shape(L)
     t = _as_temperatures(temperatures)
@@ -252,16 +218,12 @@ class _Chains:
 
 def sample_uniform_temperatures(L, n_samples, t_min=DEFAULT_T_MIN, t_max=DEFAULT_T_MAX, snapshots_per_replica=10,
                                 seed=0, **sampler_options):
-    """``n_samples`` configurations with temperatures drawn uniformly from ``[t_min, t_max]``.
+    """``n_samples`` configurations with temperatures uniform in ``[t_min, t_max]``: ``ceil(n_samples /
+    snapshots_per_replica)`` chains (temperatures from ``default_rng(seed)``) of ``snapshots_per_replica``
+    snapshots each from ``sample_configurations`` (seed ``seed + 1``), cut to ``n_samples``.
 
-    ``ceil(n_samples / snapshots_per_replica)`` replicas get independent uniform temperatures (drawn
-    with ``default_rng(seed)``); each records ``snapshots_per_replica`` snapshots via
-    ``sample_configurations`` (seeded with ``seed + 1``), and the output is cut to ``n_samples``.
-
-    Returns:
-        ``(spins int8 (n_samples, L, L), temps float64 (n_samples,), replica int64 (n_samples,))``;
-        ``replica`` identifies the chain each snapshot came from (use it as ``groups`` when splitting,
-        so correlated snapshots of one chain never straddle a train/test split).
+    Returns ``(spins int8 (n, L, L), temps float64 (n,), replica int64 (n,))``; ``replica`` is each
+    snapshot's chain (use it as ``groups`` when splitting, so one chain never straddles a split).
     """
     n_samples = check_int("n_samples", n_samples, 1)
     per = check_int("snapshots_per_replica", snapshots_per_replica, 1)
@@ -279,20 +241,11 @@ def sample_uniform_temperatures(L, n_samples, t_min=DEFAULT_T_MIN, t_max=DEFAULT
 
 def generate_dataset(path, L=8, n_samples=100_000, t_min=DEFAULT_T_MIN, t_max=DEFAULT_T_MAX, seed=0, J=1.0,
                      progress=True, snapshots_per_replica=10, **sampler_options):
-    """Sample Ising configurations and write them with their exact energies to an HDF5 dataset.
-
-    Temperatures are uniform in ``[t_min, t_max]`` (default ``ising.DEFAULT_T_MIN/MAX`` = ``[1.0, 5.0]``
-    J/k_B: ordered, critical and disordered lattices). ``snapshots_per_replica`` snapshots are taken
-    from each chain (``n_between`` sweeps apart), see ``sample_uniform_temperatures`` and
-    ``sample_configurations`` for ``**sampler_options`` (``n_thermalise``, ``n_between``,
-    ``cluster``, ``metropolis``).
-
-    Written with ``ednn_tf.data.write_dataset`` (atomic):
-        ``X`` int8 ``(N, L, L, 1)`` spins, ``Y`` float64 ``(N, 1)`` total energy ``ising_energy(X, J)``
-        (units of J), ``temperatures`` float64 ``(N,)``, ``replica`` int64 ``(N,)`` (chain id, for
-        group-aware splits), and provenance attributes (L, J, seed, t_min, t_max, sampler settings).
-
-    Returns the path written.
+    """Sample Ising configurations (``sample_uniform_temperatures``; ``**sampler_options``:
+    ``n_thermalise``, ``n_between``, ``cluster``, ``metropolis``) and write them atomically with
+    ``data.write_dataset``: ``X`` int8 ``(N, L, L, 1)``, ``Y`` float64 ``(N, 1)`` = ``ising_energy(X, J)``
+    (units of J), ``temperatures`` float64 ``(N,)``, ``replica`` int64 ``(N,)`` (chain id, for
+    group-aware splits) and provenance attributes. Returns the path written.
     """
     from . import data  # h5py only; imported lazily to keep this module light
 

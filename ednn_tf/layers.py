@@ -11,18 +11,11 @@ __all__ = ["TileLayer"]
 
 @keras.saving.register_keras_serializable(package="ednn_tf")
 class TileLayer(keras.layers.Layer):
-    """Cut a periodic grid into EDNN tiles (focus ``f`` plus ``c``-wide periodic context).
-
-    Input ``(batch, H, W, C)`` -> ``(batch, H/f, W/f, f+2c, f+2c, C)``;
-    input ``(batch, D, H, W, C)`` -> ``(batch, D/f, H/f, W/f, t, t, t, C)`` with ``t = f + 2c``.
-    Spatial sizes may be unknown until call time but must be multiples of ``focus``.
-
-    Args:
-        focus: focus width ``f`` (int >= 1), in grid points.
-        context: context width ``c`` (int >= 0), in grid points; may exceed the grid (wraps).
-        check_finite: if True, non-finite inputs raise ``ValueError`` when called eagerly (and
-            ``tf.errors.InvalidArgumentError`` from ``tf.debugging.check_numerics`` inside a graph;
-            under other Keras backends only concrete, not traced, inputs are checked).
+    """Cut a periodic grid into EDNN tiles, ``(batch, H, W, C) -> (batch, H/f, W/f, t, t, C)`` (3D alike,
+    ``t = f + 2c``; see ``ednn_tf.tiling``): ``focus`` ``f`` (int >= 1) plus a ``context`` of ``c`` (int >= 0)
+    grid points. With ``check_finite`` non-finite inputs raise ``ValueError`` eagerly (in a TF graph
+    ``InvalidArgumentError`` from ``tf.debugging.check_numerics``; under other backends only concrete,
+    not traced, inputs are checked).
     """
 
     def __init__(self, focus, context, check_finite=False, **kwargs):
@@ -58,6 +51,4 @@ class TileLayer(keras.layers.Layer):
         return (input_shape[0], *grid, *([self.tile_size] * nd), input_shape[-1])
 
     def get_config(self):
-        config = super().get_config()
-        config.update(focus=self.focus, context=self.context, check_finite=self.check_finite)
-        return config
+        return {**super().get_config(), "focus": self.focus, "context": self.context, "check_finite": self.check_finite}

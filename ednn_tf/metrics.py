@@ -14,31 +14,18 @@ RUN_KINDS = ("plain", "symmetrised")
 
 
 def extensive_errors(true, pred, n_sites=None, level=None):
-    """Summary of prediction errors of an extensive quantity.
-
-    Args:
-        true, pred: totals, any shape with the same number of elements.
-        n_sites: sites (spins, atoms, area...) per sample, scalar or array: adds per-site errors.
-        level: spacing of the allowed values (4 J for Ising energies on a periodic lattice):
-            adds the fraction of predictions that round to the right level.
-    Returns a dict of plain floats: median/mean absolute error, RMSE, median relative error,
-    max absolute error, and the per-site and level figures when requested.
-    """
-    true = np.asarray(true, np.float64).ravel()
-    pred = np.asarray(pred, np.float64).ravel()
+    """Plain-float errors of predicted totals ``pred`` vs ``true`` (same size): median / mean / max absolute,
+    RMSE, mean, median relative. ``n_sites`` (spins, atoms, area... per sample) adds per-site errors;
+    ``level`` (allowed-value spacing, 4 J for periodic Ising) adds the fraction at the right level."""
+    true, pred = (np.asarray(v, np.float64).ravel() for v in (true, pred))
     if true.shape != pred.shape:
         raise ValueError(f"true and pred differ in size: {true.size} vs {pred.size}")
     err = pred - true
     ae = np.abs(err)
-    out = {
-        "n": int(true.size),
-        "median_abs_error": float(np.median(ae)),
-        "mean_abs_error": float(np.mean(ae)),
-        "rmse": float(np.sqrt(np.mean(err ** 2))),
-        "max_abs_error": float(np.max(ae)),
-        "mean_error": float(np.mean(err)),
-        "median_rel_error": float(np.median(ae / np.maximum(np.abs(true), 1e-300))),
-    }
+    out = {"n": int(true.size), "median_abs_error": float(np.median(ae)), "mean_abs_error": float(np.mean(ae)),
+           "rmse": float(np.sqrt(np.mean(err ** 2))), "max_abs_error": float(np.max(ae)),
+           "mean_error": float(np.mean(err)),
+           "median_rel_error": float(np.median(ae / np.maximum(np.abs(true), 1e-300)))}
     if n_sites is not None:
         per = ae / np.asarray(n_sites, np.float64)
         out["median_abs_error_per_site"] = float(np.median(per))
@@ -52,8 +39,7 @@ def energy_errors(true_ev, pred_ev, n_atoms, areas):
     """:func:`extensive_errors` of total energies in the three units the atomistic experiments
     report: ``"eV"`` (totals), ``"meV_per_A2"`` (per cell area in A^2, the paper's unit) and
     ``"meV_per_atom"``. ``n_atoms`` and ``areas`` are per sample (or scalars)."""
-    true_ev, pred_ev = np.asarray(true_ev, np.float64), np.asarray(pred_ev, np.float64)
-    areas, n_atoms = np.asarray(areas, np.float64), np.asarray(n_atoms, np.float64)
+    true_ev, pred_ev, areas, n_atoms = (np.asarray(v, np.float64) for v in (true_ev, pred_ev, areas, n_atoms))
     if np.any(areas <= 0) or np.any(n_atoms <= 0):
         raise ValueError("areas and n_atoms must be > 0")
     return {"eV": extensive_errors(true_ev, pred_ev),
@@ -62,15 +48,10 @@ def energy_errors(true_ev, pred_ev, n_atoms, areas):
 
 
 def error_ratio_ci(true, pred_a, pred_b, stat="mean", level=0.95, n_boot=10000, seed=0):
-    """Ratio ``stat|pred_b - true| / stat|pred_a - true|`` with a paired bootstrap interval.
-
-    The samples are resampled with replacement, the same indices for both models (their errors
-    on one sample are correlated), ``n_boot`` times. ``stat`` is ``"mean"`` or ``"median"``.
-    Returns ``{"ratio", "low", "high", "level", "n_boot", "p_ratio_below_2"}``: the ratio on the
-    full sample, the percentile interval, and the fraction of resamples whose ratio is below 2.
-    """
-    true = np.asarray(true, np.float64).ravel()
-    pred_a, pred_b = np.asarray(pred_a, np.float64).ravel(), np.asarray(pred_b, np.float64).ravel()
+    """``{"ratio", "low", "high", "level", "n_boot", "p_ratio_below_2"}`` of ``stat|pred_b - true| /
+    stat|pred_a - true|`` (``stat``: "mean" or "median"): paired bootstrap (``n_boot`` resamples, the
+    same indices for both models, whose errors correlate) percentile interval, fraction below 2."""
+    true, pred_a, pred_b = (np.asarray(v, np.float64).ravel() for v in (true, pred_a, pred_b))
     if not pred_a.size == pred_b.size == true.size or true.size < 2:
         raise ValueError(f"need >= 2 samples and equal sizes, got {true.size}, {pred_a.size}, {pred_b.size}")
     ea, eb = np.abs(pred_a - true), np.abs(pred_b - true)
@@ -134,13 +115,9 @@ def _load_run(run):
 
 
 def combine_runs(runs, n_boot=10000):
-    """Per-run, mean-over-runs and ensemble MAEs (meV/A^2) and CNN/EDNN ratios of hexagonal runs.
-
-    Returns ``{"runs": [...], "plain": {...}, "symmetrised": {...} (if every run has it)}`` where
-    each kind holds ``per_run`` (EDNN, CNN, ratio per run), ``mean`` (of the per-run MAEs and the
-    ratio of those means) and ``ensemble`` (MAEs of the averaged predictions, with the paired
-    bootstrap ``ratio_ci``).
-    """
+    """MAEs (meV/A^2) and CNN/EDNN ratios of hexagonal runs: ``{"runs", "n_test", "cell_area_A2", "plain",
+    "symmetrised" (if every run has it)}``; each kind holds ``per_run``, ``mean`` (of the per-run MAEs,
+    ratio of the means) and ``ensemble`` (of the averaged predictions, bootstrap ``[median_]ratio_ci``)."""
     if len(runs) < 1:
         raise ValueError("give at least one run directory")
     loaded = [_load_run(r) for r in runs]
@@ -163,10 +140,7 @@ def combine_runs(runs, n_boot=10000):
             continue
         e = [np.asarray(tp[f"ednn{suffix}_eV"], np.float64) for _, tp, _ in loaded]
         c = [np.asarray(tp[f"cnn{suffix}_eV"], np.float64) for _, tp, _ in loaded]
-        per = []
-        for a, b in zip(e, c):
-            ea, eb = mae(a), mae(b)
-            per.append({"ednn": ea, "cnn": eb, "ratio": eb / ea})
+        per = [{"ednn": ea, "cnn": eb, "ratio": eb / ea} for ea, eb in ((mae(a), mae(b)) for a, b in zip(e, c))]
         me, mc = np.mean([r["ednn"] for r in per]), np.mean([r["cnn"] for r in per])
         ee, ce = np.mean(e, axis=0), np.mean(c, axis=0)
         out[kind] = {
@@ -183,10 +157,7 @@ def combine_runs(runs, n_boot=10000):
 def runs_report(res):
     """The text report of :func:`combine_runs`'s result (MAE in meV/A^2, ratios CNN / EDNN)."""
     lines = [f"{len(res['runs'])} runs, {res['n_test']} test cells; MAE in meV/A^2, ratio = CNN / EDNN"]
-    for kind in RUN_KINDS:
-        if kind not in res:
-            continue
-        k = res[kind]
+    for kind, k in ((kind, res[kind]) for kind in RUN_KINDS if kind in res):
         lines.append(f"{kind}:")
         for path, r in zip(res["runs"], k["per_run"]):
             lines.append(f"  {path}: EDNN {r['ednn']:.2f}  CNN {r['cnn']:.2f}  ratio {r['ratio']:.2f}")

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import tiling
 from .layers import TileLayer
+from .util import check_choice, check_int
 
 __all__ = ["EDNN", "sum_tiles", "is_ednn", "load_ednn"]
 
@@ -56,63 +57,38 @@ def load_ednn(model):
     return model
 
 
-def _batch_size(batch_size):
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
 @keras.saving.register_keras_serializable(package="ednn_tf")
 class EDNN(keras.Model):
-    """Extensive deep neural network (Mills et al., Chem. Sci. 2019).
+    """Extensive deep neural network (Mills et al., Chem. Sci. 2019); usage in the README.
 
-    The periodic input grid is cut into tiles (``TileLayer``), all tiles of the batch are folded
-    into the batch axis and passed through ``subnet`` in one call, and the per-tile outputs are
-    summed in float64. Train with ``model.fit`` on ``(grid, total)`` pairs: the loss is taken
-    after the sum, so the subnet learns to discount the double-counted context by itself.
-    A trained model accepts any input whose spatial sizes are multiples of ``focus``.
-
-    Args:
-        subnet: a Keras model mapping one tile ``(t, t[, t], C)`` to ``(1,)``, ``t = f + 2c``.
-        focus: focus width ``f`` in grid points.
-        context: context width ``c`` in grid points.
-        output_dtype: dtype of the summed output (the sum itself is always formed in float64).
-        check_finite: reject NaN/inf inputs (see ``TileLayer``).
-
-    Example::
-
-        subnet = ednn_tf.networks.ising_dense(ednn_tf.tile_size(1, 1))
-        model = ednn_tf.EDNN(subnet, focus=1, context=1)
-        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
-        model.fit(spins, energies, batch_size=2000, epochs=500)
-        model.predict(big_spins)              # (batch, 1) totals for any L multiple of f
-        model.tile_contributions(big_spins)   # (batch, L/f, L/f) per-tile terms
+    The periodic grid is cut into tiles (``TileLayer``), all tiles of the batch go through ``subnet``
+    (a Keras model mapping one tile ``(t, t[, t], C)``, ``t = f + 2c``, to ``(1,)``) in one call, and
+    the per-tile outputs are summed in float64 (``sum_tiles``). The loss is taken after the sum, so the
+    subnet learns to discount the double-counted context itself; a trained model accepts any grid
+    whose sizes are multiples of ``focus``. ``focus``, ``context``: ``f``, ``c`` in grid points;
+    ``output_dtype``: dtype of the summed output; ``check_finite``: reject NaN/inf (``TileLayer``).
     """
 
     def __init__(self, subnet, focus, context, output_dtype="float64", check_finite=False, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(subnet, keras.Model) and not isinstance(subnet, keras.layers.Layer):
+        if not isinstance(subnet, keras.layers.Layer):   # a keras.Model is a Layer too
             raise ValueError(f"subnet must be a Keras model or layer, got {type(subnet).__name__}")
         self.focus, self.context = tiling.check_focus_context(focus, context)
         self.tile_size = self.focus + 2 * self.context
-        if output_dtype not in ("float32", "float64"):
-            raise ValueError(f"output_dtype must be 'float32' or 'float64', got {output_dtype!r}")
-        self.output_dtype = output_dtype
+        self.output_dtype = check_choice("output_dtype", output_dtype, ("float32", "float64"))
         self.check_finite = bool(check_finite)
         self.tiler = TileLayer(self.focus, self.context, check_finite=self.check_finite, name="tiles",
                                dtype=self.dtype_policy)
         self.subnet = subnet
         self._check_subnet_input(getattr(subnet, "input_shape", None) if hasattr(subnet, "inputs") else None)
 
-    # ----------------------------------------------------------------------------------------
     def _check_subnet_input(self, shape, channels=None):
         if shape is None:
             return
         spatial = tuple(shape[1:-1])
         if any(s is not None and s != self.tile_size for s in spatial):
-            raise ValueError(
-                f"subnet expects tiles of shape {tuple(shape[1:])} but focus={self.focus}, "
-                f"context={self.context} give tiles {self.tile_size} wide")
+            raise ValueError(f"subnet expects tiles of shape {tuple(shape[1:])} but focus={self.focus}, "
+                             f"context={self.context} give tiles {self.tile_size} wide")
         if channels is not None and shape[-1] is not None and shape[-1] != channels:
             raise ValueError(f"subnet expects {shape[-1]} channels, input has {channels}")
 
@@ -151,10 +127,7 @@ class EDNN(keras.Model):
         return {4: 2, 5: 3, 6: 2, 8: 3}[rank]
 
     def tile_contributions(self, inputs, training=False):
-        """Per-tile outputs, ``(batch, H/f, W/f)`` (or ``(batch, D/f, H/f, W/f)``), float32.
-
-        The subnet runs once on all tiles of the batch (tiles folded into the batch axis).
-        """
+        """Per-tile outputs, ``(batch, H/f, W/f)`` (or ``(batch, D/f, H/f, W/f)``), float32; one subnet call."""
         return self.tile_values(self.tiler(inputs), training=training)
 
     def call(self, inputs, training=False):
@@ -165,22 +138,19 @@ class EDNN(keras.Model):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
 
-    # ----------------------------------------------------------------------------------------
     def predict_total(self, x, batch_size=32):
-        """Totals for a numpy batch ``x``, as float64 ``(batch,)``, validated and accumulated in float64.
-
-        Raises ValueError for a wrong rank, a size that is not a multiple of ``focus`` or
-        non-finite values (each message names the value received). Evaluates ``batch_size``
-        configurations per subnet call.
-        """
+        """Totals for a numpy batch ``x``, float64 ``(batch,)`` accumulated in float64, ``batch_size``
+        configurations per subnet call. Raises ValueError for a wrong rank, a size that is not a
+        multiple of ``focus`` or non-finite values."""
         x = self._validated(x)
-        return self._totals(x, _batch_size(batch_size))
+        return self._totals(x, check_int("batch_size", batch_size, minimum=1))
 
     def _validated(self, x):
         """``x`` as a numpy array after the checks of ``predict_total`` (rank, size, finite numbers)."""
         x = np.asarray(x)
         tiling.validate_grid(x.shape, self.focus)
-        if not np.issubdtype(x.dtype, np.number) or (np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x))):
+        floating = np.issubdtype(x.dtype, np.floating)
+        if not np.issubdtype(x.dtype, np.number) or (floating and not np.all(np.isfinite(x))):
             raise ValueError(f"input must be finite numbers (dtype {x.dtype}); found NaN/inf or non-numeric data")
         return x
 
@@ -194,33 +164,22 @@ class EDNN(keras.Model):
         return out
 
     def predict_symmetrised(self, x, stride=1, mirrors=False, batch_size=32, return_spread=False):
-        """Totals averaged over the tiling offsets (and optionally mirrors): float64 ``(batch,)``.
-
-        With ``stride=1`` the average runs over all ``f^d`` offsets of the tiling, which makes the
-        prediction exactly invariant under every whole-pixel periodic shift (the plain EDNN is
-        invariant only under multiples of ``f``) and keeps it extensive. ``stride`` must divide
-        ``focus``; the cost is ``(f / stride)^d`` (times ``2^d`` with ``mirrors``) plain
-        evaluations. Mirrors are a symmetry of energies, not of every target: see
-        ``ednn_tf.symmetry``.
-        """
+        """Totals averaged over the tiling offsets that are multiples of ``stride`` (which must divide
+        ``focus``), and with ``mirrors`` over mirrors: float64 ``(batch,)``, at the cost of ``(f / stride)^d``
+        (times ``2^d``) plain evaluations. ``stride=1`` is exactly shift invariant (``ednn_tf.symmetry``)."""
         from . import symmetry
 
         x = self._validated(x)   # once: rolls and flips keep a valid grid valid
         nd = x.ndim - 2
         shifts = symmetry.pixel_shifts(self.focus, stride, nd)
-        batch_size = _batch_size(batch_size)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         return symmetry.symmetrised(lambda z: self._totals(z, batch_size), x, shifts,
                                     symmetry.mirror_sets(nd, mirrors), return_spread=return_spread)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            subnet=keras.saving.serialize_keras_object(self.subnet),
-            focus=self.focus,
-            context=self.context,
-            output_dtype=self.output_dtype,
-            check_finite=self.check_finite,
-        )
+        config.update(subnet=keras.saving.serialize_keras_object(self.subnet), focus=self.focus, context=self.context,
+                      output_dtype=self.output_dtype, check_finite=self.check_finite)
         return config
 
     @classmethod

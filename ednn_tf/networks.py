@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import keras
 
+from .util import check_choice, check_float, check_int, check_positive
 
 __all__ = ["ising_dense", "paper_cnn", "plain_cnn", "PAPER_CNN_LAYERS", "INITIALIZERS"]
 
@@ -15,11 +16,9 @@ __all__ = ["ising_dense", "paper_cnn", "plain_cnn", "PAPER_CNN_LAYERS", "INITIAL
 PAPER_CNN_LAYERS = ((64, 3, 2),) * 2 + ((16, 4, 1),) * 6 + ((64, 3, 2),) + ((32, 3, 1),) * 4
 
 
-def _check_tile(tile_size, channels):
-    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"tile_size must be a positive integer, got {tile_size!r}")
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+def _check_tile(tile_size, channels, name="tile_size"):
+    check_int(name, tile_size, minimum=1)
+    check_int("channels", channels, minimum=1)
 
 
 def ising_dense(tile_size: int, channels: int = 1, seed: int | None = None, name="ising_dense"):
@@ -38,35 +37,29 @@ def ising_dense(tile_size: int, channels: int = 1, seed: int | None = None, name
     return keras.Model(inp, out, name=name)
 
 
-#: Kernel initialisers of the CNN builders. ``"glorot"`` (Keras' default, uniform) keeps the
-#: signal's variance only for linear layers: through the 13 ReLU convolutions of the paper CNN it
-#: shrinks by ~2x per layer, and a fresh network's output barely depends on its input.
-#: ``"he"`` (normal, std sqrt(2 / fan_in)) preserves it through ReLUs (He et al. 2015).
+#: Kernel initialisers of the CNN builders. Through the 13 ReLU convolutions of the paper CNN
+#: ``"glorot"`` (Keras' default, uniform) shrinks the signal ~2x per layer, so a fresh narrow network's
+#: output barely depends on its input; ``"he"`` (normal, std sqrt(2 / fan_in)) preserves it (He et al. 2015).
 INITIALIZERS = {"glorot": keras.initializers.GlorotUniform, "he": keras.initializers.HeNormal}
 
 
 def _initializer(kind, seed):
-    if kind not in INITIALIZERS:
-        raise ValueError(f"initializer must be one of {sorted(INITIALIZERS)}, got {kind!r}")
-    return INITIALIZERS[kind](seed=seed)
+    return INITIALIZERS[check_choice("initializer", kind, INITIALIZERS)](seed=seed)
 
 
 def _cnn(input_shape, width=1.0, dense=1024, layers=PAPER_CNN_LAYERS, seed=None, name="paper_cnn",
          initializer="glorot"):
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width!r}")
+    check_float("width", width, minimum=0, strict=True)
     _initializer(initializer, None)  # validate before building
     init = lambda k: _initializer(initializer, None if seed is None else seed + k)  # noqa: E731
     inp = keras.Input(input_shape, name="tile")
     h = inp
     for k, (filters, kernel, stride) in enumerate(layers):
         h = keras.layers.Conv2D(max(1, int(round(filters * width))), kernel, strides=stride, padding="same",
-                                activation="relu",
-                                kernel_initializer=init(k), name=f"conv{k + 1}")(h)
+                                activation="relu", kernel_initializer=init(k), name=f"conv{k + 1}")(h)
     h = keras.layers.Flatten()(h)
     n = len(layers)
-    h = keras.layers.Dense(max(1, int(round(dense))), activation="relu", kernel_initializer=init(n),
-                           name="dense1")(h)
+    h = keras.layers.Dense(max(1, int(round(dense))), activation="relu", kernel_initializer=init(n), name="dense1")(h)
     out = keras.layers.Dense(1, kernel_initializer=init(n + 1), name="tile_value")(h)
     return keras.Model(inp, out, name=name)
 
@@ -76,8 +69,8 @@ def paper_cnn(tile_size: int, channels: int = 1, width: float = 1.0, dense: int 
     """The paper's DFT CNN on one ``t x t`` tile: 13 ReLU convolutions (``PAPER_CNN_LAYERS``), Dense
     ``dense`` (1024) with ReLU, Dense 1 linear. ``width`` scales every filter count (1.0 = paper),
     for the narrower CPU presets of the same shape. Three stride-2 layers reduce ``t`` by 8.
-    ``initializer``: ``"glorot"`` (Keras default) or ``"he"`` for every kernel (see ``INITIALIZERS``;
-    use ``"he"`` for narrow networks, whose Glorot output is nearly input-independent). Biases are 0.
+    ``initializer``: ``"glorot"`` or ``"he"`` (use it for narrow networks) for every kernel (see
+    ``INITIALIZERS``); biases are 0.
     """
     _check_tile(tile_size, channels)
     return _cnn((tile_size, tile_size, channels), width, dense, seed=seed, name=name, initializer=initializer)
@@ -88,8 +81,8 @@ def plain_cnn(height: int, width_px: int | None = None, channels: int = 1, width
     """The non-EDNN baseline: the same CNN applied to the whole ``height x width_px`` image at once
     (one output, no tiling, fixed input size), as in the paper's comparison (Fig. 5)."""
     width_px = height if width_px is None else width_px
-    _check_tile(height, channels)
-    _check_tile(width_px, channels)
+    _check_tile(height, channels, "height")
+    _check_tile(width_px, channels, "width_px")
     return _cnn((height, width_px, channels), width, dense, seed=seed, name=name, initializer=initializer)
 
 
@@ -99,12 +92,11 @@ def normalise_to_data(model, x, target: float = 1.0, batch_size: int = 256):
     every layer's output, and the network's, has standard deviation ``target`` on real inputs.
 
     With zero biases and ReLU (positively homogeneous) activations this rescales each layer's output
-    exactly. Why: a fresh deep ReLU network fed sparse images (Gaussian atoms on an empty
-    background) gives an output that barely depends on its input (std ~1e-2 of its mean), and MSE
-    training can then sit on the constant-prediction plateau for tens of epochs. Only kernels are
-    changed, in place; ``model`` must be built and ``x`` a batch of its inputs (for an EDNN subnet:
-    tiles, e.g. ``tiling.fold_tiles(tiling.extract_tiles(images, f, c), 2)[0]``). Returns the list of
-    ``(layer name, std before scaling)``.
+    exactly; a fresh deep ReLU network fed sparse images (Gaussian atoms on an empty background) has
+    an output that barely depends on its input, and MSE training can sit on the constant-prediction
+    plateau for tens of epochs. Only kernels change, in place; ``model`` must be built and ``x`` a batch
+    of its inputs (for an EDNN subnet: tiles, ``tiling.fold_tiles(tiling.extract_tiles(images, f, c),
+    2)[0]``). Returns the list of ``(layer name, std before scaling)``.
     """
     import numpy as np
 
@@ -113,8 +105,7 @@ def normalise_to_data(model, x, target: float = 1.0, batch_size: int = 256):
         raise ValueError(f"x must be a batch of the model's inputs {tuple(model.input.shape[1:])}, got {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("x contains non-finite values")
-    if float(target) <= 0:
-        raise ValueError(f"target must be > 0, got {target!r}")
+    check_positive("target", target)
     out = []
     for layer in model.layers:
         kernel = getattr(layer, "kernel", None)
@@ -138,15 +129,11 @@ def he_initialise(model, seed, distribution="normal"):
 
     Layer ``i`` of ``model.layers`` (counting every layer, kernel or not) draws from
     ``keras.initializers.HeNormal(seed=seed + i)`` (``distribution="normal"``) or ``HeUniform``
-    (``"uniform"``). Why: through the 13 ReLU convolutions of a narrow ``paper_cnn`` the Glorot
-    signal shrinks ~2x per layer and training sits on the constant-predictor plateau; with He
-    kernels it leaves it within an epoch (see ``INITIALIZERS``). Returns ``model``.
+    (``"uniform"``); see ``INITIALIZERS`` for why. Returns ``model``.
     """
     inits = {"normal": keras.initializers.HeNormal, "uniform": keras.initializers.HeUniform}
-    if distribution not in inits:
-        raise ValueError(f"distribution must be one of {sorted(inits)}, got {distribution!r}")
-    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_choice("distribution", distribution, inits)
+    check_int("seed", seed)
     for i, layer in enumerate(model.layers):
         kernel = getattr(layer, "kernel", None)
         if kernel is not None:

@@ -1,7 +1,5 @@
-"""Plots a person would rather look at than read (matplotlib, Agg backend, PNG files).
-
-Every function writes one PNG atomically and returns its path.
-"""
+"""Plots a person would rather look at than read (matplotlib, Agg backend): every function writes
+one PNG atomically and returns its path."""
 from __future__ import annotations
 
 import os
@@ -14,7 +12,8 @@ import numpy as np  # noqa: E402
 
 from .util import atomic_path  # noqa: E402
 
-__all__ = ["parity_and_error", "context_scan", "training_curves", "scaling", "porous_parity", "radial_distributions", "save"]
+__all__ = ["parity_and_error", "context_scan", "training_curves", "scaling", "porous_parity", "radial_distributions",
+           "save", "transfer_and_timing", "blur_curves"]
 
 
 def save(fig, path, dpi=130):
@@ -28,10 +27,8 @@ def save(fig, path, dpi=130):
 
 
 def parity_and_error(true, pred, path, quantity="E / L^2", unit="J", title=None, color=None, label=None):
-    """Predicted vs true (left) and error = predicted - true vs true (right), as the paper's Fig. 3/5/7/8.
-
-    ``color`` (e.g. temperatures) colours the points, with a colour bar labelled ``label``.
-    """
+    """Predicted vs true (left) and error = predicted - true vs true (right), as the paper's Fig. 3/5/7/8;
+    ``color`` (e.g. temperatures) colours the points, with a colour bar labelled ``label``."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
     _parity_panels(fig, a, b, true, pred, 1.0, quantity, unit, unit, "coolwarm", color, label, title)
     return save(fig, path)
@@ -45,14 +42,11 @@ def _parity_panels(fig, a, b, true, pred, err_scale, quantity, unit, err_unit, c
     sc = a.scatter(true, pred, **kw)
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    a.set_xlabel(f"true {quantity} [{unit}]")
-    a.set_ylabel(f"predicted {quantity} [{unit}]")
-    a.set_title("(a) predicted vs true")
+    a.set(xlabel=f"true {quantity} [{unit}]", ylabel=f"predicted {quantity} [{unit}]", title="(a) predicted vs true")
     b.scatter(true, err, **kw)
     b.axhline(0, color="k", lw=0.8)
-    b.set_xlabel(f"true {quantity} [{unit}]")
-    b.set_ylabel(f"error (predicted - true) [{err_unit}]")
-    b.set_title(f"(b) error; median |err| = {np.median(np.abs(err)):.3g} {err_unit}")
+    b.set(xlabel=f"true {quantity} [{unit}]", ylabel=f"error (predicted - true) [{err_unit}]",
+          title=f"(b) error; median |err| = {np.median(np.abs(err)):.3g} {err_unit}")
     if color is not None:
         fig.colorbar(sc, ax=[a, b], label=label or "")
     if title:
@@ -65,9 +59,7 @@ def context_scan(contexts, errors, path, ylabel="median |error| of total energy 
     ax.semilogy(contexts, errors, "o-", label="ednn_tf")
     if paper:
         ax.semilogy(list(paper), list(paper.values()), "s--", color="gray", label="Mills et al. 2019")
-    ax.set_xticks(list(contexts))
-    ax.set_xlabel("context c (focus f = 1)")
-    ax.set_ylabel(ylabel)
+    ax.set(xticks=list(contexts), xlabel="context c (focus f = 1)", ylabel=ylabel)
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     return save(fig, path)
@@ -78,8 +70,7 @@ def training_curves(histories, path, key="loss"):
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, values in histories.items():
         ax.semilogy(np.arange(1, len(values) + 1), values, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(key)
+    ax.set(xlabel="epoch", ylabel=key)
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     return save(fig, path)
@@ -90,41 +81,31 @@ def scaling(atoms, seconds, peak_mb, path, exponent=None, ranks=()):
     atoms, seconds, peak_mb = (np.asarray(a, float) for a in (atoms, seconds, peak_mb))
     n = 3 if ranks else 2
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4))
-    a = axes[0]
+    a, b = axes[:2]
     a.loglog(atoms, seconds, "o-", label="ednn_tf")
     ref = seconds[-1] * atoms / atoms[-1]
     a.loglog(atoms, ref, "k--", lw=0.8, label="linear")
-    a.set_xlabel("atoms")
-    a.set_ylabel("wall time [s]")
-    a.set_title("time vs size" + (f" (slope {exponent:.2f})" if exponent is not None else ""))
+    a.set(xlabel="atoms", ylabel="wall time [s]",
+          title="time vs size" + (f" (slope {exponent:.2f})" if exponent is not None else ""))
     a.legend()
     a.grid(alpha=0.3, which="both")
-    b = axes[1]
     b.semilogx(atoms, peak_mb, "s-")
-    b.set_ylim(0, max(peak_mb) * 1.3)
-    b.set_xlabel("atoms")
-    b.set_ylabel("peak RSS per rank [MB]")
-    b.set_title("memory vs size")
+    b.set(ylim=(0, max(peak_mb) * 1.3), xlabel="atoms", ylabel="peak RSS per rank [MB]", title="memory vs size")
     b.grid(alpha=0.3, which="both")
     if ranks:
         c = axes[2]
         r, t = zip(*ranks)
         c.plot(r, t, "o-")
-        c.set_xticks(r)
-        c.set_xlabel("ranks")
-        c.set_ylabel("wall time [s]")
-        c.set_title("rank scaling")
+        c.set(xticks=r, xlabel="ranks", ylabel="wall time [s]", title="rank scaling")
         c.grid(alpha=0.3)
     return save(fig, path)
 
 
-# --- hexagonal sheets: transfer + timing (Fig. 9), blur study (Fig. 6) ---
 def transfer_and_timing(errors_per_size, size_atoms, ednn_atoms, ednn_seconds, oracle_atoms, oracle_seconds, path,
                         gap=None, title=None, oracle_label="oracle"):
-    """Fig. 9 analogue. (a) wall time vs atoms, log-log: EDNN inference and the oracle, each with its
-    fitted power law; (b) per-atom error (meV/atom) of the EDNN vs atoms, every structure plus the
-    median |error| per size. ``errors_per_size[i]`` are the signed errors at ``size_atoms[i]``;
-    ``gap`` (meV/atom), if given, draws the oracle's own finite-size inconsistency as a band."""
+    """Fig. 9 analogue: (a) wall time vs atoms (log-log) of EDNN inference and the oracle with fitted power
+    laws; (b) EDNN errors (meV/atom; ``errors_per_size[i]`` at ``size_atoms[i]``) and their median |error|
+    per size; ``gap`` (meV/atom) draws the oracle's own finite-size inconsistency as a band."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10.5, 4.2))
     for x, y, style, lab in ((ednn_atoms, ednn_seconds, "o-", "EDNN inference"),
                              (oracle_atoms, oracle_seconds, "s", oracle_label)):
@@ -137,23 +118,18 @@ def transfer_and_timing(errors_per_size, size_atoms, ednn_atoms, ednn_seconds, o
             xs = np.geomspace(x.min(), max(x.max(), np.max(ednn_atoms) if len(ednn_atoms) else x.max()), 50)
             a.loglog(xs, np.exp(np.polyval(p, np.log(xs))), "--", lw=0.8, color=line.get_color(),
                      label=f"fit: t ~ N^{p[0]:.2f}")
-    a.set_xlabel("atoms")
-    a.set_ylabel("wall time per structure [s]")
-    a.set_title("(a) time vs size")
+    a.set(xlabel="atoms", ylabel="wall time per structure [s]", title="(a) time vs size")
     a.legend(fontsize=8)
     a.grid(alpha=0.3, which="both")
     for n, e in zip(size_atoms, errors_per_size):
-        e = np.asarray(e, float)
-        b.scatter(np.full(len(e), n), e, s=14, alpha=0.7, color="C0")
+        b.scatter(np.full(len(e), n), np.asarray(e, float), s=14, alpha=0.7, color="C0")
     med = [np.median(np.abs(np.asarray(e, float))) for e in errors_per_size]
     b.plot(size_atoms, med, "k^-", label="median |error|")
     if gap is not None:
         b.axhspan(-gap, gap, color="gray", alpha=0.2, label=f"oracle 2x2 inconsistency ({gap:.1f})")
     b.axhline(0, color="k", lw=0.6)
-    b.set_xscale("log")
-    b.set_xlabel("atoms")
-    b.set_ylabel("EDNN error (predicted - true) [meV/atom]")
-    b.set_title("(b) error vs size (trained on the smallest)")
+    b.set(xscale="log", xlabel="atoms", ylabel="EDNN error (predicted - true) [meV/atom]",
+          title="(b) error vs size (trained on the smallest)")
     b.legend(fontsize=8)
     b.grid(alpha=0.3, which="both")
     if title:
@@ -173,9 +149,7 @@ def blur_curves(area, edge, centre, path, focus_fraction=None, ylabel="MAE", xla
         ax.axhline(baseline, color="gray", lw=0.8, ls=":", label="no blur")
     if focus_fraction is not None:
         ax.axvline(focus_fraction, color="k", lw=0.8, ls="--", label="focus area")
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(yscale="log", xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     if title:
@@ -183,10 +157,6 @@ def blur_curves(area, edge, centre, path, focus_fraction=None, ylabel="MAE", xla
     return save(fig, path)
 
 
-__all__ += ["transfer_and_timing", "blur_curves"]
-
-
-# --- porous graphene (Fig. 7) ---
 def porous_parity(image, extent, true, pred, path, title=None, color=None, label=None):
     """Fig. 7 analogue. Left: an example input image (``image[ix, iy]``, row = x, ``extent`` =
     (0, Lx, 0, Ly) in A); (a) predicted vs true energy per area in eV/A^2; (b) error (predicted - true)
@@ -194,13 +164,9 @@ def porous_parity(image, extent, true, pred, path, title=None, color=None, label
     fig, (im, a, b) = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1.1, 1.1]})
     im.imshow(np.asarray(image)[..., 0].T if np.ndim(image) == 3 else np.asarray(image).T, origin="lower",
               extent=extent, cmap="magma")
-    im.set_xlabel("x [A]")
-    im.set_ylabel("y [A]")
-    im.set_title("example input V(x, y)")
+    im.set(xlabel="x [A]", ylabel="y [A]", title="example input V(x, y)")
     _parity_panels(fig, a, b, true, pred, 1e3, "E / A", "eV/A^2", "meV/A^2", "viridis", color, label, title)
     return save(fig, path)
-
-
 
 
 def radial_distributions(r, curves, path, title=None):

@@ -1,20 +1,16 @@
 """Symmetrised inference: average a model over exact symmetries of a periodic grid.
 
-A tiled EDNN is exactly invariant under periodic shifts by whole multiples of the focus ``f``,
-but not under the ``f^d - 1`` shifts in between: moving the image by one pixel moves every atom
-relative to the focus boundaries, and the learned split of each atom's energy between the tiles
-it straddles is never perfect. Averaging the prediction over all ``f^d`` offsets (the offsets
-form a group modulo ``f``) gives a model that is exactly invariant under every whole-pixel
-shift. It is the stride-1 sliding-window EDNN: tiles at every pixel, each weighted ``1 / f^d``,
-and it is still extensive (an average of extensive functions). Averaging over mirrors as well
-makes it exactly mirror invariant. ``stride`` > 1 averages over the offsets that are multiples
-of ``stride`` only (``(f / stride)^d`` evaluations).
+A tiled EDNN is exactly invariant under periodic shifts by multiples of the focus ``f`` but not
+under the ``f^d - 1`` shifts in between (the learned split of an atom's energy between the tiles it
+straddles is never perfect). Averaging over all ``f^d`` offsets (a group modulo ``f``) gives the
+stride-1 sliding-window EDNN (tiles at every pixel, each weighted ``1 / f^d``): exactly invariant
+under every whole-pixel shift and still extensive; mirrors as well make it mirror invariant.
+``stride`` > 1 averages over the offsets that are multiples of ``stride`` (``(f / stride)^d`` evaluations).
 
-The same averaging can be applied to any model with ``symmetrised`` (for example a whole-image
-CNN, to compare the two at the same inference cost). It only helps where the averaged
-operations are symmetries of the target: whole-pixel periodic translations always are for a
-periodic system; ``np.flip`` along an axis is a mirror plus a one-pixel translation, which is a
-symmetry of energies (not of a chiral or vector quantity).
+``symmetrised`` averages any model (e.g. a whole-image CNN, at the same inference cost). It helps only
+where the operations are symmetries of the target: periodic whole-pixel translations always are;
+``np.flip`` along an axis (a mirror plus a one-pixel translation) is for energies, not for a chiral
+or vector quantity.
 """
 from __future__ import annotations
 
@@ -22,18 +18,16 @@ import itertools
 
 import numpy as np
 
+from .util import check_int
+
 __all__ = ["pixel_shifts", "mirror_sets", "symmetrised"]
 
 
 def pixel_shifts(period, stride=1, ndim=2):
-    """All shift tuples ``(s_1, ..., s_ndim)`` with ``s_i`` in ``range(0, period, stride)``.
-
-    Raises ValueError unless ``period`` and ``stride`` are positive integers with
-    ``period % stride == 0`` (otherwise the shifts are not a group modulo ``period``)."""
-    for name, v in (("period", period), ("stride", stride), ("ndim", ndim)):
-        if int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    period, stride, ndim = int(period), int(stride), int(ndim)
+    """All shift tuples ``(s_1, ..., s_ndim)`` with ``s_i`` in ``range(0, period, stride)``. Raises
+    ValueError unless the arguments are positive integers with ``period % stride == 0`` (a group)."""
+    period, stride, ndim = (check_int(n, v, minimum=1) for n, v in (("period", period), ("stride", stride),
+                                                                    ("ndim", ndim)))
     if period % stride:
         raise ValueError(f"stride must divide the period: stride {stride}, period {period}")
     return list(itertools.product(range(0, period, stride), repeat=ndim))
@@ -49,18 +43,10 @@ def mirror_sets(ndim=2, mirrors=True):
 
 
 def symmetrised(predict, x, shifts, flips=((),), return_spread=False):
-    """Mean of ``predict(g(x))`` over the group elements ``g`` = (flip, then periodic shift).
-
-    Args:
-        predict: callable mapping a numpy batch ``(B, *spatial, C)`` to ``(B,)`` (or ``(B, 1)``).
-        x: the batch, ``(B, *spatial, C)``.
-        shifts: shift tuples, one entry per spatial axis (see ``pixel_shifts``).
-        flips: tuples of spatial axes to flip (see ``mirror_sets``).
-        return_spread: also return the standard deviation over the group elements.
-
-    Returns:
-        float64 ``(B,)`` mean (and ``(B,)`` spread with ``return_spread``).
-    """
+    """Float64 ``(B,)`` mean of ``predict(g(x))`` over ``g`` = (flip, then periodic shift), and with
+    ``return_spread`` the ``(B,)`` standard deviation over them. ``predict`` maps a numpy batch ``(B,
+    *spatial, C)`` to ``(B,)`` or ``(B, 1)``; ``shifts`` (``pixel_shifts``) has one entry per spatial
+    axis, ``flips`` (``mirror_sets``) are tuples of spatial axes."""
     x = np.asarray(x)
     nd = x.ndim - 2
     if nd < 1:

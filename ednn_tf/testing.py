@@ -27,10 +27,9 @@ DEFAULT_RTOL = {"float32": 2e-5, "float64": 1e-10}
 class IsingTileEnergy(keras.layers.Layer):
     """Exact nearest-neighbour Ising energy of the focus of a ``(f+2c)``-wide tile (c >= 1).
 
-    For each focus site, the bonds to its right and lower neighbours: ``-J s_i (s_right + s_down)``.
-    Summed over all tiles of a periodic lattice this is exactly ``H = -J sum_<ij> s_i s_j`` — a
-    strictly local operator with locality length 1, used to check tiling end to end.
-    Input ``(n, t, t, 1)``, output ``(n, 1)``.
+    For each focus site the bonds to its right and lower neighbours, ``-J s_i (s_right + s_down)``, so
+    the sum over all tiles of a periodic lattice is exactly ``H = -J sum_<ij> s_i s_j`` (a local operator
+    to check tiling end to end). Input ``(n, t, t, 1)``, output ``(n, 1)``.
     """
 
     def __init__(self, focus=1, context=1, J=1.0, **kwargs):
@@ -62,9 +61,7 @@ def exact_ising_subnet(focus=1, context=1, J=1.0, dtype="float32"):
 
 
 def _rtol(model, rtol):
-    if rtol is not None:
-        return rtol
-    return DEFAULT_RTOL.get(getattr(model, "compute_dtype", "float32"), 2e-5)
+    return rtol if rtol is not None else DEFAULT_RTOL.get(getattr(model, "compute_dtype", "float32"), 2e-5)
 
 
 def _close(a, b, rtol, what):
@@ -84,10 +81,8 @@ def assert_tiles_sum_to_total(model, x, rtol=None):
 
 
 def assert_shift_invariant(model, x, shifts=None, rtol=None, seed=0):
-    """Periodic rolls of the input by multiples of ``focus`` leave the total unchanged.
-
-    The rolled input is cut into the same tiles, just permuted, so this is exact up to summation order.
-    """
+    """Periodic rolls of the input by multiples of ``focus`` leave the total unchanged (the same tiles,
+    permuted: exact up to summation order)."""
     x = np.asarray(x)
     nd = x.ndim - 2
     f = model.focus

@@ -1,32 +1,23 @@
 """Tiling: periodic padding and focus/context tile extraction (pure functions, no Keras state).
 
-An input grid of spatial size ``H x W`` (or ``D x H x W``) with ``C`` channels is cut into the
-non-overlapping ``f``-wide focus blocks; each block is surrounded by a ``c``-wide context taken
-periodically from its neighbours, so every tile is ``t = f + 2c`` wide. Tile ``(i, j)`` covers
-input rows ``i*f - c .. i*f + f + c - 1`` and columns ``j*f - c .. j*f + f + c - 1`` (mod H, W).
+A grid ``(B, H, W, C)`` (or ``(B, D, H, W, C)``) is cut into the non-overlapping ``f``-wide focus
+blocks, each surrounded by a ``c``-wide context taken periodically from its neighbours: tiles are
+``t = f + 2c`` wide, ``(B, H/f, W/f, t, t, C)`` (3D: ``(B, D/f, H/f, W/f, t, t, t, C)``). Tile
+``(i, j)`` covers rows ``i*f - c .. i*f + f + c - 1`` and the same columns in ``j`` (mod H, W).
+Spatial sizes may be unknown until call time; ``c`` may exceed the grid (the padding wraps again).
+Everything that maps between tiles and grid sites lives here (Keras layer, Monte Carlo, streaming).
 
-Everything that cuts tiles or maps between tiles and grid sites lives here and is shared by the
-Keras layer, the Monte Carlo code and the streaming inference.
-
-Shapes:
-
-* 2D: ``(B, H, W, C) -> (B, H/f, W/f, t, t, C)``
-* 3D: ``(B, D, H, W, C) -> (B, D/f, H/f, W/f, t, t, t, C)``
-
-``H``, ``W``, ``D`` may be unknown until call time; ``c`` may exceed the grid size (the padding
-wraps as many times as needed).
-
-Backends: under Keras' TensorFlow backend (the default) the tiles come from
-``tf.image.extract_patches`` / ``tf.extract_volume_patches``. Under any other Keras 3 backend
-(JAX, PyTorch: ``KERAS_BACKEND=jax``) the same functions use two or three ``keras.ops.take``
-gathers with static index tables instead (``_tiles_from_padded_ops``; tested to give identical
-tiles), so an EDNN also trains on machines that have JAX but no TensorFlow. TensorFlow is imported
-only when the TensorFlow backend is in use.
+Under the TensorFlow backend the tiles come from ``tf.image.extract_patches`` /
+``tf.extract_volume_patches``; under any other Keras 3 backend (``KERAS_BACKEND=jax``) from
+``keras.ops.take`` gathers with static index tables (``_tiles_from_padded_ops``, tested to give
+identical tiles). TensorFlow is imported only under its own backend.
 """
 from __future__ import annotations
 
 import keras
 import numpy as np
+
+from .util import check_int
 
 __all__ = [
     "check_focus_context", "tile_size", "validate_grid", "periodic_pad", "extract_tiles", "tiles_from_padded",
@@ -35,12 +26,8 @@ __all__ = [
 
 
 def check_focus_context(focus, context):
-    """Validate and return ``(int(focus), int(context))``; raise ValueError naming bad values."""
-    if isinstance(focus, bool) or not isinstance(focus, (int, np.integer)) or focus < 1:
-        raise ValueError(f"focus must be an integer >= 1, got focus={focus!r}")
-    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 0:
-        raise ValueError(f"context must be an integer >= 0, got context={context!r}")
-    return int(focus), int(context)
+    """Validate and return ``(int(focus), int(context))`` (focus >= 1, context >= 0)."""
+    return check_int("focus", focus, minimum=1), check_int("context", context, minimum=0)
 
 
 def tile_size(focus, context) -> int:
@@ -54,14 +41,12 @@ def validate_grid(shape, focus, check_channels=True):
     size a positive multiple of ``focus``. Returns the number of spatial dimensions (2 or 3)."""
     shape = tuple(None if s is None else int(s) for s in shape)
     if len(shape) not in (4, 5):
-        raise ValueError(
-            f"EDNN input must be (batch, H, W, channels) or (batch, D, H, W, channels); "
-            f"got rank {len(shape)} with shape {shape}")
+        raise ValueError(f"EDNN input must be (batch, H, W, channels) or (batch, D, H, W, channels); "
+                         f"got rank {len(shape)} with shape {shape}")
     for axis, n in enumerate(shape[1:-1], start=1):
         if n is not None and (n < 1 or n % focus):
-            raise ValueError(
-                f"spatial size {n} (axis {axis} of input shape {shape}) is not a positive multiple "
-                f"of focus={focus}")
+            raise ValueError(f"spatial size {n} (axis {axis} of input shape {shape}) is not a positive multiple "
+                             f"of focus={focus}")
     if check_channels and shape[-1] is not None and shape[-1] < 1:
         raise ValueError(f"input has {shape[-1]} channels in shape {shape}")
     return len(shape) - 2
@@ -72,20 +57,15 @@ def _tf_backend() -> bool:
 
 
 def _wrap_axis(x, axis, context):
-    """Periodically pad one axis of ``x`` by ``context`` on each side.
-
-    Built from slices and a concat when the pad fits in the grid (the usual case); for
-    ``context > n`` the axis is gathered with indices ``(k - c) mod n`` so it wraps repeatedly.
-    """
+    """Periodically pad one axis of ``x`` by ``context`` on each side: slices and a concat when the pad
+    fits in the grid, else a gather with indices ``(k - c) mod n`` (wraps repeatedly)."""
     if context == 0:
         return x
     n_static = x.shape[axis]
     if n_static is not None and context <= n_static:
-        sl_hi = [slice(None)] * len(x.shape)
-        sl_hi[axis] = slice(n_static - context, n_static)
-        sl_lo = [slice(None)] * len(x.shape)
-        sl_lo[axis] = slice(0, context)
-        return keras.ops.concatenate([x[tuple(sl_hi)], x, x[tuple(sl_lo)]], axis=axis)
+        lead = (slice(None),) * axis
+        return keras.ops.concatenate([x[lead + (slice(n_static - context, n_static),)], x,
+                                      x[lead + (slice(0, context),)]], axis=axis)
     if not _tf_backend():  # static shapes (JAX, PyTorch): gather with a fixed index table
         return keras.ops.take(x, np.arange(-context, n_static + context) % n_static, axis=axis)
     import tensorflow as tf
@@ -96,25 +76,18 @@ def _wrap_axis(x, axis, context):
 
 
 def periodic_pad(x, context: int, axes=None):
-    """Pad spatial axes of a batched grid ``(B, *spatial, C)`` periodically by ``context``.
-
-    ``axes`` (default: every spatial axis) selects which axes wrap; a stripe that already carries
-    its halo rows is padded along its columns only (``axes=(2,)``).
-    """
+    """Pad the spatial ``axes`` (default all) of a grid ``(B, *spatial, C)`` periodically by ``context``
+    (a stripe that already carries its halo rows is padded along its columns only: ``axes=(2,)``)."""
     x = keras.ops.convert_to_tensor(x)
-    _, context = check_focus_context(1, context)
+    context = check_int("context", context, minimum=0)
     for axis in (range(1, len(x.shape) - 1) if axes is None else axes):
         x = _wrap_axis(x, axis, context)
     return x
 
 
 def extract_tiles(x, focus: int, context: int):
-    """Cut a batched periodic grid into focus/context tiles in one batched op.
-
-    ``(B, H, W, C) -> (B, H/f, W/f, f+2c, f+2c, C)`` via ``tf.image.extract_patches``;
-    ``(B, D, H, W, C) -> (B, D/f, H/f, W/f, t, t, t, C)`` via ``tf.extract_volume_patches``
-    (gathers under other Keras backends). Differentiable with respect to ``x``.
-    """
+    """Cut a batched periodic grid into focus/context tiles (shapes in the module docstring) in one
+    batched op; differentiable with respect to ``x``."""
     focus, context = check_focus_context(focus, context)
     x = keras.ops.convert_to_tensor(x)
     validate_grid(x.shape, focus)
@@ -122,12 +95,9 @@ def extract_tiles(x, focus: int, context: int):
 
 
 def tiles_from_padded(xp, focus: int, context: int):
-    """Tiles of a grid that already carries its ``c``-wide halo on every spatial axis.
-
-    ``xp`` is ``(B, *(n_i*f + 2c), C)``; the result is ``(B, *n_i, *(t,)*nd, C)``. Used by
-    ``extract_tiles`` (after periodic padding) and by streaming inference (stripes whose halo rows
-    come from the neighbouring stripe, not from a wrap of the stripe itself).
-    """
+    """Tiles ``(B, *n_i, *(t,)*nd, C)`` of a grid ``xp`` ``(B, *(n_i*f + 2c), C)`` that already carries its
+    ``c``-wide halo on every spatial axis (periodic padding, or streaming stripes whose halo rows come
+    from the neighbouring stripe)."""
     focus, context = check_focus_context(focus, context)
     xp = keras.ops.convert_to_tensor(xp)
     nd = len(xp.shape) - 2
@@ -154,12 +124,9 @@ def tiles_from_padded(xp, focus: int, context: int):
 
 
 def _tiles_from_padded_ops(xp, focus: int, context: int):
-    """``tiles_from_padded`` from ``keras.ops`` alone (any backend; static spatial sizes).
-
-    One ``take`` per spatial axis with the index table ``i*f + k`` (tile ``i``, offset ``k < t``)
-    turns axis ``a`` of length ``n*f + 2c`` into ``n*t`` rows, reshaped to ``(n, t)``; a final
-    transpose moves the tile-grid axes in front of the within-tile axes.
-    """
+    """``tiles_from_padded`` from ``keras.ops`` alone (any backend; static spatial sizes): one ``take``
+    per axis with the index table ``i*f + k`` (tile ``i``, offset ``k < t``), reshaped to ``(n, t)``,
+    then a transpose moves the tile-grid axes in front of the within-tile axes."""
     nd = len(xp.shape) - 2
     t = focus + 2 * context
     spatial = tuple(xp.shape[1:-1])
@@ -186,10 +153,7 @@ def _tiles_from_padded_ops(xp, focus: int, context: int):
 
 def fold_tiles(tiles, nd: int):
     """Fold the tile-grid axes into the batch axis: ``(B, *grid, *tile, C) -> (B*prod(grid), *tile, C)``.
-
-    Returns ``(folded, grid_shape)`` where ``grid_shape`` is the dynamic ``(B, *grid)`` shape needed
-    to unfold per-tile outputs.
-    """
+    Returns ``(folded, grid_shape)``, ``grid_shape`` the dynamic ``(B, *grid)`` that unfolds per-tile outputs."""
     if not _tf_backend():  # static tile grid
         grid_shape = (-1,) + tuple(int(s) for s in tiles.shape[1:1 + nd])
         return keras.ops.reshape(tiles, (-1,) + tuple(tiles.shape[1 + nd:])), grid_shape
@@ -197,17 +161,13 @@ def fold_tiles(tiles, nd: int):
 
     shp = tf.shape(tiles)
     grid_shape = shp[: 1 + nd]
-    tile_part = shp[1 + nd:]
-    folded = tf.reshape(tiles, tf.concat([[-1], tile_part], axis=0))
+    folded = tf.reshape(tiles, tf.concat([[-1], shp[1 + nd:]], axis=0))
     folded.set_shape([None] + list(tiles.shape[1 + nd:]))
     return folded, grid_shape
 
 
 def extract_tiles_numpy(x, focus: int, context: int):
-    """Reference implementation with explicit per-tile modular slicing (slow; for tests).
-
-    ``x`` is ``(B, *spatial, C)`` with 2 or 3 spatial axes.
-    """
+    """Reference tiles of ``x`` ``(B, *spatial, C)`` by explicit per-tile modular slicing (slow; for tests)."""
     focus, context = check_focus_context(focus, context)
     x = np.asarray(x)
     nd = validate_grid(x.shape, focus)
@@ -217,8 +177,7 @@ def extract_tiles_numpy(x, focus: int, context: int):
     out = np.empty((x.shape[0],) + grid + (t,) * nd + (x.shape[-1],), dtype=x.dtype)
     for tidx in np.ndindex(*grid):
         sub = x
-        for a, (i, n) in enumerate(zip(tidx, spatial)):
-            rows = (np.arange(i * focus - context, i * focus + focus + context)) % n
+        for a, rows in enumerate(tile_window(tidx, focus, context, spatial)):
             sub = np.take(sub, rows, axis=1 + a)
         out[(slice(None),) + tidx] = sub
     return out
@@ -233,10 +192,8 @@ def tile_window(tile_index, focus: int, context: int, grid_shape):
 
 def axis_membership(n: int, focus: int, context: int):
     """Which tiles along one periodic axis of ``n`` sites contain which coordinate: a boolean
-    ``(n // f, n)`` table, ``True`` at ``[i, s]`` iff ``i*f - c <= s (mod n) <= i*f + f + c - 1``.
-
-    The one site -> tile map: ``tiles_containing`` and ``TileIndex`` are both built from it.
-    """
+    ``(n // f, n)`` table, ``True`` at ``[i, s]`` iff ``i*f - c <= s (mod n) <= i*f + f + c - 1``; the one
+    site -> tile map (``tiles_containing`` and ``TileIndex`` are built from it)."""
     focus, context = check_focus_context(focus, context)
     n = int(n)
     if n < 1 or n % focus:
@@ -247,31 +204,22 @@ def axis_membership(n: int, focus: int, context: int):
 
 
 def tiles_containing(site, focus: int, context: int, grid_shape):
-    """All tile indices whose window (focus plus context) contains grid ``site`` (periodic).
-
-    Returns an ``(n_tiles, nd)`` int array with unique rows in ascending order (fewer than
-    ``ceil((f+2c)/f)^nd`` when the grid is smaller than a tile).
-    """
+    """All tile indices whose window (focus plus context) contains grid ``site`` (periodic): an
+    ``(n_tiles, nd)`` int array of unique ascending rows (fewer than ``ceil((f+2c)/f)^nd`` on a small grid)."""
     per_axis = [np.flatnonzero(axis_membership(n, focus, context)[:, int(s)]) for s, n in zip(site, grid_shape)]
     mesh = np.meshgrid(*per_axis, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1)
 
 
 class TileIndex:
-    """Which sites each tile sees and which tiles see each site, for one periodic grid.
+    """Which sites each tile sees and which tiles see each site, for one periodic grid ``grid_shape``
+    (``(H, W)`` or ``(D, H, W)``, multiples of ``focus``) and the EDNN's ``focus``, ``context``.
 
-    Args:
-        grid_shape: spatial sizes ``(H, W)`` or ``(D, H, W)``, each a positive multiple of ``focus``.
-        focus, context: the EDNN's ``f`` and ``c``.
-
-    Attributes:
-        windows: ``(n_tiles, t, .., t)`` int32 -- flat (C-order) site index of every tile entry,
-            obtained by cutting a grid of site indices with ``extract_tiles`` (the model's own
-            tiling); tile ``k`` is the flat index of the tile grid ``(H/f, W/f)``.
-        members: per axis, the ``axis_membership`` table ``(n_a / f, n_a)`` of that axis.
-        site_ptr, site_tiles: CSR map site -> tiles containing it (unique, ascending):
-            tiles of flat site ``s`` are ``site_tiles[site_ptr[s]:site_ptr[s+1]]`` (the product of
-            the per-axis ``members``, the same map as ``tiles_containing``).
+    ``windows``: ``(n_tiles, t, .., t)`` int32, the flat (C-order) site index of every tile entry, cut
+    by ``extract_tiles`` (the model's own tiling); tile ``k`` is the flat index into the tile grid.
+    ``members``: per axis, its ``axis_membership`` table ``(n_a / f, n_a)``. ``site_ptr``,
+    ``site_tiles``: CSR map site -> tiles containing it (unique, ascending; the product of the
+    per-axis ``members``, the same map as ``tiles_containing``): ``site_tiles[site_ptr[s]:site_ptr[s+1]]``.
     """
 
     def __init__(self, grid_shape, focus, context):

@@ -1,9 +1,6 @@
-"""Training helpers: a quiet epoch progress bar and interruption-safe ``fit``.
-
-``fit`` is ``model.fit`` plus what long physics runs need: a tqdm bar over epochs (loss in the
-postfix), ``keras.callbacks.BackupAndRestore`` so an interrupted run resumes at the last finished
-epoch when started again with the same ``workdir``, a CSV log of every epoch, and the final model
-written atomically.
+"""Training helpers: ``fit`` is ``model.fit`` plus what long physics runs need (a tqdm bar over epochs,
+``BackupAndRestore`` so a rerun with the same ``workdir`` resumes at the last finished epoch, a CSV
+log of every epoch); ``train_or_reuse`` adds the atomically saved final model.
 """
 from __future__ import annotations
 
@@ -72,21 +69,13 @@ def read_log(workdir):
 
 
 def train_or_reuse(path, build, data, *, epochs, workdir, lr, loss="mse", rank=0, **fit_kwargs):
-    """Reuse the model saved at ``path``, or build, compile, train (resumably) and save it.
+    """Load the model saved at the ``.keras`` file ``path``, or build, compile (Adam with ``lr``, a rate or
+    schedule), train resumably with ``fit`` and save it there: every experiment's train-or-reuse step.
 
-    The train-or-reuse step of every experiment: a rerun of a finished run loads the model; a run
-    that was interrupted resumes from the backup in ``workdir`` (see ``fit``).
-
-    Args:
-        path: the ``.keras`` file of the trained model.
-        build: ``build() -> model`` (uncompiled), called only when training.
-        data: ``data() -> (x, y, extra_fit_kwargs)``, called only when training (so a reused model
-            never opens its data set); ``y`` may be None for a dataset.
-        epochs, workdir, rank, **fit_kwargs: as for ``fit``.
-        lr: learning rate or schedule for Adam (e.g. ``cosine_schedule``).
-    Returns ``(model, info)`` with ``info = {"reused", "seconds", "history"}``: ``seconds`` is the
-    wall time of this training session (None when reused), ``history`` the per-epoch logs (from
-    ``workdir/log.csv`` when reused).
+    ``build() -> uncompiled model`` and ``data() -> (x, y, extra_fit_kwargs)`` (``y`` None for a
+    dataset) are called only when training, so a reused model never opens its data. Returns ``(model,
+    info)``, ``info = {"reused", "seconds", "history"}``: the wall time of this training session (None
+    when reused) and the per-epoch logs (from ``workdir/log.csv`` when reused).
     """
     import importlib
     import time
@@ -123,22 +112,15 @@ def _backed_up_epoch(backup_dir):
 
 def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=None, callbacks=(),
         progress=True, desc="training", rank=0, **fit_kwargs):
-    """``model.fit`` that survives interruption.
+    """``model.fit`` of a compiled model that survives interruption; returns the ``History``.
 
-    Args:
-        model: a compiled Keras model (e.g. ``ednn_tf.EDNN``).
-        x, y, batch_size, validation_data: as for ``model.fit`` (``x`` may be a ``tf.data.Dataset``
-            or a ``keras.utils.PyDataset`` such as ``data.ArrayBatches``).
-        epochs: total epochs; a resumed run continues from the last completed epoch (weights and
-            optimiser state from the backup). A ``data.ArrayBatches`` input also continues its
-            per-epoch order and augmentation (``set_epoch``), so the resumed run ends bit-identical
-            to an uninterrupted one (tests/test_training.py). A ``tf.data`` pipeline restarts its
-            shuffle and random-augmentation streams instead: statistically the same, not identical.
-        workdir: folder for the backup (``backup/``) and the per-epoch CSV log (``log.csv``).
-        progress: show the epoch bar (on rank 0).
-        rank: the Horovod rank; only rank 0 logs and shows the bar, and every rank keeps its own
-            backup (``backup`` on rank 0, ``backup-rank<r>`` otherwise) so all resume together.
-    Returns the ``History``; the backup is removed by Keras once training completes.
+    ``x``, ``y``, ``batch_size``, ``validation_data`` as for ``model.fit`` (``x`` may be a ``tf.data``
+    dataset or a ``PyDataset`` such as ``data.ArrayBatches``). A rerun continues after the last
+    completed of ``epochs`` (weights and optimiser state from the backup); ``ArrayBatches`` also
+    continue their order and augmentation (``set_epoch``: bit-identical to an uninterrupted run), a
+    ``tf.data`` pipeline restarts its random streams. ``workdir`` holds the backup (removed once
+    training completes) and ``log.csv``. Only Horovod ``rank`` 0 logs and shows the bar
+    (``progress``); each rank keeps its own backup (``backup``, ``backup-rank<r>``).
     """
     os.makedirs(workdir, exist_ok=True)
     is_dataset = hasattr(x, "element_spec")

@@ -73,12 +73,9 @@ def check_choice(name, value, choices):
 # --- atomic writes ---
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path`` (same extension); rename it onto ``path`` on success.
-
-    Whatever is written to the temporary path (a text file, ``h5py.File``, ``np.savez``,
-    ``model.save``) only replaces ``path`` once the block finishes without an exception; on an
-    exception the temporary file is removed. Parent folders are created.
-    """
+    """Yield a temporary path beside ``path`` (same extension, parent folders created) and rename it onto
+    ``path`` once the block finishes without an exception (a text file, ``h5py.File``, ``np.savez``,
+    ``model.save``); on an exception the temporary file is removed."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     root, ext = os.path.splitext(path)
@@ -100,11 +97,8 @@ def write_json_atomic(obj, path):
 
 # --- JSON ---
 def to_jsonable(o):
-    """Plain JSON data from nested dicts/lists/tuples of numpy and Python values.
-
-    Arrays become lists, numpy scalars Python scalars, dict keys strings, non-finite floats
-    ``None`` (strict JSON has no NaN); anything else becomes its ``str``.
-    """
+    """Plain JSON data from nested dicts/lists/tuples of numpy and Python values: arrays become lists, numpy
+    scalars Python scalars, dict keys strings, non-finite floats ``None`` (strict JSON), anything else ``str``."""
     if isinstance(o, dict):
         return {str(k): to_jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):

@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "ednn_tf"
-LAYER = {"util": 0, "atoms": 2, "labels": 3, "apply": 4}
+LAYER = {"util": 0, "atoms": 2, "labels": 3, "apply": 4, "cli": 5}
 
 
 def _module_name(path):

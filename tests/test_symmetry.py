@@ -89,7 +89,7 @@ def test_bad_arguments_name_the_value(model):
         model.predict_symmetrised(_grids(), stride=3)
     with pytest.raises(ValueError, match="not a positive multiple of focus=4"):
         model.predict_symmetrised(_grids(1, 6, 8))
-    with pytest.raises(ValueError, match="stride must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="stride must be an integer >= 1, got stride=0"):
         symmetry.pixel_shifts(4, 0)
     with pytest.raises(ValueError, match="every shift needs 2 entries"):
         symmetry.symmetrised(lambda z: z.sum(axis=(1, 2, 3)), _grids(), [(1,)])
@@ -106,9 +106,9 @@ def test_mirror_sets_and_shifts():
 
 
 def test_predict_batch_size_must_be_positive(model):
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got batch_size=0"):
         model.predict_total(_grids(), batch_size=0)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 2.5"):
+    with pytest.raises(ValueError, match="batch_size must be an integer, got batch_size=2.5"):
         model.predict_symmetrised(_grids(), batch_size=2.5)
 
 

@@ -16,12 +16,9 @@ from ..atoms import render as _render
 from ..model import load_ednn, sum_tiles
 from ..tiling import TileIndex
 from ..util import check_int, check_positive
-from .calculator import image_settings, subnet_input_spec
+from .calculator import image_settings
 
-__all__ = ["KB_EV_PER_K", "AtomicLocalEnergy", "AtomMetropolis", "tile_input_spec"]
-
-#: Alias of :func:`ednn_tf.apply.calculator.subnet_input_spec`.
-tile_input_spec = subnet_input_spec
+__all__ = ["KB_EV_PER_K", "AtomicLocalEnergy", "AtomMetropolis"]
 
 #: Boltzmann constant in eV/K (CODATA 2018, as ``ase.units.kB``).
 KB_EV_PER_K = 8.617333262e-5
@@ -51,22 +48,14 @@ class AtomicLocalEnergy:
     of per-tile contributions. The image is kept in float64 (stamps are added and subtracted
     there, so no float32 round-off accumulates); tiles are cast to the model's input dtype.
 
-    Parameters
-    ----------
-    model : ednn_tf.EDNN or path to a ``.keras`` file (2D model).
-    atoms : ase.Atoms with an orthorhombic cell (copied; the original is not changed).
-    shape : (nx, ny) image grid the model was trained with; multiples of the model's focus.
-    gamma : float, Gaussian width in Angstrom.
-    cutoff : float, truncation in units of gamma (as in training; default 6).
-    channels : optional element channels (as :func:`render.render`).
+    ``model`` is a 2D ``ednn_tf.EDNN`` (or a ``.keras`` path); ``atoms`` an ase.Atoms with an
+    orthorhombic cell (copied); ``shape`` the ``(nx, ny)`` training grid (multiples of the focus);
+    ``gamma`` (Angstrom), ``cutoff`` (units of gamma, default 6) and ``channels`` as in training.
+    Energies in eV, positions in Angstrom; z is carried along but does not change the energy.
 
-    Energies are in the model's unit (eV); positions in Angstrom. A 2D model sees the projection
-    on the xy plane: z coordinates are carried along but do not change the energy.
-
-    Attributes: ``atoms`` (current structure), ``image`` (``(nx, ny, C)`` float64, the current
-    rendered image), ``index`` (the ``TileIndex`` of the grid), ``n_evaluated_tiles`` (sub-network
-    evaluations so far, for cost accounting). ``energy``, ``contributions`` and ``positions`` are
-    read-only views of the state.
+    Attributes: ``atoms``, ``image`` (``(nx, ny, C)`` float64), ``index`` (the grid's
+    ``TileIndex``), ``n_evaluated_tiles`` (sub-network evaluations so far); ``energy``,
+    ``contributions`` and ``positions`` are read-only views of the state.
 
     Example::
 
@@ -189,10 +178,8 @@ class AtomicLocalEnergy:
 
     def delta_energy(self, i, new_position):
         """Energy change (eV, float64) of moving atom ``i`` to ``new_position`` (Angstrom; 2 or 3
-        coordinates, z kept if 2). The state is not changed; :meth:`accept` applies the move.
-
-        Re-renders only the atom's old and new Gaussian stamps and re-evaluates only the tiles
-        that contain one of their pixels (one batched sub-network call)."""
+        coordinates, z kept if 2), from the affected tiles only (one batched sub-network call). The
+        state is not changed; :meth:`accept` applies the move."""
         i, new, old_stamp, new_stamp, aff = self._proposal(i, new_position)
         img = self.image
         so, sn = np.ix_(*old_stamp[:2]), np.ix_(*new_stamp[:2])
@@ -242,14 +229,9 @@ class AtomMetropolis:
     towards a target acceptance while equilibrating (:meth:`tune`); keep it fixed while sampling so
     that detailed balance holds.
 
-    Parameters
-    ----------
-    local : AtomicLocalEnergy
-    temperature : float, Kelvin (> 0).
-    step : float, maximum displacement per axis in Angstrom (> 0).
-    axes : axes that moves change (default (0, 1): in-plane, the axes a 2D model sees; moves
-        along z would cost no energy and random-walk).
-    seed : int, seed of the move generator.
+    ``temperature`` in Kelvin, ``step`` (maximum displacement per axis) in Angstrom, ``axes`` the
+    axes moves change (default in-plane: a 2D model does not see z, which would random-walk),
+    ``seed`` seeds the move generator.
     """
 
     def __init__(self, local, temperature, step=0.05, axes=(0, 1), seed=0):

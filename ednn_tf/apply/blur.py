@@ -1,29 +1,16 @@
 """Gaussian-blur obfuscation of EDNN tiles at inference time (Mills et al. 2019, Sec. 3.2.1, Fig. 6).
 
-The experiment asks whether a trained EDNN relies on the *focus* of each tile and learns to ignore
-the (double-counted) *context*: replace part of every tile by a blurred copy of itself and see how
-much the predicted total moves. Two families of masks of **equal pixel count** are compared:
+Does a trained EDNN rely on the *focus* of each tile and ignore the (double-counted) *context*?
+Replace part of every tile by a blurred copy and see how much the predicted total moves, for two
+masks of **equal pixel count**, both cut from one centre-outwards ordering of the tile pixels
+(:func:`pixel_order`): :func:`edge_mask`, a band along the tile's outer edge (in the context), and
+:func:`centre_mask`, a square in its centre (in the focus).
 
-* :func:`edge_mask`: a band along the outer edge of the tile (inside the context region);
-* :func:`centre_mask`: a square in the centre of the tile (inside the focus region).
-
-Both are cut from one centre-outwards ordering of the ``t x t`` tile pixels (:func:`pixel_order`):
-``centre_mask(t, A)`` is its first ``A`` pixels and ``edge_mask(t, A)`` its last ``A``, so both hold
-exactly ``A`` pixels; with ``A = band_area(t, w)`` the edge mask is the ``w``-wide border band, with
-``A = s**2`` (``s`` of the parity of ``t``) the centre mask is the central ``s x s`` square (a partial
-last ring fills from the middle of its sides for the centre mask, from its corners for the edge mask).
-
-The blur is applied to the *whole periodic image* (:func:`gaussian_blur`, wrap-around boundary), and
-tiles are then cut from both the original and the blurred image with the shared
-:func:`ednn_tf.tiling.extract_tiles`; a masked pixel of a tile takes the blurred value. Blurring the
-image (rather than each tile on its own) means a blurred pixel near the tile border sees its real
-neighbours, not a zero or reflected border. A Gaussian blur preserves the integral of the image
-(total ``Z``), so it obfuscates positions, not the amount of matter.
-
-:func:`predict_with_blur` evaluates a trained :class:`ednn_tf.EDNN` on such tiles (the subnet runs
-once on all tiles of a batch, the sum is formed in float64) -- the same data path as
-``EDNN.predict_total`` with one extra ``where``. A mask with no pixels reproduces
-``EDNN.predict_total`` (same tiles, same subnet calls).
+The blur is applied to the *whole periodic image* (:func:`gaussian_blur`), and tiles are cut from
+the original and the blurred image with :func:`ednn_tf.tiling.extract_tiles`; a masked pixel takes
+the blurred value, so it sees its real neighbours rather than a tile border. A Gaussian blur
+preserves the image integral (total ``Z``): it obfuscates positions, not the amount of matter. A
+mask with no pixels reproduces ``EDNN.predict_total`` (same tiles, same sub-network calls).
 """
 from __future__ import annotations
 
@@ -38,9 +25,10 @@ __all__ = ["pixel_order", "centre_mask", "edge_mask", "band_area", "gaussian_blu
 def pixel_order(tile_size: int) -> np.ndarray:
     """Flat (row-major) indices of the ``t x t`` tile pixels, from the centre outwards.
 
-    Sort keys: Chebyshev distance from the tile centre ``((t-1)/2, (t-1)/2)`` (so whole square rings
-    come in order), then Euclidean distance, then the flat index. Returns an int64 array of
-    length ``t**2``, a permutation of ``range(t**2)``.
+    Sort keys: Chebyshev distance from the tile centre ``((t-1)/2, (t-1)/2)`` (whole square rings
+    in order), then Euclidean distance, then the flat index; a partial last ring thus fills from
+    the middle of its sides (from its corners, read backwards). Returns an int64 permutation of
+    ``range(t**2)``.
     """
     t = check_int("tile_size", tile_size, minimum=1)
     r = np.arange(t) - (t - 1) / 2.0
@@ -83,11 +71,10 @@ def band_area(tile_size: int, width: int) -> int:
 def gaussian_blur(images, sigma) -> np.ndarray:
     """Periodic Gaussian blur of a batch of images ``(B, H, W, C)`` along ``H`` and ``W`` only.
 
-    ``sigma`` is the standard deviation in pixels, a number or a pair ``(sigma_H, sigma_W)``
-    (pass ``sigma_angstrom / pixel_size`` per axis for a physical width). The boundary wraps
-    (``scipy.ndimage.gaussian_filter(mode="wrap")``, kernel truncated at 4 sigma), matching the
-    periodic cells the images represent; the image integral is preserved. ``sigma = 0`` returns
-    an unchanged copy. Returns float32 (float64 input stays float64).
+    ``sigma`` is the standard deviation in pixels, a number or ``(sigma_H, sigma_W)`` (pass
+    ``sigma_angstrom / pixel_size`` for a physical width). The boundary wraps
+    (``scipy.ndimage.gaussian_filter(mode="wrap")``, truncated at 4 sigma); ``sigma = 0`` returns an
+    unchanged copy. Returns float32 (float64 input stays float64).
     """
     from scipy.ndimage import gaussian_filter
 
@@ -130,14 +117,10 @@ def blurred_tiles(x, x_blurred, mask, focus: int, context: int):
 def predict_with_blur(model, x, mask, sigma=None, x_blurred=None, batch_size: int = 32) -> np.ndarray:
     """Totals of a trained 2-D :class:`ednn_tf.EDNN` when the ``mask`` pixels of every tile are blurred.
 
-    Args:
-        model: a trained ``EDNN`` (uses ``model.focus``, ``model.context``, ``model.tile_values``).
-        x: ``(B, H, W, C)`` images (H, W multiples of the focus).
-        mask: boolean ``(t, t)`` tile mask (:func:`edge_mask`, :func:`centre_mask`, or any).
-        sigma: blur width in pixels (number or ``(sigma_H, sigma_W)``); ignored if ``x_blurred``
-            is given (pass a precomputed :func:`gaussian_blur` of ``x`` to reuse it across masks).
-        batch_size: images per subnet call.
-    Returns float64 ``(B,)`` totals, summed over tiles in float64.
+    ``x``: ``(B, H, W, C)`` images (H, W multiples of the focus); ``mask``: boolean ``(t, t)``;
+    ``sigma``: blur width in pixels (number or ``(sigma_H, sigma_W)``), ignored if ``x_blurred`` (a
+    precomputed :func:`gaussian_blur` of ``x``, to reuse across masks) is given; ``batch_size``:
+    images per sub-network call. Returns float64 ``(B,)`` totals, summed over tiles in float64.
     """
     from .. import tiling
     from ..model import sum_tiles

@@ -1,49 +1,31 @@
 """ASE calculator backed by a trained EDNN: energy, per-tile energies and forces.
 
-Physics
--------
-The structure is turned into the image of eqn (2) of Mills et al. (Chem. Sci. 2019)::
+The structure is rendered as the image of eqn (2) of Mills et al. (Chem. Sci. 2019),
+``V(x, y) = sum_i w_i exp(-[(x - x_i)^2 + (y - y_i)^2] / (2 gamma^2))`` (``w_i = Z_i``, or one
+channel per element), on the periodic ``nx x ny`` grid of the orthorhombic cell (pixel ``(ix, iy)``
+at ``x = ix Lx / nx``, ``y = iy Ly / ny``). The EDNN sums one sub-network value per tile,
+``E = sum_k g(tile_k[V])`` (eV for the models of this package). Forces
+``F_i = -dE/dr_i = -sum_p (dE/dV(p)) (dV(p)/dr_i)`` (eV/Angstrom) come from automatic
+differentiation through :func:`ednn_tf.atoms.render_tf.render_tf` and the network, so they are
+conservative. A 2D model sees the xy projection: E does not depend on z, the z forces are 0.
 
-    V(x, y) = sum_i w_i exp(-[(x - x_i)^2 + (y - y_i)^2] / (2 gamma^2))
+Symmetry. E is invariant only under rigid translations by multiples of the tile stride
+``focus * Lx/nx`` (which map tiles onto tiles), so the net force ``sum_i F_i`` is not zero in
+general; only its average over a translation through one stride vanishes.
 
-(``w_i = Z_i``, or one channel per element), sampled on the periodic ``nx x ny`` grid that
-covers the orthorhombic cell (pixel ``(ix, iy)`` at ``x = ix Lx / nx``, ``y = iy Ly / ny``).
-The EDNN cuts the image into focus/context tiles and sums one sub-network value per tile::
+Truncation. ``cutoff=None`` (default) renders untruncated Gaussians: E is smooth. ``cutoff=c``
+truncates each Gaussian per axis at ``c * gamma`` like :func:`ednn_tf.atoms.render.render` (the
+training images): values differ by at most ``exp(-c^2/2)`` relative (1.5e-8 for c = 6), but E jumps
+by that much when a pixel crosses the cutoff, which finite-difference checks notice.
 
-    E(r_1 .. r_N) = sum_k g(tile_k[V])                                          (eV)
-
-The energy is in the model's output unit, which for the models of this package is eV (they are
-trained on oracle energies in eV). Forces are the exact negative gradient of that function::
-
-    F_i = -dE/dr_i = -sum_pixels (dE/dV(p)) (dV(p)/dr_i)                        (eV/Angstrom)
-
-obtained by automatic differentiation through the differentiable renderer
-(:func:`ednn_tf.atoms.render_tf.render_tf`) and the network, so they are conservative (energy is
-conserved in NVE MD up to the integrator error). With a 2D model the image is a projection on
-the xy plane: the energy does not depend on z and the z forces are exactly 0.
-
-Symmetry. The grid breaks continuous translation symmetry: E is invariant only under rigid
-translations by multiples of the *tile stride* ``focus * pixel`` (``focus * Lx/nx`` along x),
-which map tiles onto tiles. Hence the net force ``sum_i F_i`` is in general not zero; only its
-average over a rigid translation through one tile stride vanishes. It tends to 0 as the model
-becomes translation invariant (well trained, pixels much smaller than gamma).
-
-Truncation. ``cutoff=None`` (default) renders untruncated Gaussians: E is smooth and the forces
-are continuous. ``cutoff=c`` truncates each Gaussian per axis at ``c * gamma`` exactly like
-:func:`ednn_tf.atoms.render.render` (the training images); the values differ from the untruncated ones
-by at most ``exp(-c^2/2)`` relative (1.5e-8 for c = 6, below float32 resolution), but E then
-jumps by that much when a pixel crosses the cutoff, which finite-difference checks notice.
-
-Units: positions and cell in Angstrom, gamma in Angstrom, cutoff in units of gamma, energies
-in eV, forces in eV/Angstrom. Stress is not implemented (the grid is tied to the cell).
+Units: positions, cell and gamma in Angstrom, cutoff in units of gamma. Stress is not implemented.
 
 Example::
 
-    from ednn_tf.apply.calculator import EDNNCalculator
     calc = EDNNCalculator("results/hexagonal-cpu/ednn.keras", shape=(128, 128), gamma=0.2)
     atoms.calc = calc
     atoms.get_potential_energy()        # eV
-    atoms.get_forces()                  # (N, 3) eV/A, z column 0 for a 2D model
+    atoms.get_forces()                  # (N, 3) eV/A
     calc.get_tile_energies(atoms)       # (nx/f, ny/f) eV per tile, row = x
 """
 from __future__ import annotations
@@ -60,10 +42,7 @@ from ..atoms.render_tf import render_tf
 from ..model import load_ednn, sum_tiles
 from ..util import check_int, check_positive
 
-__all__ = ["EDNNCalculator", "subnet_input_spec", "image_settings", "load_model"]
-
-#: Deprecated alias of :func:`ednn_tf.model.load_ednn` (still used by experiments/graphene_mc.py).
-load_model = load_ednn
+__all__ = ["EDNNCalculator", "subnet_input_spec", "image_settings"]
 
 
 def subnet_input_spec(model):
@@ -115,46 +94,20 @@ def image_settings(model, shape=None, pixel_size=None, channels=None):
 class EDNNCalculator(Calculator):
     """ASE calculator: energy (eV), per-tile energies (eV) and forces (eV/A) of a trained EDNN.
 
-    See the module docstring for the physics. The rendering settings must be those the model
-    was trained with.
+    ``model`` is an ``ednn_tf.EDNN`` or the path of a ``.keras`` file. Give either ``shape``, a
+    fixed grid ``(nx, ny[, nz])`` (multiples of the focus; e.g. ``(256, 256)`` for the paper's
+    60-atom cells), or ``pixel_size`` (Angstrom; the grid is ``cells.shape_for_cell(cell,
+    pixel_size, multiple_of=focus)`` per structure, 2D models only). ``gamma`` (Angstrom),
+    ``cutoff`` (units of gamma, or None) and ``channels`` (atomic numbers or symbols, one channel
+    each; default one channel weighted by Z) must be those the model was trained with.
+    ``max_cached`` compiled graphs are kept (one per atom count, numbers, cell and grid);
+    ``**kwargs`` go to :class:`ase.calculators.calculator.Calculator`.
 
-    Parameters
-    ----------
-    model : ednn_tf.EDNN or str or os.PathLike
-        The trained model, or the path of a ``.keras`` file written by ``model.save``.
-    shape : (nx, ny) or (nx, ny, nz), optional
-        Fixed image grid (pixels per cell axis), e.g. ``(256, 256)`` for the paper's 60-atom
-        hexagonal cells. Every entry must be a multiple of the model's focus. Give either
-        ``shape`` or ``pixel_size``.
-    pixel_size : float, optional
-        Target pixel size in Angstrom; the grid is ``cells.shape_for_cell(cell, pixel_size,
-        multiple_of=focus)`` for each structure, so cells of any size get the training
-        resolution (2D models only).
-    gamma : float
-        Gaussian width of eqn (2) in Angstrom (paper: 0.2).
-    cutoff : float or None
-        Gaussian truncation in units of gamma (as :func:`render.render`), or None for smooth
-        untruncated Gaussians (default; see the module docstring).
-    channels : sequence of atomic numbers or symbols, optional
-        One image channel per listed element (as :func:`render.render`); default one channel
-        weighted by Z.
-    max_cached : int
-        Number of compiled graphs kept (one per atom count, numbers, cell and grid).
-    **kwargs
-        Passed to :class:`ase.calculators.calculator.Calculator` (``label``, ``atoms``, ...).
-
-    Properties
-    ----------
-    ``energy`` and ``free_energy`` (eV, equal), ``forces`` (N, 3) eV/Angstrom,
-    ``tile_energies`` (nx/f, ny/f) eV (row = x; they sum to the energy). ``stress`` raises
-    ``PropertyNotImplementedError``.
-
-    Raises
-    ------
-    ValueError
-        Bad model or settings (at construction); at calculation time a non-orthorhombic cell,
-        a cell that is not periodic along the image axes, non-finite positions, an element not
-        in ``channels``, or an image size that is not a multiple of the focus.
+    Properties: ``energy`` = ``free_energy`` (eV), ``forces`` (N, 3) eV/Angstrom, ``tile_energies``
+    (nx/f, ny/f) eV (row = x; they sum to the energy); ``stress`` raises PropertyNotImplementedError.
+    Raises ValueError for a bad model or settings, and at calculation time for a non-orthorhombic
+    or non-periodic cell, non-finite positions, an element not in ``channels`` or a grid that is
+    not a multiple of the focus.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "tile_energies"]

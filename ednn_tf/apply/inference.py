@@ -2,13 +2,10 @@
 
 The grid is never materialised: a *row source* produces any band of grid rows on demand (with
 periodic wrap), e.g. by rendering only the atoms near a stripe of a procedurally generated sheet.
-Tile rows are processed a chunk at a time: the chunk's rows plus its ``c``-wide halo above and
-below are requested and padded periodically along the columns. The padded stripe is then cut, a
-block of tile columns at a time, into tiles with the same ``tiling.tiles_from_padded`` the Keras
-layer uses, and each block goes through ``EDNN.tile_values`` in batches of ``batch_tiles`` tiles.
-Contributions are summed in float64 (``model.sum_tiles``). Peak memory is one stripe of grid rows
-plus one block of tiles: it does not depend on the number of rows, and the tiles (``(f + 2c)^2 / f^2``
-times the stripe's pixels if cut at once) do not grow with the grid's width.
+Each chunk of tile rows is requested with its ``c``-wide halo, padded periodically along the
+columns, cut a block of tile columns at a time by ``tiling.tiles_from_padded`` (as the Keras
+layer) and evaluated by ``EDNN.tile_values`` in batches; sums are float64 (``model.sum_tiles``).
+Peak memory (one stripe plus one block of tiles) grows with neither the grid's height nor its width.
 
 With Horovod each rank takes a contiguous block of tile rows (``shard_rows``) and the float64
 partial sums are combined by one allreduce at the end.
@@ -122,22 +119,15 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
                        atoms_per_tile=None):
     """Evaluate ``model`` (an ``EDNN``) over tile rows ``row_range`` of a 2D grid, streaming.
 
-    Args:
-        model: an ``ednn_tf.EDNN`` (its ``focus``, ``context`` and ``tile_values`` are used).
-        source: callable ``source(r0, r1) -> array (r1 - r0, W, C)`` of grid rows ``r0 .. r1-1``;
-            rows outside ``[0, H)`` must wrap periodically.
-        grid_shape: ``(H, W)`` of the whole grid (multiples of ``focus``).
-        row_range: ``(start, stop)`` tile rows to evaluate (default all ``H / f``).
-        tile_rows_per_chunk: tile rows requested from ``source`` at a time (memory knob).
-        batch_tiles: tiles per sub-network call (the graph is traced once, for any batch).
-        tile_cols_per_block: tile columns cut from the stripe at a time (memory knob). ``"auto"``
-            (default): as many as fill four ``batch_tiles`` calls (fewer, larger cuts: less per-op
-            overhead); ``None``: the whole width at once.
-        keep_map: return the per-tile contributions of these rows, ``(rows, W / f)`` float32.
-        map_writer: optional callable ``map_writer(first_tile_row, block)`` receiving each chunk's
-            per-tile contributions (e.g. to write an HDF5 map stripe by stripe).
-        progress: show a tqdm bar (tiles; with ``atoms_per_tile`` also atoms/s).
-    Returns a ``StreamResult`` with the float64 ``total``.
+    ``source(r0, r1)`` returns grid rows ``r0 .. r1-1`` as ``(r1 - r0, W, C)``, wrapping rows outside
+    ``[0, H)`` periodically; ``grid_shape`` is ``(H, W)`` (multiples of ``focus``); ``row_range``
+    ``(start, stop)`` the tile rows (default all ``H / f``). Memory knobs: ``tile_rows_per_chunk``
+    rows per ``source`` call, ``batch_tiles`` tiles per sub-network call (traced once for any
+    batch), ``tile_cols_per_block`` tile columns cut at a time (``"auto"``: enough to fill four
+    batches; ``None``: the whole width). ``keep_map`` returns the per-tile contributions
+    ``(rows, W / f)`` float32 as ``tile_map``; ``map_writer(first_tile_row, block)`` receives each
+    chunk's (e.g. to write an HDF5 map stripe by stripe); ``progress`` shows a tqdm bar (with
+    ``atoms_per_tile`` also atoms/s). Returns a ``StreamResult`` with the float64 ``total``.
     """
     f, c = model.focus, model.context
     W, n_cols, start, stop, cols = _stream_plan(model, grid_shape, row_range, tile_rows_per_chunk, batch_tiles,

@@ -16,8 +16,7 @@ at a time: all sites of the colour (of all replicas) in ONE batched sub-network 
 with ``min(1, exp(-dE/T))``. Each colour update satisfies detailed balance for the EDNN's own
 energy, so a sweep samples ``exp(-E_EDNN/T)`` exactly (up to float32 round-off of the tile terms).
 
-Tile windows come from ``tiling.TileIndex`` (cut with ``tiling.extract_tiles``, as in the model, so
-Monte Carlo and model agree on which sites a tile sees); sub-network terms from
+Tile windows come from ``tiling.TileIndex`` (the model's own windows), sub-network terms from
 ``EDNN.tile_values``, totals from ``model.sum_tiles``.
 
 Conventions: a move negates every channel of one site (the Ising spin flip ``s -> -s``);
@@ -158,17 +157,8 @@ class _LatticeState:
 
 
 class LocalEnergy(_LatticeState):
-    """One lattice and its per-tile contributions, with energy changes of single-site flips
-    computed from the affected tiles only.
-
-    Args:
-        model: a lattice ``ednn_tf.EDNN`` (focus ``f``, context ``c``).
-        spins: one configuration ``(H, W)`` or ``(H, W, C)`` (``ndim=3``: ``(D, H, W[, C])``).
-        ndim: number of spatial axes (2 or 3).
-
-    ``delta_energy(sites)`` returns, for each site independently, ``E(s flipped) - E`` (float64);
-    ``flip(sites)`` flips the sites, updates only the affected tiles of the cache and returns the
-    total energy change. ``energy`` is the float64 sum of the cached tile terms.
+    """One lattice ``spins`` ``(H, W[, C])`` (``ndim=3``: ``(D, H, W[, C])``) of a lattice EDNN and
+    its per-tile contributions, with energy changes of single-site flips from the affected tiles only.
 
     Example::
 
@@ -202,11 +192,8 @@ class LocalEnergy(_LatticeState):
         return self.index.tile_coords(self.index.tiles_of(self.index.flat_sites(site))[0])
 
     def delta_energy(self, sites):
-        """Energy change of flipping each of ``sites`` ``(n, ndim)`` alone, float64 ``(n,)``.
-
-        All affected tiles of all sites go through the sub-network in one batched call; the
-        state is not changed.
-        """
+        """Energy change ``E(s flipped) - E`` of flipping each of ``sites`` ``(n, ndim)`` alone, float64
+        ``(n,)``, from one batched sub-network call; the state is not changed."""
         s = self.index.flat_sites(sites)
         if len(s) == 0:
             return np.zeros(0)
@@ -232,21 +219,14 @@ class LocalEnergy(_LatticeState):
 class Metropolis(_LatticeState):
     """Exact colour-parallel single-spin-flip Metropolis for a lattice EDNN, many replicas at once.
 
-    Each sweep visits the colours of ``lattice_colouring`` in order. For one colour, every site of
-    the colour in every replica proposes a flip; the affected tiles of all of them (disjoint by
-    construction, together about one tile grid per replica) go through the sub-network in ONE
-    call, ``dE`` is the sum of (new - cached old) per site, and each flip is accepted with
-    probability ``min(1, exp(-dE/T))`` of its replica's temperature. Accepted spins and their
-    tiles' new terms are written back. The whole sweep is one ``tf.function`` with fixed shapes
-    (index arrays precomputed per colour), so it traces once.
+    Each sweep visits the colours of ``lattice_colouring`` in order (see the module docstring);
+    a colour's affected tiles (disjoint, about one tile grid per replica) take one sub-network
+    call, and accepted spins and their tiles' new terms are written back. The whole sweep is one
+    ``tf.function`` with fixed shapes (index arrays precomputed per colour), so it traces once.
 
-    Args:
-        model: a lattice ``ednn_tf.EDNN``.
-        spins: initial configurations ``(R, H, W)`` or ``(R, H, W, C)`` (``ndim=3``: one more axis).
-        temperatures: ``k_B T`` (energy unit of the model), a scalar or ``(R,)``; all > 0.
-        seed: seed of the random stream (``None``: nondeterministic).
-        ndim: number of spatial axes (2 or 3).
-        jit_compile: passed to ``tf.function`` (XLA); off by default (oneDNN is faster on CPU).
+    ``spins``: initial configurations ``(R, H, W[, C])`` (``ndim=3``: one more axis);
+    ``temperatures``: ``k_B T`` in the model's energy unit, scalar or ``(R,)``, all > 0; ``seed``
+    (``None``: nondeterministic); ``jit_compile`` is passed to ``tf.function`` (XLA; off by default).
 
     Example::
 
@@ -328,12 +308,9 @@ class Metropolis(_LatticeState):
         return e.numpy(), m.numpy()
 
     def run(self, n_sweeps, every=1, progress=False, desc="MC"):
-        """Run ``n_sweeps`` sweeps, recording after every ``every``-th one.
-
-        Returns a dict of float64 arrays ``(n_records, R)``: ``energy`` (total, from the cache) and
-        ``magnetisation`` (mean site value, channels averaged). ``progress=True`` shows a Keras
-        progress bar.
-        """
+        """Run ``n_sweeps`` sweeps, recording after every ``every``-th one (Keras progress bar if
+        ``progress``). Returns a dict of float64 arrays ``(n_records, R)``: ``energy`` (total, from the
+        cache) and ``magnetisation`` (mean site value, channels averaged)."""
         n_sweeps, every = check_int("n_sweeps", n_sweeps, minimum=0), check_int("every", every, minimum=1)
         n_rec = n_sweeps // every
         energy = np.empty((n_rec, self.n_replicas))

@@ -1,11 +1,7 @@
-"""What the experiment scripts share: their process environment and the render settings saved
-beside a trained model.
-
-``script_environment`` is called before anything imports numpy or TensorFlow (this module imports
-neither at load time). ``write_render_settings`` / ``read_render_settings`` keep the sidecar
-``<model stem>.json`` (grid ``shape``, ``gamma`` and ``cutoff`` in Angstrom / gammas, ``oracle``,
-...) that lets another script render structures the way the model was trained.
-"""
+"""What the experiment scripts share: their process environment (``script_environment``, called
+before anything imports numpy or TensorFlow; this module imports neither at load time) and the
+sidecar ``<model stem>.json`` beside a trained model (grid ``shape``, ``gamma`` in A, ``cutoff`` in
+gammas, ``oracle``, ...) that lets another script render structures the way the model was trained."""
 from __future__ import annotations
 
 import json
@@ -50,13 +46,10 @@ def write_render_settings(model_path, settings):
 
 
 def read_render_settings(model_path, shape=None, gamma=None, cutoff=None):
-    """Render settings of a saved model: the arguments given (not None) > its sidecar > the
-    ``results.json`` of ``experiments/hexagonal.py`` in its folder (``config.grid``) > the
-    renderer's defaults for ``gamma`` / ``cutoff``.
-
-    Returns ``{"shape", "gamma", "cutoff", "channels", "oracle", "source"}`` (``source``: the file
-    read, or None). Raises ValueError when no grid shape is known.
-    """
+    """``{"shape", "gamma", "cutoff", "channels", "oracle", "source"}`` of a saved model: the arguments
+    given (not None) > its sidecar > the ``results.json`` of ``experiments/hexagonal.py`` in its folder
+    (``config.grid``) > the renderer's defaults; ``source``: the file read, or None. ValueError when
+    no grid shape is known."""
     from ..atoms import cells
 
     found, source = load_sidecar(model_path)
@@ -70,9 +63,8 @@ def read_render_settings(model_path, shape=None, gamma=None, cutoff=None):
     settings = {"shape": found.get("shape"), "gamma": found.get("gamma", cells.DEFAULT_GAMMA),
                 "cutoff": found.get("cutoff", cells.DEFAULT_CUTOFF), "channels": found.get("channels"),
                 "oracle": found.get("oracle"), "source": source}
-    for key, value in (("shape", None if shape is None else list(shape)), ("gamma", gamma), ("cutoff", cutoff)):
-        if value is not None:
-            settings[key] = value
+    given = {"shape": None if shape is None else list(shape), "gamma": gamma, "cutoff": cutoff}
+    settings.update({key: value for key, value in given.items() if value is not None})
     if settings["shape"] is None:
         raise ValueError(f"no image shape for {model_path}: pass a shape or write a sidecar "
                          f"{sidecar_path(model_path)} with {{\"shape\": [nx, ny], \"gamma\": 0.2, \"cutoff\": 6.0}}")

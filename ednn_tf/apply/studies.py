@@ -1,13 +1,6 @@
-"""Studies of a trained EDNN on atomistic sheets (Mills et al. 2019, Secs. 3.2.1, 3.3; Figs. 6, 9),
-as ``experiments/hexagonal.py`` runs them. Energies in eV, errors per unit as
-``metrics.energy_errors`` (eV, meV/A^2, meV/atom).
-
-``test_errors`` / ``comparison``: test errors of a model, CNN / EDNN ratios and errors by kind of
-cell. ``symmetrised_test``: the same for models averaged over exact symmetries. ``transfer_study``:
-new ``k x k`` sheets labelled by the oracle (serial, timed) and predicted by the EDNN.
-``timing_study``: EDNN inference time vs size on exact repeats. ``blur_study``: errors with part of
-every tile blurred (``apply.blur``).
-"""
+"""Studies of a trained EDNN on atomistic sheets (Mills et al. 2019, Secs. 3.2.1, 3.3; Figs. 6, 9) for
+``experiments/hexagonal.py``: test errors, transfer to ``k x k`` sheets, timing, blurred tiles.
+Energies in eV; errors per unit as ``metrics.energy_errors`` (eV, meV/A^2, meV/atom)."""
 from __future__ import annotations
 
 import os
@@ -21,9 +14,8 @@ __all__ = ["test_errors", "comparison", "symmetrised_test", "transfer_study", "t
 
 
 def test_errors(name, model, x, y, n_atoms, areas):
-    """``(predictions [eV], entry, seconds of the predictions)``: ``energy_errors`` of ``model`` (an
-    EDNN or the plain CNN) on ``x``, its parameter count and the std of its predictions over that of
-    the labels ``y`` (with a warning naming ``name`` when it predicts a constant)."""
+    """``(predictions [eV], entry, seconds of the predictions)``: ``energy_errors`` of ``model`` (EDNN
+    or CNN) on ``x``, its parameter count and prediction std / label std (warns if it is constant)."""
     from ..atoms.targets import predict_ev
 
     t0 = time.perf_counter()
@@ -39,11 +31,10 @@ def test_errors(name, model, x, y, n_atoms, areas):
 
 
 def comparison(models, preds, d, focus, sym_stride=0, sym_mirrors=False, paper_ratio=None):
-    """The models' comparison on the test cells ``d`` (``datasets.split_data``) from their
-    predictions ``preds`` (eV): ``(entries, predictions, symmetrised)``. ``entries``: CNN / EDNN
-    ratios (``ratio_entries``, when both are there; and ``paper_ratio``) and ``by_kind`` (MAE in
-    meV/A^2 per kind of cell); ``predictions``: per-cell labels and predictions (eV), with
-    ``sym_stride`` also :func:`symmetrised_test`'s, whose entry is ``symmetrised`` (else None)."""
+    """``(entries, predictions, symmetrised)`` on the test cells ``d`` (``datasets.split_data``) from
+    the predictions ``preds`` (eV). ``entries``: CNN / EDNN ratios (``ratio_entries``, with both
+    models) and ``by_kind`` (MAE in meV/A^2 per kind of cell); ``predictions``: per-cell labels and
+    predictions (eV), with ``sym_stride`` also :func:`symmetrised_test`'s (its entry, else None)."""
     y, areas, kinds = d["y"], d["areas"], d["kinds"]
     out, sym = {}, None
     if len(preds) == 2:
@@ -61,9 +52,8 @@ def comparison(models, preds, d, focus, sym_stride=0, sym_mirrors=False, paper_r
 
 
 def symmetrised_test(models, x, y, n_atoms, areas, focus, stride, mirrors):
-    """Errors of every model of ``{"ednn": ..., "cnn": ...}`` averaged over the same whole-pixel
-    periodic shifts at offsets ``0, stride, ...  < focus`` per axis (times the mirrors): the same
-    cost for both. Returns ``(entry, {name: symmetrised predictions})``."""
+    """``(entry, {name: predictions})`` of ``{"ednn": ..., "cnn": ...}`` averaged over the same periodic
+    whole-pixel shifts ``0, stride, ... < focus`` per axis (times the mirrors): the same cost for both."""
     from .. import symmetry
     from ..atoms.targets import predict_ev
 
@@ -125,14 +115,13 @@ def _transfer_size(ednn, bases, y_base, oracle, k, seed, files, render_kw, grid,
 
 def transfer_study(ednn, bases, y_base, oracle, sizes, counts, seed, data_dir, stem, render_kw, grid,
                    sym_stride=0, sym_mirrors=False, progress=True, on_size=None):
-    """Per size ``k`` of ``sizes``: the first ``counts[i]`` of the cells ``bases`` (labels ``y_base``,
-    eV) rebuilt unrattled, repeated ``k x k`` and independently re-rattled (``rattled_supercell``,
-    seed ``seed * 100003 + i``; ``k = 1``: the cells themselves), labelled by ``oracle`` with
-    ``label_timed`` (resumable, ``<data_dir>/hexagonal_transfer_*_from_<stem>.json``), rendered on
-    ``k * grid`` pixels (``render_kw``) and predicted by ``ednn`` (also symmetrised with
-    ``sym_stride``). ``k = 2`` also labels the exact repeats: the oracle's own extensivity gap.
-    ``on_size(entry)`` runs after each size. Returns ``(entry, points)``: ``points`` = errors per
-    mean atom count and the oracle's atoms and seconds, for :func:`timing_study` and the plot."""
+    """Per size ``k``: the first ``counts[i]`` cells of ``bases`` (labels ``y_base``, eV) rebuilt
+    unrattled, repeated ``k x k`` and re-rattled (``rattled_supercell``, seed ``seed * 100003 + i``;
+    ``k = 1``: the cells themselves), labelled by ``oracle`` (``label_timed``, resumable in
+    ``<data_dir>/hexagonal_transfer_*_from_<stem>.json``), rendered on ``k * grid`` pixels and
+    predicted by ``ednn`` (also symmetrised with ``sym_stride``); ``k = 2`` also labels the exact
+    repeats (the oracle's own extensivity gap). ``on_size(entry)`` runs after each size. Returns
+    ``(entry, points)``: errors per mean atom count and the oracle's atoms and seconds."""
     tr = {"sizes": {}}
     pts = {"errors": {}, "oracle_atoms": [], "oracle_seconds": []}
     for k, count in zip(sizes, counts):
@@ -156,9 +145,9 @@ def transfer_study(ednn, bases, y_base, oracle, sizes, counts, seed, data_dir, s
 
 
 def timing_study(ednn, base, grid, focus, sizes, render_kw, tr, pts):
-    """EDNN inference seconds vs size on exact ``k x k`` repeats of ``base`` (``k`` in ``sizes``;
-    also the check prediction = ``k^2`` x the cell's), stored in ``tr["ednn_timing"]`` with the
-    log-log time exponents of the EDNN and of the oracle (``pts`` from :func:`transfer_study`)."""
+    """EDNN inference seconds vs size on exact ``k x k`` repeats of ``base`` (and the check prediction =
+    ``k^2`` x the cell's) in ``tr["ednn_timing"]``, with the log-log time exponents of the EDNN and
+    of the oracle (``pts`` from :func:`transfer_study`)."""
     from ..atoms import render, structures
     from ..timing import min_seconds
 
@@ -183,21 +172,18 @@ def timing_study(ednn, base, grid, focus, sizes, render_kw, tr, pts):
     tr["ednn_time_exponent_largest3"] = fit_exponent(timing["n_atoms"][-3:], timing["inference_seconds"][-3:])
     tr["ednn_seconds_per_tile_largest"] = timing["inference_seconds"][-1] / timing["tiles"][-1]
     tr["oracle_time_exponent"] = fit_exponent(pts["oracle_atoms"], pts["oracle_seconds"])
-    med = {}
-    for a, s in zip(pts["oracle_atoms"], pts["oracle_seconds"]):
-        med.setdefault(int(a), []).append(s)
-    tr["oracle_seconds_median_by_atoms"] = {str(a): float(np.median(v)) for a, v in sorted(med.items())}
+    atoms, secs = np.asarray(pts["oracle_atoms"]).astype(int), np.asarray(pts["oracle_seconds"], float)
+    tr["oracle_seconds_median_by_atoms"] = {str(a): float(np.median(secs[atoms == a])) for a in np.unique(atoms)}
     return timing
 
 
 def blur_study(ednn, x, y, areas, clean, sigma_A, pixel_A, widths, n=None):
-    """Test MAE (meV/A^2) of ``ednn`` on the first ``n`` (default all) images ``x`` with a Gaussian
-    blur (``sigma_A``; pixels of ``pixel_A`` A per axis) on an edge band of every tile's context
-    (widths ``widths`` px) or an equal-area centre square of its focus. ``clean`` = unblurred
-    predictions (eV). Blurring the focus changes ``sum(x^2)``, ``sum(x^3)`` and with them the fixed
-    moment term's estimate of the composition, which measures the image, not the network: the blur
-    acts on what ``targets.learned_part(ednn)`` sees, the rest keeps its unblurred value (the full
-    model's errors are kept too)."""
+    """Test MAE (meV/A^2) of ``ednn`` on the first ``n`` images ``x`` with a Gaussian blur (``sigma_A``;
+    ``pixel_A`` A per pixel and axis) on an edge band of every tile's context (``widths`` px) or an
+    equal-area centre square of its focus; ``clean``: unblurred predictions (eV). Blurring the focus
+    changes ``sum(x^2)``, ``sum(x^3)`` and so the fixed moment term's estimate of the composition,
+    which measures the image, not the network: the blur acts on ``targets.learned_part(ednn)`` only,
+    the rest keeps its unblurred value (the full model's errors are kept too)."""
     from ..atoms.targets import learned_part
     from . import blur
 
@@ -221,9 +207,8 @@ def blur_study(ednn, x, y, areas, clean, sigma_A, pixel_A, widths, n=None):
         bl.update(full_model_edge_mae_meV_per_A2=[], full_model_centre_mae_meV_per_A2=[])
     for w in widths:
         area = blur.band_area(t, w)
-        bl["widths_px"].append(w)
-        bl["area_px"].append(area)
-        bl["area_fraction_of_tile"].append(area / t ** 2)
+        for key, v in (("widths_px", w), ("area_px", area), ("area_fraction_of_tile", area / t ** 2)):
+            bl[key].append(v)
         for kind, mask in (("edge", blur.edge_mask(t, area)), ("centre", blur.centre_mask(t, area))):
             p = fixed + blur.predict_with_blur(learned, x, mask, x_blurred=x_blurred, batch_size=32)
             bl[f"{kind}_mae_meV_per_A2"].append(mae(p))

@@ -20,13 +20,9 @@ BINDER_ISING_2D = 0.61069
 def thermodynamics(energy, magnetisation, temperatures, n_sites, n_blocks=10):
     """Thermal averages from Monte Carlo records, replicas of equal temperature pooled.
 
-    Args:
-        energy: total energies ``(n_records, R)`` (as returned by ``Metropolis.run``).
-        magnetisation: magnetisation per site ``(n_records, R)``.
-        temperatures: ``(R,)`` ``k_B T`` of each replica.
-        n_sites: number of sites ``N`` of one replica.
-        n_blocks: the records are cut into this many consecutive blocks; error bars are the
-            standard error of the per-block estimates (pooled over replicas).
+    ``energy`` (totals) and ``magnetisation`` (per site) are ``(n_records, R)`` as returned by
+    ``Metropolis.run``; ``temperatures`` the ``(R,)`` ``k_B T``; ``n_sites`` the sites ``N`` of one
+    replica. Error bars are the standard error over ``n_blocks`` consecutive blocks of records.
 
     Returns a dict of float64 arrays over the sorted unique temperatures: ``T``,
     ``energy_per_site`` ``<E>/N``, ``abs_magnetisation`` ``<|m|>``, ``specific_heat``
@@ -91,20 +87,12 @@ def binder_crossing(T, u_small, u_large, u_star=BINDER_ISING_2D):
 def radial_distribution(frames, cell, r_max=6.0, n_bins=240, in_plane=True):
     """Radial distribution function g(r) of periodic frames, averaged over frames.
 
-    Parameters
-    ----------
-    frames : array ``(n_frames, N, 3)`` or ``(N, 3)`` of positions (Angstrom), or a list of ase.Atoms.
-    cell : orthorhombic cell (lengths or 3x3 matrix, Angstrom); periodic along x and y.
-    r_max : float, largest distance (Angstrom); periodic images out to ``r_max`` are included,
-        so it may exceed half the cell.
-    n_bins : int, number of bins on ``[0, r_max]``.
-    in_plane : bool
-        True (default, for 2D sheets): distances in the xy plane and the 2D normalisation
-        ``g(r) = n(r) / (N rho_A 2 pi r dr)`` with ``rho_A = N / (Lx Ly)`` atoms per A^2.
-        False: 3D distances (the cell is still periodic in x, y only) with the same areal
-        normalisation, i.e. g is then a pair density per unit area of the sheet.
-
-    Returns ``(r, g)``: bin centres and g(r), float64 ``(n_bins,)``.
+    ``frames``: positions ``(n_frames, N, 3)`` or ``(N, 3)`` (Angstrom), or a list of ase.Atoms;
+    ``cell``: orthorhombic (lengths or 3x3, Angstrom), periodic along x and y; ``n_bins`` bins on
+    ``[0, r_max]`` (Angstrom; periodic images are included, so it may exceed half the cell).
+    ``in_plane=True`` (2D sheets): xy distances and ``g(r) = n(r) / (N rho_A 2 pi r dr)`` with
+    ``rho_A = N / (Lx Ly)`` per A^2; False: 3D distances with the same areal normalisation (a pair
+    density per unit area of the sheet). Returns ``(r, g)``: bin centres and g, float64 ``(n_bins,)``.
     """
     if isinstance(frames, (list, tuple)) and frames and hasattr(frames[0], "positions"):
         frames = np.array([a.positions for a in frames])

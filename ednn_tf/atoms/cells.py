@@ -1,57 +1,28 @@
-"""Cells, grids and elements: the conventions shared by the numpy and TensorFlow renderers.
+"""Cells, grids and elements: the conventions shared by the numpy and TensorFlow renderers of eqn (2)
+of Mills et al., Chem. Sci. 2019 (Sec. 3.2), ``V(x, y) = sum_i Z_i exp(-[(x - x_i)^2 + (y - y_i)^2] /
+(2 gamma^2))``, sampled on a regular periodic grid over one orthorhombic cell. All lengths (positions,
+cell, ``gamma``, ``pixel_size``) are in Angstrom; ``cutoff`` is in units of ``gamma``.
 
-Implements eqn (2) of Mills et al., Chem. Sci. 2019 (Sec. 3.2)::
-
-    V(x, y) = sum_i Z_i exp(-[(x - x_i)^2 + (y - y_i)^2] / (2 gamma^2))
-
-sampled on a regular periodic grid that covers one orthorhombic cell.
-
-Units
------
-All lengths (positions, cell, ``gamma``, ``pixel_size``) are in Angstrom.
-``cutoff`` is in units of ``gamma``.
-
-Conventions (used everywhere in this module)
---------------------------------------------
-* **Axis order: row = x.**  An image ``img`` has ``img[ix, iy, c]`` equal to
-  channel ``c`` of V at ``x = ix * Lx / nx``, ``y = iy * Ly / ny``.  The first
-  array axis is x, the second is y (and the third is z for 3D grids), the
-  last axis is the channel axis, so a 2D image is ``(nx, ny, C)`` and feeds a
-  Keras ``(H, W, C)`` model directly with ``H = nx``, ``W = ny``.  To display
-  it with x to the right and y up use
+* **Axis order: row = x.** ``img[ix, iy, c]`` is channel ``c`` of V at ``x = ix * Lx / nx``,
+  ``y = iy * Ly / ny`` (third axis z on 3D grids, channels last), so a 2D image ``(nx, ny, C)`` feeds a
+  Keras ``(H, W, C)`` model with ``H = nx``. Display with x right and y up:
   ``plt.imshow(img[..., 0].T, origin="lower", extent=(0, Lx, 0, Ly))``.
-* **Seamless periodic grid.**  Pixel ``k`` samples ``k * L / n`` for
-  ``k = 0 .. n-1``; no pixel duplicates pixel 0 at ``x = L``.  Hence a
-  ``k x m`` supercell rendered on a ``(k nx, m ny)`` grid equals
-  ``np.tile(img, (k, m, 1))`` of the cell's ``(nx, ny)`` image.
-* **Periodic images.**  The cell is always treated as periodic along the
-  rendered axes (whatever ``atoms.pbc`` says): an atom near a boundary wraps
-  around, and positions outside the cell are wrapped back into it.
-* **2D is a projection.**  With a 2D ``shape`` the z coordinate is ignored.
-* **Channels.**  Default: one channel, each atom weighted by its atomic number
-  Z (eqn 2), output ``(nx, ny, 1)``.  With ``channels=[6, 5, 7]`` (or symbols
-  ``["C", "B", "N"]``) there is one channel per listed element and each atom
-  has weight 1 in its own channel, output ``(nx, ny, 3)``; hence
-  ``(img * Z_channels).sum(-1)`` equals the default Z-weighted image.
+* **Seamless periodic grid.** Pixel ``k`` samples ``k * L / n``, ``k = 0 .. n-1`` (no duplicate of
+  pixel 0 at ``x = L``), so a ``k x m`` supercell on a ``(k nx, m ny)`` grid equals
+  ``np.tile(img, (k, m, 1))``.
+* **Periodic images.** The cell is periodic along the rendered axes whatever ``atoms.pbc`` says;
+  positions outside it are wrapped. With a 2D ``shape`` z is ignored (a projection).
+* **Channels.** Default one channel, each atom weighted by Z (eqn 2). ``channels=[6, 5, 7]`` (or
+  ``["C", "B", "N"]``) gives one channel per listed element, weight 1, so ``(img * Z_channels).sum(-1)``
+  is the default image.
 
-Truncation
-----------
-Each Gaussian is truncated *per axis* at ``|x - x_i| <= cutoff * gamma`` and
-``|y - y_i| <= cutoff * gamma`` (a square window, which keeps the kernel
-separable).  All periodic images within the window are included.  The largest
-value dropped is ``Z_i * exp(-cutoff**2 / 2)`` per atom, i.e. a relative
-(to the peak) truncation error of ``exp(-cutoff**2 / 2)``: 1.5e-8 for the
-default ``cutoff = 6``, below float32 resolution.  The relative error of the
-integral of one Gaussian is ``1 - erf(cutoff / sqrt(2))**2 ~= 2 erfc(cutoff /
-sqrt(2))`` (3.9e-9 at 6), which is smaller than ``exp(-cutoff**2 / 2)``.
+Truncation: each Gaussian is cut *per axis* at ``|x - x_i| <= cutoff * gamma`` (a square window, keeping
+the kernel separable), all periodic images within it included. The largest dropped value relative to
+the peak is ``exp(-cutoff**2 / 2)`` (1.5e-8 at the default 6, below float32 resolution); the relative
+error of one Gaussian's integral, ``1 - erf(cutoff / sqrt(2))**2`` (3.9e-9 at 6), is smaller.
 
-Pixel size
-----------
-The paper's hexagonal-sheet data set uses 256 x 256 pixels over a roughly
-12.5 A x 13 A cell (60 atoms), i.e. about 0.05 A per pixel (4 pixels per
-gamma = 0.2 A).  :func:`shape_for_cell` picks a grid for any cell at a given
-pixel size so that larger cells keep the same resolution.
-
+Pixel size: the paper's hexagonal set uses 256 x 256 px over a ~12.5 x 13 A 60-atom cell, about
+0.05 A/px (4 px per gamma = 0.2 A); :func:`shape_for_cell` keeps that resolution for any cell.
 """
 from __future__ import annotations
 
@@ -60,7 +31,7 @@ from numbers import Integral
 
 import numpy as np
 
-from ..util import check_positive
+from ..util import check_choice, check_int, check_positive
 
 __all__ = ["DEFAULT_GAMMA", "DEFAULT_CUTOFF", "PAPER_PIXEL_SIZE", "truncation_error", "check_grid_shape",
            "cell_lengths", "atomic_numbers", "parse_structure", "channel_weights", "shape_for_cell",
@@ -72,15 +43,12 @@ DEFAULT_GAMMA = 0.2
 DEFAULT_CUTOFF = 6.0
 #: Pixel size of the paper's hexagonal set: 256 px over ~12.5-13 A (A / px).
 PAPER_PIXEL_SIZE = 0.05
-
-
 _ORTHO_RTOL = 1e-6
 
 
 # --- validation helpers ---
 def truncation_error(cutoff: float = DEFAULT_CUTOFF) -> float:
-    """Relative truncation error ``exp(-cutoff**2 / 2)`` of a Gaussian cut at
-    ``cutoff`` gammas (largest dropped value relative to the peak).
+    """Relative truncation error ``exp(-cutoff**2 / 2)`` of a Gaussian cut at ``cutoff`` gammas.
 
     >>> round(truncation_error(6.0), 10)
     1.52e-08
@@ -96,9 +64,7 @@ def check_grid_shape(shape):
     try:
         dims = tuple(shape)
     except TypeError:
-        raise ValueError(
-            f"shape must be (nx, ny) or (nx, ny, nz) of ints >= 1, got {shape!r}"
-        ) from None
+        raise ValueError(f"shape must be (nx, ny) or (nx, ny, nz) of ints >= 1, got {shape!r}") from None
     if len(dims) not in (2, 3):
         raise ValueError(f"shape must have 2 or 3 entries (nx, ny[, nz]), got {shape!r}")
     out = []
@@ -112,22 +78,9 @@ def check_grid_shape(shape):
 
 
 def cell_lengths(cell, ndim: int = 2) -> np.ndarray:
-    """Orthorhombic cell lengths (Lx, Ly[, Lz]) in Angstrom.
-
-    Parameters
-    ----------
-    cell : sequence of 2 or 3 lengths, (2, 2) or (3, 3) matrix, or ``ase.cell.Cell``
-        Lattice vectors as rows (ASE convention).  Matrices must be diagonal
-        (orthorhombic, axes along x, y, z).
-    ndim : int
-        Number of lengths needed (2 for images, 3 for volumes); they must be
-        positive and finite.
-
-    Raises
-    ------
-    ValueError
-        Non-orthorhombic, non-finite, or non-positive cell.
-    """
+    """The first ``ndim`` orthorhombic cell lengths (Lx, Ly[, Lz]) in Angstrom from 2 or 3 lengths, a
+    diagonal (2, 2) / (3, 3) matrix (lattice vectors as rows, ASE convention) or an ``ase.cell.Cell``.
+    Raises ValueError for a non-orthorhombic, non-finite or non-positive cell."""
     if cell is None:
         raise ValueError("a periodic cell is required: pass cell=(Lx, Ly) in Angstrom, got None")
     try:
@@ -144,10 +97,8 @@ def cell_lengths(cell, ndim: int = 2) -> np.ndarray:
         off = arr - np.diag(np.diag(arr))
         scale = max(float(np.abs(arr).max()), 1.0)
         if np.abs(off).max() > _ORTHO_RTOL * scale:
-            raise ValueError(
-                "only orthorhombic cells (lattice vectors along x, y, z) are supported, "
-                f"got cell matrix {arr.tolist()!r}"
-            )
+            raise ValueError("only orthorhombic cells (lattice vectors along x, y, z) are supported, "
+                             f"got cell matrix {arr.tolist()!r}")
         lengths = np.diag(arr)
     else:
         raise ValueError(f"cell must be lengths or a 3x3 matrix, got array of shape {arr.shape}")
@@ -155,10 +106,8 @@ def cell_lengths(cell, ndim: int = 2) -> np.ndarray:
         raise ValueError(f"need {ndim} cell lengths for a {ndim}D grid, got {arr.tolist()!r}")
     lengths = lengths[:ndim].copy()
     if np.any(lengths <= 0.0):
-        raise ValueError(
-            f"cell lengths along the rendered axes must be > 0 A, got {lengths.tolist()!r} "
-            f"(from cell {arr.tolist()!r}); pass cell=(Lx, Ly) in Angstrom"
-        )
+        raise ValueError(f"cell lengths along the rendered axes must be > 0 A, got {lengths.tolist()!r} "
+                         f"(from cell {arr.tolist()!r}); pass cell=(Lx, Ly) in Angstrom")
     return lengths
 
 
@@ -202,11 +151,9 @@ def atomic_numbers(values, what="numbers"):
 
 def parse_structure(atoms_or_positions, numbers, cell, ndim):
     """Return positions (N, 2|3) float64, Z (N,) int64, lengths (ndim,)."""
-    try:
-        from ase import Atoms
-    except ImportError:  # pragma: no cover - ase is a dependency
-        Atoms = ()
-    if Atoms and isinstance(atoms_or_positions, Atoms):
+    from ase import Atoms
+
+    if isinstance(atoms_or_positions, Atoms):
         atoms = atoms_or_positions
         if numbers is not None:
             raise ValueError("numbers must be None when an ase.Atoms is given (got numbers too)")
@@ -216,11 +163,8 @@ def parse_structure(atoms_or_positions, numbers, cell, ndim):
             cell_arr = atoms.cell.array
             if np.any(np.abs(cell_arr[:ndim]).sum(axis=1) == 0.0):
                 # No cell along a rendered axis (e.g. read from a plain .xyz file)
-                raise ValueError(
-                    f"the ase.Atoms ({atoms.get_chemical_formula()}) has no cell along "
-                    f"the rendered axes (cell = {cell_arr.tolist()!r}); pass cell=(Lx, Ly) "
-                    "in Angstrom"
-                )
+                raise ValueError(f"the ase.Atoms ({atoms.get_chemical_formula()}) has no cell along the rendered "
+                                 f"axes (cell = {cell_arr.tolist()!r}); pass cell=(Lx, Ly) in Angstrom")
             cell = cell_arr
     else:
         if atoms_or_positions is None:
@@ -230,23 +174,18 @@ def parse_structure(atoms_or_positions, numbers, cell, ndim):
         try:
             positions = np.asarray(atoms_or_positions, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"positions must be a numeric (N, 2) or (N, 3) array, got {atoms_or_positions!r}"
-            ) from None
+            raise ValueError(f"positions must be a numeric (N, 2) or (N, 3) array, "
+                             f"got {atoms_or_positions!r}") from None
         Z = atomic_numbers(numbers)
     if positions.ndim != 2 or positions.shape[1] not in (2, 3):
         raise ValueError(f"positions must have shape (N, 2) or (N, 3), got {positions.shape}")
     if positions.shape[1] < ndim:
         raise ValueError(f"a {ndim}D grid needs (N, {ndim}) positions, got {positions.shape}")
     if positions.shape[0] != Z.shape[0]:
-        raise ValueError(
-            f"positions has {positions.shape[0]} atoms but numbers has {Z.shape[0]} entries"
-        )
+        raise ValueError(f"positions has {positions.shape[0]} atoms but numbers has {Z.shape[0]} entries")
     if not np.all(np.isfinite(positions)):
         bad = np.argwhere(~np.isfinite(positions))[0]
-        raise ValueError(
-            f"positions must be finite, got {positions[bad[0]].tolist()!r} for atom {int(bad[0])}"
-        )
+        raise ValueError(f"positions must be finite, got {positions[bad[0]].tolist()!r} for atom {int(bad[0])}")
     lengths = cell_lengths(cell, ndim)
     return positions[:, :ndim], Z, lengths
 
@@ -265,58 +204,31 @@ def channel_weights(Z, channels):
     W = (Z[:, None] == chan[None, :]).astype(np.float64)
     missing = np.unique(Z[W.sum(axis=1) == 0])
     if missing.size:
-        raise ValueError(
-            f"atoms with atomic numbers {missing.tolist()} are not in channels {chan.tolist()}"
-        )
+        raise ValueError(f"atoms with atomic numbers {missing.tolist()} are not in channels {chan.tolist()}")
     return W, chan
 
 
 # --- grid helpers ---
 def shape_for_cell(cell, pixel_size: float = PAPER_PIXEL_SIZE, multiple_of: int = 1, ndim: int = 2):
-    """Grid shape giving about ``pixel_size`` Angstrom per pixel over ``cell``.
+    """Grid shape (tuple of ``ndim`` ints, 2 for images, 3 for volumes) giving about ``pixel_size`` A
+    per pixel over ``cell`` (lengths, an orthorhombic matrix in A, or an ``ase.Atoms``):
+    ``n = max(multiple_of, multiple_of * round(L / (pixel_size * multiple_of)))`` per axis, e.g.
+    ``(256, 246)`` for the 12.78 x 12.30 A 60-atom graphene cell at the default 0.05 A/px. Use
+    ``multiple_of`` (e.g. the EDNN focus size) to make each size divisible by a tile size."""
+    from ase import Atoms
 
-    ``n = max(multiple_of, multiple_of * round(L / (pixel_size * multiple_of)))``
-    along each axis.  The paper's hexagonal set uses 256 px over ~12.5-13 A,
-    about 0.05 A/px (the default ``pixel_size``); e.g. the 12.78 x 12.30 A
-    60-atom graphene cell gives ``(256, 246)``.  Use ``multiple_of`` (e.g. the
-    EDNN focus size) to make each size divisible by a tile size.
-
-    Parameters
-    ----------
-    cell : lengths or orthorhombic 3x3 matrix (A), or an ``ase.Atoms``
-    pixel_size : float
-        Target pixel size in Angstrom (> 0).
-    multiple_of : int
-        Each grid size is rounded to a positive multiple of this.
-    ndim : int
-        2 for images, 3 for volumes.
-
-    Returns
-    -------
-    tuple of int
-    """
-    try:
-        from ase import Atoms
-
-        if isinstance(cell, Atoms):
-            cell = cell.cell.array
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(cell, Atoms):
+        cell = cell.cell.array
     pixel_size = check_positive("pixel_size", pixel_size)
-    if isinstance(multiple_of, bool) or not isinstance(multiple_of, (Integral, np.integer)) or multiple_of < 1:
-        raise ValueError(f"multiple_of must be an integer >= 1, got {multiple_of!r}")
-    if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+    m = check_int("multiple_of", multiple_of, 1)
+    check_choice("ndim", ndim, (2, 3))
     lengths = cell_lengths(cell, ndim)
-    m = int(multiple_of)
     return tuple(max(m, m * int(round(L / (pixel_size * m)))) for L in lengths)
 
 
 def grid_coordinates(cell, shape):
-    """Pixel-centre coordinates (A) along each axis: ``k * L / n``, ``k = 0..n-1``.
-
-    Returns a tuple of 1D float64 arrays (x, y[, z]) matching ``img[ix, iy]``.
-    """
+    """Pixel-centre coordinates (A) ``k * L / n``, ``k = 0..n-1``: 1D float64 arrays (x, y[, z])
+    matching ``img[ix, iy]``."""
     shape = check_grid_shape(shape)
     lengths = cell_lengths(cell, len(shape))
     return tuple(np.arange(n, dtype=np.float64) * (L / n) for L, n in zip(lengths, shape))

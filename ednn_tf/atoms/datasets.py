@@ -1,13 +1,8 @@
 """Data files of the hexagonal-sheet experiment: labelled ``hexagonal_dataset`` cells rendered on a
-grid, with every structure stored so the images can be re-rendered (never relabelled).
-
-``build_dataset`` writes one (X, Y [eV], per-sample cell, numbers, positions, kind, generator info);
-``load_structures`` rebuilds the ``ase.Atoms``; ``sibling_renders`` / ``rerender_dataset`` reuse the
-labelled cells at another grid or channel choice (labelling: ``ednn_tf.labels.labelling.
-prepare_dataset``). ``sample_table``, ``split_data``, ``reference_baselines`` (fits that need no
-network) and ``training_data`` (the batches ``training.train_or_reuse`` trains on) read one;
-``rattled_supercell`` makes new ``k x k`` sheets like a cell (transfer) and ``local_descriptors``
-a linear local-energy reference.
+grid (X, Y [eV], per-sample cell, numbers, positions, kind, generator info), every structure stored so
+the images can be re-rendered at another grid or channel choice, never relabelled (labelling:
+``ednn_tf.labels.labelling.prepare_dataset``); readers for splits, reference fits and training batches;
+``rattled_supercell`` (new ``k x k`` sheets like a cell) and ``local_descriptors`` (a linear reference).
 """
 from __future__ import annotations
 

@@ -12,37 +12,18 @@ __all__ = ["StructureFileNotFoundError", "render_file"]
 
 
 class StructureFileNotFoundError(FileNotFoundError, ValueError):
-    """Raised by :func:`render_file` for a missing path.
-
-    It is both a :class:`FileNotFoundError` and a :class:`ValueError`.
-    """
+    """Raised by :func:`render_file` for a missing path; both a FileNotFoundError and a ValueError."""
 
 
 def render_file(path, shape=(256, 256), cell=None, index=None, format=None, progress=False, **kwargs):
-    """Read a structure file with ``ase.io.read`` and render it.
+    """Read a structure file with ``ase.io.read`` (any format ASE reads: xyz, extxyz, POSCAR, cif, ...;
+    ``format`` names it if the extension is ambiguous) and render it (``shape``, ``kwargs``: see
+    :func:`render`; ``cell`` overrides the file's, and a plain ``.xyz`` file carries none: pass
+    ``cell=(Lx, Ly)`` in A). ``index`` goes to ``ase.io.read`` (default the last frame); a slice or
+    ``":"`` renders all frames with :func:`render_many`.
 
-    Any format ASE reads works (xyz, extxyz, POSCAR, cif, ...).  A plain
-    ``.xyz`` file carries no cell: pass ``cell=(Lx, Ly)`` (Angstrom).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    shape, **kwargs : see :func:`render`
-    cell : optional cell overriding the file's
-    index : passed to ``ase.io.read``; default the last frame.  A slice or
-        ``":"`` renders all frames with :func:`render_many`.
-    format : ASE format name, if the extension is ambiguous.
-
-    Returns
-    -------
-    numpy.ndarray ``(nx, ny, C)``, or ``(B, nx, ny, C)`` for several frames.
-
-    Raises
-    ------
-    StructureFileNotFoundError
-        The path does not exist (also a ValueError / FileNotFoundError).
-    ValueError
-        The file cannot be parsed, or it has no cell and none was given.
+    Returns ``(nx, ny, C)``, or ``(B, nx, ny, C)`` for several frames. Raises StructureFileNotFoundError
+    for a missing path and ValueError when the file cannot be parsed or has no cell and none was given.
     """
     import ase.io
 
@@ -52,9 +33,7 @@ def render_file(path, shape=(256, 256), cell=None, index=None, format=None, prog
     try:
         result = ase.io.read(fspath, index=index, format=format)
     except Exception as exc:  # ASE raises many types for corrupt files
-        raise ValueError(
-            f"could not read structure file {fspath!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ValueError(f"could not read structure file {fspath!r}: {type(exc).__name__}: {exc}") from exc
     frames = result if isinstance(result, list) else [result]
     if not frames:
         raise ValueError(f"structure file {fspath!r} contains no frames for index={index!r}")
@@ -63,12 +42,10 @@ def render_file(path, shape=(256, 256), cell=None, index=None, format=None, prog
         for atoms in frames:
             vecs = atoms.cell.array[:ndim]
             if np.any(np.abs(vecs).sum(axis=1) == 0.0):
-                raise ValueError(
-                    f"structure file {fspath!r} has no cell along x/y (cell = "
-                    f"{atoms.cell.array.tolist()!r}); plain .xyz files carry none: pass "
-                    "cell=(Lx, Ly) in Angstrom or use extended xyz with a Lattice= entry"
-                )
-    if cell is not None:
+                raise ValueError(f"structure file {fspath!r} has no cell along x/y (cell = "
+                                 f"{atoms.cell.array.tolist()!r}); plain .xyz files carry none: pass "
+                                 "cell=(Lx, Ly) in Angstrom or use extended xyz with a Lattice= entry")
+    else:
         kwargs["cell"] = cell
     try:
         if isinstance(result, list):

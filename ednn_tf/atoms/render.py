@@ -1,30 +1,16 @@
-"""Render atomic structures as images (numpy): eqn (2) of Mills et al., Chem. Sci. 2019::
+"""Render atomic structures as images (numpy): eqn (2) of Mills et al., Chem. Sci. 2019, on the
+periodic grid of one orthorhombic cell (grid, axis, channel and truncation conventions:
+:mod:`ednn_tf.atoms.cells`; differentiable TensorFlow version: :mod:`ednn_tf.atoms.render_tf`; structure
+files: :mod:`ednn_tf.atoms.io`).
 
-    V(x, y) = sum_i Z_i exp(-[(x - x_i)^2 + (y - y_i)^2] / (2 gamma^2))
-
-on the periodic grid of one orthorhombic cell; grid, axis and channel conventions are in
-:mod:`ednn_tf.atoms.cells`, the differentiable TensorFlow version is
-:func:`ednn_tf.atoms.render_tf.render_tf`, structure files are read by :mod:`ednn_tf.atoms.io`.
-
-Algorithms (numpy)
-------------------
-Because the kernel is separable, the image is ``Gx^T diag(w) Gy`` where row i
-of ``Gx`` (``N x nx``) is atom i's 1D Gaussian profile along x (non-zero only
-on a window of ``W ~ 2 cutoff gamma / h`` pixels).  Small problems use this
-dense matrix product directly (``method="dense"``).  Large problems
-(``method="tiled"``) sort atoms into square pixel tiles and, for every tile,
-form the small product of the local profile blocks with a batched matmul;
-the overlapping tile results are added into the image.  The cost is
-O(N (T + W)^2 + pixels) with tile size T ~ W, independent of N * pixels.
-``method="auto"`` picks dense while ``N * nx * ny <= 6e7``.
-
-Performance (2-core shared CPU, numpy 2.4 + OpenBLAS; see ``bench/render.py``):
-60 atoms on 256 x 256 takes ~0.15-0.2 ms; 10^5 atoms on a ~10^4 x 10^4 grid
-(0.05 A/px) ~0.3 s (~3e5 atoms/s), plus the first-touch cost of a fresh
-~420 MB output (pass ``out=`` to reuse one).  The small case is dominated by
-one BLAS matmul: when other processes load the CPUs, multi-threaded OpenBLAS
-can slow it to milliseconds; set ``OPENBLAS_NUM_THREADS=1`` in data-generation
-workers for stable per-image latency.
+The kernel is separable, so the image is ``Gx^T diag(w) Gy``, row i of ``Gx`` (``N x nx``) being atom
+i's 1D Gaussian profile along x (non-zero on a window of ``W ~ 2 cutoff gamma / h`` pixels).
+``method="dense"`` forms that matrix product directly; ``method="tiled"`` sorts atoms into square pixel
+tiles, forms each tile's small product with a batched matmul and adds the overlapping tile results into
+the image: O(N (T + W)^2 + pixels) with tile size T ~ W, independent of N * pixels. ``method="auto"``
+picks dense while ``N * nx * ny <= 6e7``. Timings: ``bench/render.py``; the small case is one BLAS
+matmul, so set ``OPENBLAS_NUM_THREADS=1`` in data-generation workers on a loaded CPU for stable latency
+(pass ``out=`` to reuse a large output array).
 """
 from __future__ import annotations
 
@@ -34,7 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..util import check_positive
+from ..util import check_choice, check_positive
 
 from .cells import (DEFAULT_CUTOFF, DEFAULT_GAMMA, PAPER_PIXEL_SIZE, atomic_numbers, cell_lengths,  # noqa: F401
                     channel_weights, check_grid_shape, grid_coordinates, parse_structure, shape_for_cell,
@@ -56,13 +42,10 @@ def _check_dtype(dtype):
 
 
 def _axis_profiles(coord, L, n, gamma, R):
-    """Windowed 1D Gaussian profiles of all atoms along one axis.
-
-    Returns ``start`` (N,) int64 in [0, n) and ``vals`` (N, W) float64 such
-    that pixel ``(start + j) % n`` receives ``vals[:, j]``.  All periodic
-    images with ``|k h - x - m L| <= R`` are covered (the window may wrap
-    more than once if ``W > n``); values beyond ``R`` are exactly 0.
-    """
+    """Windowed 1D Gaussian profiles along one axis: ``start`` (N,) int64 in [0, n) and ``vals`` (N, W)
+    float64, pixel ``(start + j) % n`` receiving ``vals[:, j]``. All periodic images with
+    ``|k h - x - m L| <= R`` are covered (the window may wrap more than once if ``W > n``); values
+    beyond ``R`` are exactly 0."""
     h = L / n
     x = np.mod(coord, L)
     W = int(math.floor(2.0 * R / h)) + 1
@@ -97,18 +80,14 @@ def _accumulate_dense(px, py, w, nx, ny, dtype, out):
 
 
 def _tile_size(Wx, Wy):
-    # T >= W - 1 keeps every extended tile within 2 x 2 tiles; T >= 64 keeps
-    # the number of tiles (Python-level work) small.
+    # T >= W - 1 keeps every extended tile within 2 x 2 tiles; T >= 64 keeps the tile count small.
     W = max(Wx, Wy)
     return int(max(64, 16 * (-(-(W - 1) // 16))))
 
 
 def _fold_rows(block, g0, out, nx, ny):
-    """Fold canvas rows ``block`` (global rows g0.., unwrapped columns) into ``out``.
-
-    Rows g < nx are assigned (first and only visit), rows g >= nx are added to
-    row g % nx; columns >= ny are added to column c % ny.
-    """
+    """Fold canvas rows ``block`` (global rows g0.., unwrapped columns) into ``out``: rows g < nx are
+    assigned (first and only visit), rows g >= nx added to row g % nx, columns >= ny to column c % ny."""
     nb, Cy = block.shape
     r = g0
     while r < g0 + nb:
@@ -165,16 +144,10 @@ def _dense_tile_rows(b, sel, a0, a1, g, bufs, Sb):
 
 
 def _accumulate_tiled(px, py, w, nx, ny, dtype, out, tile=None):
-    """out (nx, ny) via per-tile batched matmuls.  Cost O(N (T+W)^2 + pixels).
-
-    Atoms are binned by the tile (T x T pixels) holding the start of their
-    window.  Tile (a, b) covers pixels [aT, aT + T + W - 1) x [bT, ...) of an
-    unwrapped canvas; its image is GXt^T GYt for the (<= M) atoms in it
-    (a batched matmul over tiles).  Tiles are processed a few tile rows at a
-    time into a strip buffer; finished rows are folded modulo (nx, ny) into
-    ``out``, so no full-size intermediate is allocated.  Tiles holding more
-    than M atoms send the excess to a sparse pass (items of <= 64 atoms).
-    """
+    """out (nx, ny) via per-tile batched matmuls. Tile (a, b) covers pixels [aT, aT + T + W - 1) x
+    [bT, ...) of an unwrapped canvas; its image is GXt^T GYt for the (<= M) atoms binned in it. A few
+    tile rows at a time go into a strip buffer whose finished rows are folded modulo (nx, ny) into
+    ``out`` (no full-size intermediate); atoms beyond M in a tile go to a sparse pass (<= 64 per item)."""
     N, Wx = px[1].shape
     Wy = py[1].shape[1]
     if N == 0:
@@ -262,46 +235,18 @@ def render(atoms_or_positions, numbers=None, cell=None, shape=(256, 256), gamma:
            out=None) -> np.ndarray:
     """Render eqn (2), ``V = sum_i Z_i exp(-|r - r_i|^2 / (2 gamma^2))``, on a periodic grid.
 
-    Parameters
-    ----------
-    atoms_or_positions : ase.Atoms or array_like (N, 2) or (N, 3)
-        Structure.  For ``ase.Atoms`` its x, y (z) positions, atomic numbers
-        and cell are used.  Otherwise Cartesian positions in Angstrom (z is
-        ignored for 2D grids); positions outside the cell are wrapped.
-    numbers : array_like (N,), optional
-        Atomic numbers or element symbols; required with raw positions, must
-        be None with ``ase.Atoms``.
-    cell : lengths (Lx, Ly[, Lz]) or orthorhombic (3, 3) matrix, optional
-        Periodic cell in Angstrom (rows are lattice vectors).  Overrides
-        ``atoms.cell`` if given; required with raw positions.
-    shape : (nx, ny) or (nx, ny, nz) or int
-        Grid size; an int means a square grid.  Pixel k along x samples
-        ``x = k * Lx / nx`` (no duplicated endpoint).  See
-        :func:`shape_for_cell` for a grid at a physical pixel size.
-    gamma : float
-        Gaussian width in Angstrom (paper: 0.2 A).
-    cutoff : float
-        Truncation half-width per axis in units of gamma; relative error
-        ``exp(-cutoff**2 / 2)`` (1.5e-8 for the default 6).
-    channels : sequence of atomic numbers or symbols, optional
-        One channel per listed element, weight 1 (instead of Z).  Every atom
-        must belong to a listed element.
-    dtype : float32 or float64
-        Output dtype (profiles are computed in float64).
-    method : {"auto", "dense", "tiled"}
-        Accumulation algorithm (see the module docstring); all agree to
-        rounding error.
-    out : numpy.ndarray, optional
-        Preallocated result array (shape and dtype as returned), filled in
-        place and returned.
+    ``atoms_or_positions`` is an ``ase.Atoms`` (its positions, numbers and cell are used; ``numbers``
+    must be None) or Cartesian positions (N, 2|3) in Angstrom with ``numbers`` (atomic numbers or
+    symbols) and ``cell`` (lengths or an orthorhombic (3, 3) matrix, A; overrides ``atoms.cell``).
+    Positions outside the cell are wrapped; z is ignored on 2D grids. ``shape``: (nx, ny[, nz]) or an
+    int for a square grid (see :func:`shape_for_cell`). ``gamma``: Gaussian width in A (paper 0.2);
+    ``cutoff``: per-axis truncation in gammas (relative error ``exp(-cutoff**2 / 2)``). ``channels``:
+    one channel per listed element with weight 1 instead of Z (every atom must be listed). ``dtype``:
+    float32 or float64 output (profiles are float64). ``method``: "auto", "dense" or "tiled" (module
+    docstring; all agree to rounding). ``out``: a preallocated result, filled in place.
 
-    Returns
-    -------
-    numpy.ndarray
-        ``(nx, ny, C)`` for 2D grids, ``(nx, ny, nz, C)`` for 3D, with
-        ``C = 1`` (Z-weighted) or ``len(channels)``; ``img[ix, iy, c]`` is the
-        value at ``x = ix Lx / nx``, ``y = iy Ly / ny`` (row = x).
-
+    Returns ``(nx, ny, C)`` (``(nx, ny, nz, C)`` for 3D), ``C = 1`` (Z-weighted) or ``len(channels)``;
+    ``img[ix, iy, c]`` is the value at ``x = ix Lx / nx``, ``y = iy Ly / ny`` (row = x).
     Raises ValueError (naming the value) for bad positions, an unknown element, a missing,
     non-orthorhombic or non-positive cell, a grid size < 1, or a bad gamma / cutoff / dtype / method.
     """
@@ -310,8 +255,7 @@ def render(atoms_or_positions, numbers=None, cell=None, shape=(256, 256), gamma:
     gamma = check_positive("gamma", gamma)
     cutoff = check_positive("cutoff", cutoff)
     dt = _check_dtype(dtype)
-    if method not in ("auto", "dense", "tiled"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'tiled', got {method!r}")
+    check_choice("method", method, ("auto", "dense", "tiled"))
     positions, Z, lengths = parse_structure(atoms_or_positions, numbers, cell, ndim)
     weights, _ = channel_weights(Z, channels)
     R = cutoff * gamma
@@ -352,33 +296,17 @@ def _planes(w_all, px, py, dest, method):
 
 
 def render_many(structures, shape=(256, 256), progress: bool = False, **kwargs) -> np.ndarray:
-    """Render a batch of structures into one array ``(B, nx, ny, C)``.
+    """Render a batch of structures (``ase.Atoms`` or ``(positions, numbers, cell)`` tuples) on one
+    grid ``shape`` into ``(B, nx, ny, C)``; ``progress`` shows a tqdm bar, ``kwargs`` go to :func:`render`."""
+    from tqdm.auto import tqdm
 
-    Parameters
-    ----------
-    structures : iterable of ase.Atoms or (positions, numbers, cell) tuples
-    shape : grid shape shared by all structures (see :func:`render`)
-    progress : bool
-        Show a tqdm progress bar.
-    **kwargs
-        Passed to :func:`render` (gamma, cutoff, channels, dtype, method, cell).
-    """
     items = list(structures)
     shape = check_grid_shape(shape)
-    iterator = items
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError as exc:  # pragma: no cover
-            raise ImportError("render_many(progress=True) needs tqdm (pip install tqdm)") from exc
-        iterator = tqdm(items, desc="render", unit="structure")
-    C = 1
-    if kwargs.get("channels") is not None:
-        ch = kwargs["channels"]
-        C = 1 if isinstance(ch, (str, bytes, Integral, np.integer)) else len(ch)
+    ch = kwargs.get("channels")
+    C = 1 if ch is None or isinstance(ch, (str, bytes, Integral, np.integer)) else len(ch)
     dt = _check_dtype(kwargs.get("dtype", np.float32))
     result = np.empty((len(items),) + shape + (C,), dtype=dt)
-    for i, item in enumerate(iterator):
+    for i, item in enumerate(tqdm(items, desc="render", unit="structure", disable=not progress)):
         try:
             if isinstance(item, tuple):
                 if len(item) != 3:

@@ -17,35 +17,18 @@ _SMOOTH_RANGE = 10.0
 
 
 def render_tf(positions, numbers, cell, shape=(256, 256), gamma=DEFAULT_GAMMA, cutoff=None, channels=None):
-    """Differentiable TensorFlow version of :func:`render` (same conventions).
+    """Differentiable TensorFlow version of :func:`ednn_tf.atoms.render.render` (same conventions and
+    arguments ``numbers``, ``cell``, ``shape``, ``gamma`` [A], ``channels``); returns a tf.Tensor
+    ``(nx, ny, C)`` (or ``(nx, ny, nz, C)``), ``[ix, iy, c]`` = row x.
 
-    Builds dense per-axis profile matrices ``Gx`` (N, nx), ``Gy`` (N, ny)
-    from periodic minimum-image distances (plus further images when the
-    range exceeds half the cell) and returns ``Gx^T diag(Z) Gy``.  Memory is
-    O(N (nx + ny)) and time O(N nx ny), fine for hundreds to a few thousand
-    atoms.  Gradients with respect to ``positions`` work with
-    ``tf.GradientTape`` (the cell, numbers and grid are constants).
-
-    Parameters
-    ----------
-    positions : tf.Tensor or array_like (N, 2) or (N, 3)
-        Cartesian positions in Angstrom; its float dtype (float32 default,
-        float64 allowed) is the output dtype.
-    numbers : array_like (N,)
-        Atomic numbers or symbols (constants).
-    cell : lengths or orthorhombic matrix (A), as in :func:`render`.
-    shape : (nx, ny) or (nx, ny, nz)
-    gamma : float, Gaussian width in Angstrom.
-    cutoff : float or None
-        None: no truncation (smooth everywhere; images summed out to 10
-        gamma).  A number: same per-axis truncation as :func:`render`, so the
-        results agree to rounding error.  Either way the two renderers agree
-        to float32 tolerance for the default numpy cutoff.
-    channels : optional, as in :func:`render`.
-
-    Returns
-    -------
-    tf.Tensor ``(nx, ny, C)`` (or ``(nx, ny, nz, C)``), ``[ix, iy, c]`` = row x.
+    ``positions`` (N, 2|3) in A, a tensor or array; its float dtype (float32 default, float64
+    allowed) is the output dtype, and gradients with respect to it work with ``tf.GradientTape``
+    (cell, numbers and grid are constants). ``cutoff=None``: no truncation (smooth everywhere, images
+    summed out to 10 gamma); a number: the same per-axis truncation as ``render``, agreeing to
+    rounding error (either way to float32 tolerance at the default numpy cutoff). Dense per-axis
+    profiles ``Gx`` (N, nx), ``Gy`` (N, ny) from minimum-image distances (plus further images when
+    the range exceeds half the cell) give ``Gx^T diag(Z) Gy``: memory O(N (nx + ny)), time
+    O(N nx ny), fine for up to a few thousand atoms.
     """
     import tensorflow as tf
 

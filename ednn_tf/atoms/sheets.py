@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from ..util import check_positive
 from . import render as _render
 from .structures import FRACTIONAL
 
@@ -25,25 +26,17 @@ __all__ = ["PorousSheet"]
 
 
 class PorousSheet:
-    """A periodic porous graphene sheet, deterministic from ``seed``.
-
-    Args:
-        cells: ``(nx, ny)`` rectangular cells along x and y (sheet ``nx a`` by ``ny sqrt(3) a`` A).
-        lattice_constant: ``a`` in Angstrom (2.46 for graphene).
-        seed: the sheet's seed.
-        block_size: target pore-block edge in Angstrom (35 A: one training cell's worth).
-        pores_per_block: ``(low, high)`` inclusive range of pores per block (default 1-6, as the
-            training cells of ``structures.porous_graphene``).
-        radius_range: pore radii in Angstrom.
-    """
+    """A periodic porous graphene sheet of ``cells = (nx, ny)`` rectangular cells (``nx a`` by
+    ``ny sqrt(3) a`` A, ``a = lattice_constant``), deterministic from ``seed``: pore blocks of about
+    ``block_size`` A (35: one training cell), ``pores_per_block = (low, high)`` inclusive (default 1-6,
+    as ``structures.porous_graphene``), pore radii in ``radius_range`` (A)."""
 
     def __init__(self, cells, lattice_constant=2.46, seed=0, block_size=35.0, pores_per_block=(1, 6),
                  radius_range=(2.0, 6.0)):
         nx, ny = (int(c) for c in cells)
         if nx < 1 or ny < 1:
             raise ValueError(f"cells must be positive, got {cells}")
-        if lattice_constant <= 0 or not math.isfinite(lattice_constant):
-            raise ValueError(f"lattice_constant must be > 0, got {lattice_constant}")
+        check_positive("lattice_constant", lattice_constant)
         lo, hi = radius_range
         if not 0 <= lo <= hi:
             raise ValueError(f"radius_range must be 0 <= low <= high, got {radius_range}")
@@ -105,15 +98,11 @@ class PorousSheet:
 
     def count_atoms(self, band=200.0, progress=False):
         """Exact number of atoms, counted band by band (bounded memory)."""
-        n = 0
+        from tqdm.auto import tqdm
+
         edges = np.arange(0.0, self.Lx, band).tolist() + [self.Lx]
-        it = range(len(edges) - 1)
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(it, desc="counting atoms", unit="band")
-        for k in it:
-            n += len(self.atoms_in_x_range(edges[k], edges[k + 1]))
-        return n
+        bands = tqdm(range(len(edges) - 1), desc="counting atoms", unit="band", disable=not progress)
+        return sum(len(self.atoms_in_x_range(edges[k], edges[k + 1])) for k in bands)
 
     def to_atoms(self):
         """The whole sheet as ``ase.Atoms`` (small sheets only: for tests and labelling)."""

@@ -2,8 +2,8 @@
 
 ``write_snapshot_dataset`` renders every snapshot of MD trajectories (dicts as
 ``ednn_tf.labels.md.read_trajectory`` returns them; nothing here imports ``labels``) into
-``ednn_tf.data``'s schema plus per-snapshot extras; ``load_snapshots`` rebuilds the ``ase.Atoms``; ``image_sums`` reads
-the per-image pixel sums (the atom-count baseline of ``ednn_tf.atoms.heads``); ``predict_totals``
+``ednn_tf.data``'s schema plus per-snapshot extras; ``load_snapshots`` rebuilds the ``ase.Atoms``;
+``image_sums`` reads the per-image pixel sums (the atom-count baseline of ``ednn_tf.atoms.heads``); ``predict_totals``
 a model's totals over rows of the file, in chunks.
 """
 from __future__ import annotations
@@ -89,8 +89,8 @@ def load_snapshots(path, indices=None):
             for z, p, n, c, b in zip(arr["numbers"], arr["positions"], arr["n_atoms"], arr["cell"], arr["pbc"])]
 
 
-def image_sums(path, indices, chunk=256):
-    """Pixel sum of every image ``indices`` (sorted; float64), read in chunks."""
+def _per_image(path, indices, chunk, fn):
+    """``fn(X rows)`` (one float64 per image) over the images ``indices`` (sorted), read in chunks."""
     import h5py
 
     indices = np.sort(np.asarray(indices))
@@ -98,19 +98,16 @@ def image_sums(path, indices, chunk=256):
     with h5py.File(path, "r") as f:
         for lo in range(0, len(indices), chunk):
             rows = indices[lo:lo + chunk]
-            out[lo:lo + len(rows)] = f["X"][rows].astype(np.float64).sum(axis=(1, 2, 3))
+            out[lo:lo + len(rows)] = fn(f["X"][rows])
     return out
+
+
+def image_sums(path, indices, chunk=256):
+    """Pixel sum of every image ``indices`` (sorted; float64), read in chunks."""
+    return _per_image(path, indices, chunk, lambda x: x.astype(np.float64).sum(axis=(1, 2, 3)))
 
 
 def predict_totals(model, path, indices, chunk=256, batch_size=32):
     """``model.predict_total`` (an EDNN's total per image) over rows ``indices`` (sorted) of the
     data file ``path``, reading the images in chunks of ``chunk``."""
-    import h5py
-
-    indices = np.sort(np.asarray(indices))
-    out = np.empty(len(indices), np.float64)
-    with h5py.File(path, "r") as f:
-        for lo in range(0, len(indices), chunk):
-            rows = indices[lo:lo + chunk]
-            out[lo:lo + len(rows)] = model.predict_total(f["X"][rows].astype(np.float32), batch_size=batch_size)
-    return out
+    return _per_image(path, indices, chunk, lambda x: model.predict_total(x.astype(np.float32), batch_size=batch_size))

@@ -23,58 +23,35 @@ sublattice B (in h-BN, A = boron, B = nitrogen). Bond length ``a / sqrt(3)``.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 from ase import Atoms
 
-from ..util import check_float, check_int
+from ..util import check_choice, check_float, check_int
 
-__all__ = [
-    "HEXAGONAL_KINDS",
-    "honeycomb_sheet",
-    "hexagonal_cell",
-    "hexagonal_dataset",
-    "porous_graphene",
-    "supercell",
-    "rattle",
-    "min_interatomic_distance",
-]
+__all__ = ["HEXAGONAL_KINDS", "honeycomb_sheet", "hexagonal_cell", "hexagonal_dataset", "porous_graphene", "supercell",
+           "rattle", "min_interatomic_distance"]
 
 #: Kinds accepted by :func:`hexagonal_cell`.
 HEXAGONAL_KINDS = ("graphene", "hbn", "bnc-domains", "bnc-random")
 
-FRACTIONAL = _FRACTIONAL = np.array([(0.0, 0.0), (0.5, 1.0 / 6.0), (0.5, 0.5), (0.0, 2.0 / 3.0)])
+FRACTIONAL = np.array([(0.0, 0.0), (0.5, 1.0 / 6.0), (0.5, 0.5), (0.0, 2.0 / 3.0)])
 _SUBLATTICE = np.array([0, 1, 0, 1])  # 0 = A (boron in h-BN), 1 = B (nitrogen in h-BN)
 _MAX_REDRAWS = 100
 
 
 def _rng(seed, *extra):
     """A PCG64 generator from a non-negative integer seed (plus optional stream keys)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), *extra]))
+    return np.random.default_rng(np.random.SeedSequence([check_int("seed", seed, 0), *extra]))
 
 
 # --- lattice ---
 def honeycomb_sheet(nx: int, ny: int, lattice_constant: float = 2.46, symbols=("C", "C"),
                     vacuum: float = 20.0) -> Atoms:
-    """Ideal honeycomb sheet of ``nx x ny`` rectangular 4-atom cells (``4 nx ny`` atoms).
-
-    Parameters
-    ----------
-    nx, ny : int >= 1
-        Repetitions along x (length ``a``) and y (length ``sqrt(3) a``).
-    lattice_constant : float
-        Hexagonal lattice constant ``a`` in Angstrom (bond length ``a / sqrt(3)``).
-    symbols : (str, str)
-        Element on sublattice A and on sublattice B, e.g. ``("B", "N")`` for h-BN.
-    vacuum : float
-        Cell height in z, Angstrom; the sheet sits at ``z = vacuum / 2``.
-
-    Returns an orthorhombic, ``pbc = (True, True, False)`` :class:`ase.Atoms`. Atom order: cell by
-    cell (x fastest), four sites per cell; ``atoms.arrays["sublattice"]`` holds 0 (A) or 1 (B).
-    """
+    """Ideal honeycomb sheet of ``nx x ny`` rectangular 4-atom cells (``4 nx ny`` atoms; x length ``a``
+    = ``lattice_constant``, y length ``sqrt(3) a``), ``symbols`` on sublattices A and B (``("B", "N")``
+    for h-BN), ``vacuum`` A of cell height. Atom order: cell by cell (x fastest), four sites per cell;
+    ``atoms.arrays["sublattice"]`` holds 0 (A) or 1 (B)."""
     nx = check_int("nx", nx, 1)
     ny = check_int("ny", ny, 1)
     a = check_float("lattice_constant", lattice_constant, 0.0, strict=True)
@@ -84,7 +61,7 @@ def honeycomb_sheet(nx: int, ny: int, lattice_constant: float = 2.46, symbols=("
     b = math.sqrt(3.0) * a
     iy, ix = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     origins = np.stack([ix.ravel() * a, iy.ravel() * b], axis=1)  # (nx*ny, 2), x fastest
-    frac = _FRACTIONAL * np.array([a, b])
+    frac = FRACTIONAL * np.array([a, b])
     xy = (origins[:, None, :] + frac[None, :, :]).reshape(-1, 2)
     sub = np.tile(_SUBLATTICE, nx * ny)
     pos = np.column_stack([xy, np.full(len(xy), vacuum / 2.0)])
@@ -95,10 +72,8 @@ def honeycomb_sheet(nx: int, ny: int, lattice_constant: float = 2.46, symbols=("
 
 
 def min_interatomic_distance(atoms: Atoms) -> float:
-    """Smallest distance between two distinct atoms (Angstrom), minimum-image over periodic axes.
-
-    Returns ``inf`` for fewer than two atoms.
-    """
+    """Smallest distance between two distinct atoms (Angstrom), minimum-image over periodic axes;
+    ``inf`` for fewer than two atoms."""
     if len(atoms) < 2:
         return math.inf
     d = _distance_matrix(atoms)
@@ -191,39 +166,21 @@ def hexagonal_cell(kind: str = "graphene", seed: int = 0, *, vacancies: int = 0,
                    rattle_z: float = 0.03, lattice_constant: float = 2.50, repeat=(5, 3),
                    vacuum: float = 20.0, bn_fraction: float | None = None,
                    min_distance: float = 1.0) -> Atoms:
-    """One 60-atom hexagonal sheet (paper Sec. 3.2.1), deterministic from ``seed``.
+    """One 60-atom hexagonal sheet (paper Sec. 3.2.1), deterministic from ``seed`` (int >= 0).
 
-    Parameters
-    ----------
-    kind : {"graphene", "hbn", "bnc-domains", "bnc-random"}
-        ``"graphene"``: all carbon. ``"hbn"``: boron on sublattice A, nitrogen on B.
-        ``"bnc-domains"``: graphene with 1-3 random (periodic) circular h-BN domains, or (half of
-        the seeds) h-BN with carbon domains; domains keep the B-on-A / N-on-B order.
-        ``"bnc-random"``: graphene with random substitutions, B on A sites and N on B sites,
-        each site substituted with probability ``bn_fraction`` (drawn from U(0.05, 0.5) if None).
-    seed : int >= 0
-        Seed; the same arguments always give the same structure.
-    vacancies : int in 0..3
-        Number of atoms removed at random (missing-atom defects).
-    rattle, rattle_z : float >= 0
-        Gaussian thermal displacement, standard deviation in Angstrom per in-plane component and
-        out of plane. Redrawn until no two atoms are closer than ``min_distance``.
-    lattice_constant : float
-        ``a`` in Angstrom. Default 2.50 A gives the paper's 12.5 x 13 A cell for every kind.
-    repeat : (int, int)
-        Rectangular cells along x, y; default (5, 3) -> 60 atoms.
-    vacuum : float
-        Cell height in z, Angstrom.
-    bn_fraction : float in [0, 1] or None
-        Substitution probability for ``"bnc-random"`` (ignored otherwise).
-    min_distance : float
-        Minimum allowed interatomic distance after rattling, Angstrom.
+    ``kind``: ``"graphene"`` (all carbon); ``"hbn"`` (B on sublattice A, N on B); ``"bnc-domains"``
+    (graphene with 1-3 random periodic circular h-BN domains, or for half the seeds h-BN with carbon
+    domains, keeping B on A / N on B); ``"bnc-random"`` (each site of graphene substituted, B on A and
+    N on B, with probability ``bn_fraction``, drawn from U(0.05, 0.5) if None). ``vacancies`` (0..3)
+    atoms are removed at random; ``rattle`` / ``rattle_z`` are the Gaussian displacement stds (A) per
+    in-plane component / out of plane, redrawn until no two atoms are closer than ``min_distance`` A.
+    ``repeat`` rectangular cells (default (5, 3): 60 atoms) of ``lattice_constant`` A (2.50: the
+    paper's 12.5 x 13 A cell for every kind), ``vacuum`` A high.
 
     Returns :class:`ase.Atoms` (``4 * nx * ny - vacancies`` atoms) with ``atoms.info`` recording
     the generator arguments (``kind``, ``seed``, ``vacancies``, ``rattle``, ...).
     """
-    if kind not in HEXAGONAL_KINDS:
-        raise ValueError(f"kind must be one of {HEXAGONAL_KINDS}, got {kind!r}")
+    check_choice("kind", kind, HEXAGONAL_KINDS)
     vacancies = check_int("vacancies", vacancies, 0, 3)
     rattle = check_float("rattle", rattle, 0.0)
     rattle_z = check_float("rattle_z", rattle_z, 0.0)
@@ -262,9 +219,7 @@ def hexagonal_dataset(n: int, seed: int = 0, *, kinds=HEXAGONAL_KINDS, vacancy_p
     kinds = tuple(kinds)
     if not kinds or any(k not in HEXAGONAL_KINDS for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {HEXAGONAL_KINDS}, got {kinds!r}")
-    p = check_float("vacancy_probability", vacancy_probability, 0.0)
-    if p > 1.0:
-        raise ValueError(f"vacancy_probability must be in [0, 1], got {vacancy_probability}")
+    p = check_float("vacancy_probability", vacancy_probability, 0.0, 1.0)
     lo, hi = (check_float("rattle_range", r, 0.0) for r in rattle_range)
     if hi < lo:
         raise ValueError(f"rattle_range must be (low, high) with low <= high, got {rattle_range!r}")
@@ -295,25 +250,9 @@ def porous_graphene(size: float = 35.0, n_pores: int | None = None, seed: int = 
     ``n_pores`` pores with centres uniform in the cell and radii uniform in ``radius_range``.
     ``n_pores=None`` draws 1-6 pores. With ``prune_dangling`` atoms left with fewer than two
     neighbours within 1.2 bond lengths are removed too (repeated until none is left), so no
-    isolated atom or one-coordinated chain end remains.
-
-    Parameters
-    ----------
-    size : float
-        Target side length in Angstrom (>= 3 lattice constants).
-    n_pores : int >= 0 or None
-    seed : int >= 0
-    radius_range : (float, float)
-        Pore radii bounds, Angstrom.
-    lattice_constant : float
-        Graphene ``a`` in Angstrom (2.46).
-    vacuum : float
-        Cell height, Angstrom.
-    rattle, rattle_z : float
-        Optional Gaussian displacement (Angstrom); default 0 = ideal lattice positions.
-    prune_dangling : bool
-    min_distance : float
-        Minimum interatomic distance kept by rattling, Angstrom.
+    isolated atom or one-coordinated chain end remains. ``size`` (A) must be >= 3 lattice constants;
+    ``rattle``, ``rattle_z`` and ``min_distance`` (A) are as in :func:`hexagonal_cell` (default no
+    rattle: ideal lattice positions); ``vacuum``: cell height, A.
 
     Raises ``ValueError`` if the pores remove every atom.
     """

@@ -9,9 +9,7 @@ tile, i.e. per area, and the moment term a sum over pixels, so the EDNN stays ex
 (I/p) sum_i Z_i^p``, so p = 1..3 identify the B, C and N counts from the image itself, a
 per-element reference energy from nothing but the input (with one channel per element p = 1 does
 it, unchanged by a blur); the networks learn the rest (166 -> 10 eV std on the hexagonal cells).
-``learned_part`` drops the fixed moment term; ``build_models`` builds the EDNN and the plain CNN
-(He-normal kernels: with Glorot ones a fresh narrow network's output barely depends on its input),
-``train_models`` trains (or reuses) them; ``predict_ev`` predicts eV with either.
+Kernels are He-normal: with Glorot ones a fresh narrow network's output barely depends on its input.
 """
 from __future__ import annotations
 

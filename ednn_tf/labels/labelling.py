@@ -1,7 +1,5 @@
-"""Label many structures with an oracle: in parallel worker processes (:mod:`.workers`), resumable
-from an ``.npz`` checkpoint (written atomically with :func:`ednn_tf.util.atomic_path`);
-``label_timed`` labels serially and times each structure; ``prepare_dataset`` labels and renders
-the hexagonal-sheet data file (:mod:`ednn_tf.atoms.datasets`)."""
+"""Label many structures with an oracle: :func:`label_structures` (parallel, resumable), :func:`label_timed`
+(serial, timed), :func:`prepare_dataset` (the hexagonal-sheet data file of :mod:`ednn_tf.atoms.datasets`)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +11,9 @@ import time
 
 import numpy as np
 
-from ..util import atomic_path, check_float, check_int
+from ..util import check_float, check_int, write_json_atomic
 from . import workers
+from .trajectories import _write_npz_atomic
 
 __all__ = ["CHECKPOINT_FORMAT", "label_structures", "structures_fingerprint", "read_checkpoint", "label_timed",
            "prepare_dataset"]
@@ -52,10 +51,7 @@ def read_checkpoint(path) -> dict:
 def _write_checkpoint(path, meta, done: dict):
     idx = np.fromiter(sorted(done), dtype=np.int64, count=len(done))
     en = np.array([done[i] for i in idx], dtype=np.float64)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta, sort_keys=True)), indices=idx, energies=en)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_npz_atomic(path, meta=np.array(json.dumps(meta, sort_keys=True)), indices=idx, energies=en)
 
 
 def _finished(checkpoint, meta) -> dict:
@@ -82,9 +78,7 @@ class _Recorder:
         self.last, self.pending = time.monotonic(), 0
 
     def save(self, force=False):
-        if self.checkpoint is None or self.pending == 0:
-            return
-        if force or time.monotonic() - self.last >= self.seconds:
+        if self.checkpoint is not None and self.pending and (force or time.monotonic() - self.last >= self.seconds):
             _write_checkpoint(self.checkpoint, self.meta, self.done)
             self.last, self.pending = time.monotonic(), 0
 
@@ -118,30 +112,13 @@ def _check_structures(oracle, atoms_list):
 
 def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, progress: bool = True,
                      checkpoint_seconds: float = 5.0, threads_per_worker: int | None = None) -> np.ndarray:
-    """Total energies (eV) of ``atoms_list`` from ``oracle``, in parallel, resumable.
-
-    Parameters
-    ----------
-    atoms_list : sequence of ase.Atoms
-    oracle : Oracle or str
-        An :class:`~ednn_tf.labels.oracles.Oracle` or a registry name (default settings).
-    n_workers : int >= 1
-        Worker processes (:mod:`ednn_tf.labels.workers`). ``1`` computes in this process. Each
-        worker is a fresh interpreter without TensorFlow, started with ``OMP_NUM_THREADS`` =
-        ``threads_per_worker`` (default: cores // n_workers, at least 1).
-    checkpoint : path or None
-        ``.npz`` file of finished indices and energies plus the oracle name/settings/versions and a
-        fingerprint of the structures. Written atomically whenever results are pending and
-        ``checkpoint_seconds`` have passed since the last write (0 = after every structure), and
-        always on completion, error, Ctrl-C or SIGTERM. If it exists, its energies are reused and
-        only the missing structures are computed; a checkpoint written for other structures or
-        another oracle/settings raises ValueError.
-    progress : bool
-        tqdm progress bar on stderr.
-
-    Returns a float64 array of shape (len(atoms_list),), eV, in input order.
-    Raises RuntimeError (after saving the checkpoint) if the oracle fails on a structure.
-    """
+    """Total energies (eV, float64, input order) of ``atoms_list`` from ``oracle`` (an Oracle or a
+    registry name) in ``n_workers`` processes (:func:`.workers.run_tasks`; ``threads_per_worker``
+    default: cores // workers), resumable from ``checkpoint``: an ``.npz`` of finished energies with
+    the oracle name/settings/versions and a fingerprint of the structures, written atomically every
+    ``checkpoint_seconds`` with results pending (0: after each) and on completion, error, Ctrl-C or
+    SIGTERM; one written for other structures or another oracle/settings raises ValueError.
+    RuntimeError (after saving the checkpoint) if the oracle fails; ``progress``: tqdm bar."""
     oracle = _get_oracle(oracle)
     n_workers = check_int("n_workers", n_workers, minimum=1)
     checkpoint_seconds = check_float("checkpoint_seconds", checkpoint_seconds, minimum=0)
@@ -184,16 +161,13 @@ def label_timed(structs, oracle, path, progress=True, desc="labelling"):
     JSON file ``path`` (ValueError if it was written for other structures or another oracle)."""
     from tqdm.auto import tqdm
 
-    from ..util import write_json_atomic
-
     meta = {"oracle": oracle.name, "settings": oracle.settings, "fingerprint": structures_fingerprint(structs),
             "threads": os.environ.get("OMP_NUM_THREADS")}
     state = {"meta": meta, "energy": {}, "seconds": {}}
     if os.path.exists(path):
         with open(path) as fh:
             old = json.load(fh)
-        if {k: old["meta"].get(k) for k in ("oracle", "settings", "fingerprint")} != \
-                {k: meta[k] for k in ("oracle", "settings", "fingerprint")}:
+        if any(old["meta"].get(k) != meta[k] for k in ("oracle", "settings", "fingerprint")):
             raise ValueError(f"{path} was written for other structures or another oracle; delete it or use --data-dir")
         state = old
     todo = [i for i in range(len(structs)) if str(i) not in state["energy"]]
@@ -203,16 +177,13 @@ def label_timed(structs, oracle, path, progress=True, desc="labelling"):
         state["seconds"][str(i)] = time.perf_counter() - t0
         state["energy"][str(i)] = e
         write_json_atomic(state, path)
-    n = len(structs)
-    return (np.array([state["energy"][str(i)] for i in range(n)]),
-            np.array([state["seconds"][str(i)] for i in range(n)]))
+    return tuple(np.array([state[key][str(i)] for i in range(len(structs))]) for key in ("energy", "seconds"))
 
 
 def prepare_dataset(cfg, oracle, data_dir, channels, gamma, workers=2, threads=1, progress=True):
-    """The data file of ``cfg`` (``n_structures``, ``seed``, ``rattle``, ``grid``, ``channels``):
-    existing, re-rendered from a sibling render of the same labelled cells, or generated
-    (``hexagonal_dataset``), labelled with ``oracle`` (:func:`label_structures`, resumable
-    ``<stem>.labels.npz``) and rendered with ``gamma`` (A). Returns ``(stem, path)``."""
+    """``(stem, path)`` of the data file of ``cfg`` (``n_structures``, ``seed``, ``rattle``, ``grid``): existing,
+    re-rendered from a sibling render of the same labelled cells, or generated (``hexagonal_dataset``),
+    labelled (resumable ``<stem>.labels.npz``) and rendered with ``gamma`` (A) and ``channels``."""
     from ..atoms import datasets, render, structures
 
     N, seed, n = cfg["n_structures"], cfg["seed"], cfg["grid"]

@@ -1,40 +1,16 @@
-"""Molecular-dynamics snapshots for training sets (paper Sec. 3.2.2: configurations collected from
-1000 K MD trajectories of porous graphene sheets).
+"""Molecular-dynamics snapshots for training sets (paper Sec. 3.2.2: configurations from 1000 K MD
+of porous graphene). :func:`langevin_snapshots`: one Langevin (NVT) trajectory with any ASE
+calculator, snapshots carrying the energy (and forces) it computed for the step;
+:func:`run_trajectories`: many, in :mod:`.workers` processes, one ``.npz`` each (:mod:`.trajectories`).
 
-Two functions:
-
-* :func:`langevin_snapshots` -- one Langevin (NVT) trajectory with any ASE calculator; returns
-  snapshot :class:`ase.Atoms` carrying the potential energy (and forces) the same calculator
-  computed for the step, so no extra labelling is needed.
-* :func:`run_trajectories` -- many trajectories in the worker processes of :mod:`.workers`, one
-  ``.npz`` file per finished trajectory (:mod:`.trajectories`, atomic write), resumable: rerunning
-  skips the trajectories already on disk.
-
-Dynamics
---------
-ASE's Langevin integrator (Vanden-Eijnden & Ciccotti 2006) at ``temperature_K`` with friction
-``friction`` in 1/fs and time step ``timestep_fs`` in fs. Initial momenta are drawn from the
-Maxwell-Boltzmann distribution at ``initial_temperature_K`` (default: the target temperature).
-With ``fix_com`` (default) an :class:`ase.constraints.FixCom` constraint removes the centre-of-mass
-motion (ASE's recommended replacement for ``Langevin(fixcm=True)``); the sheet then cannot drift out
-of the non-periodic z box, and the kinetic temperature uses ``3N - 3`` degrees of freedom.
-
-Starting from an ideal lattice, the Maxwell-Boltzmann kinetic energy is quickly shared with the
-potential energy (the temperature drops to about half), and the thermostat restores it on a time
-scale ~ 1 / friction (50 fs at 0.02/fs); ``equilibration_steps`` are discarded. The configurational
-(canonical) distribution does not depend on the friction, so a strong friction is a cheap way to
-equilibrate when only configurations are wanted.
-
-Determinism: everything random comes from one :class:`numpy.random.Generator` seeded with ``seed``
-(Maxwell-Boltzmann draw first, then two normal arrays per Langevin step). Same structure, seed,
-settings and calculator (serial LAMMPS/REBO is deterministic) give bit-identical snapshots, in
-this process or in a worker process.
-
-Units: positions and cells in Angstrom, energies in eV, forces in eV/A, temperatures in K, time in
-fs, friction in 1/fs.
-
-This module never imports TensorFlow; its worker processes import only ``ednn_tf.labels``, so they
-start in about a second.
+ASE's Langevin integrator (Vanden-Eijnden & Ciccotti 2006); ``fix_com`` adds ASE's ``FixCom`` (the
+replacement for ``Langevin(fixcm=True)``: the sheet cannot drift out of the non-periodic z box; the
+kinetic temperature then has ``3N - 3`` degrees of freedom). The thermostat equilibrates on a time
+scale ~ 1 / friction (docs/porous_graphene.md); the canonical configurational distribution does not
+depend on the friction, so a strong one equilibrates cheaply. One :class:`numpy.random.Generator`
+seeded with ``seed`` draws everything (Maxwell-Boltzmann momenta, then two normal arrays per step):
+same structure, seed, settings and deterministic calculator give bit-identical snapshots, in this
+process or a worker. Units: Angstrom, eV, eV/A, K, fs, friction in 1/fs.
 """
 from __future__ import annotations
 
@@ -47,6 +23,7 @@ import numpy as np
 
 from ..util import check_bool, check_float, check_int, check_positive
 from . import workers
+from .labelling import _check_structures
 from .oracles import get_oracle
 from .trajectories import (TRAJECTORY_FORMAT, _missing, _trajectory_meta, _write_trajectory,
                            read_trajectory, trajectory_atoms, trajectory_path)
@@ -101,30 +78,24 @@ def kinetic_temperature(atoms) -> float:
     return 2.0 * float(atoms.get_kinetic_energy()) / (dof * units.kB)
 
 
-def _thermalize(atoms, temperature_K, rng):
-    from ase.md import velocitydistribution as vd
-
-    if hasattr(vd, "thermalize_momenta"):   # ASE >= 3.29
-        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
-    else:  # pragma: no cover - older ASE
-        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-
-
 def _dynamics(atoms, calculator, s, rng, stationary_start=False):
     """The working copy (calculator attached, momenta drawn) and its Langevin integrator."""
     from ase import Atoms, units
     from ase.constraints import FixCom
+    from ase.md import velocitydistribution as vd
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary
 
     work = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     if s["fix_com"] and not stationary_start:
         work.set_constraint(FixCom())
     work.calc = calculator
     t0 = s["temperature_K"] if s["initial_temperature_K"] is None else s["initial_temperature_K"]
-    _thermalize(work, t0, rng)
+    if hasattr(vd, "thermalize_momenta"):   # ASE >= 3.29
+        vd.thermalize_momenta(work, t0, rng=rng)
+    else:  # pragma: no cover - older ASE
+        vd.MaxwellBoltzmannDistribution(work, temperature_K=t0, rng=rng)
     if stationary_start:   # COM momentum removed, then rescaled back to the drawn temperature
-        Stationary(work)
+        vd.Stationary(work)
         if s["fix_com"]:
             work.set_constraint(FixCom())
     dyn = Langevin(work, s["timestep_fs"] * units.fs, temperature_K=s["temperature_K"],
@@ -143,8 +114,7 @@ def _snapshot(work, step, timestep_fs, info):
     forces = np.array(work.get_forces(apply_constraint=False), dtype=np.float64)
     snap = Atoms(numbers=work.numbers, positions=work.get_positions(wrap=True), cell=work.cell, pbc=work.pbc)
     snap.calc = SinglePointCalculator(snap, energy=energy, forces=forces)
-    snap.info.update(info)
-    snap.info.update(md_step=int(step), md_time_fs=step * timestep_fs, potential_energy_eV=energy,
+    snap.info.update(info, md_step=int(step), md_time_fs=step * timestep_fs, potential_energy_eV=energy,
                      kinetic_temperature_K=kinetic_temperature(work))
     return snap
 
@@ -152,44 +122,19 @@ def _snapshot(work, step, timestep_fs, info):
 def langevin_snapshots(atoms, calculator, temperature_K=1000.0, timestep_fs=1.0, n_steps=400, every=10,
                        equilibration_steps=200, friction=0.02, seed=0, initial_temperature_K=None,
                        fix_com=True, progress=False, desc="MD", stationary_start=False):
-    """Run Langevin MD from ``atoms`` and return snapshots with their potential energies.
+    """Langevin MD from ``atoms`` (not modified) -> snapshots with their potential energies.
 
-    Parameters
-    ----------
-    atoms : ase.Atoms
-        Starting structure (not modified; a copy is propagated).
-    calculator : ASE calculator
-        Gives the forces for the dynamics and the snapshot energies, e.g.
-        ``get_oracle("rebo").calculator()``. It is attached to the working copy and left attached
-        there (close it yourself if it holds a process, e.g. ``calculator.clean()``).
-    temperature_K, timestep_fs, friction : float
-        Thermostat temperature (K), time step (fs), Langevin friction (1/fs).
-    n_steps, every, equilibration_steps : int
-        Total MD steps (equilibration included), steps between snapshots, steps discarded before
-        the first. Snapshots follow steps ``equilibration_steps + every, + 2 every, ... <= n_steps``
-        (:func:`snapshot_steps`).
-    seed : int >= 0 or numpy.random.SeedSequence
-        Seeds the one generator used for the initial velocities and the Langevin noise.
-    initial_temperature_K : float or None
-        Maxwell-Boltzmann temperature of the initial momenta (default ``temperature_K``).
-    fix_com : bool
-        Keep the centre of mass fixed (``ase.constraints.FixCom``).
-    progress : bool
-        tqdm bar over steps.
-    stationary_start : bool
-        Draw the momenta without the ``FixCom`` constraint and remove the centre-of-mass momentum
-        with ``ase``'s ``Stationary`` (which rescales back to the drawn temperature) before fixing
-        the centre of mass: the start of ``experiments/graphene_mc.py``'s reference MD (its figures).
-
-    Returns
-    -------
-    list of ase.Atoms
-        One per snapshot: positions wrapped into the cell along periodic axes, no constraints, no
-        momenta, a ``SinglePointCalculator`` holding the step's potential energy (eV) and forces
-        (eV/A) as computed by ``calculator``, and ``info`` with ``md_step``, ``md_time_fs``,
-        ``potential_energy_eV``, ``kinetic_temperature_K``, ``md_seed`` (plus the starting
-        structure's ``info``).
-    """
+    ``calculator`` (e.g. ``get_oracle("rebo").calculator()``) gives forces and energies and stays
+    attached to the working copy (close it yourself if it holds a process). ``n_steps`` includes the
+    ``equilibration_steps``; snapshots follow :func:`snapshot_steps`. Initial momenta are
+    Maxwell-Boltzmann at ``initial_temperature_K`` (default ``temperature_K``); ``seed`` (int >= 0
+    or a SeedSequence) seeds the one generator. ``stationary_start``: draw the momenta without
+    ``FixCom``, remove the centre-of-mass momentum with ASE's ``Stationary`` (rescaled back to the
+    drawn temperature), then fix the centre of mass (``experiments/graphene_mc.py``'s reference MD).
+    Returns one ase.Atoms per snapshot: positions wrapped along periodic axes, no constraints or
+    momenta, a ``SinglePointCalculator`` with the step's energy (eV) and forces (eV/A), and ``info`` =
+    the start's plus ``md_step``, ``md_time_fs``, ``potential_energy_eV``, ``kinetic_temperature_K``,
+    ``md_seed``."""
     from ase import Atoms
 
     if not isinstance(atoms, Atoms):
@@ -202,8 +147,7 @@ def langevin_snapshots(atoms, calculator, temperature_K=1000.0, timestep_fs=1.0,
     work, dyn = _dynamics(atoms, calculator, s, np.random.default_rng(_seed(seed)),
                           check_bool("stationary_start", stationary_start))
     wanted = set(snapshot_steps(s["n_steps"], s["every"], s["equilibration_steps"]).tolist())
-    seed_repr = int(seed) if not isinstance(seed, np.random.SeedSequence) else repr(seed.entropy)
-    info = {**atoms.info, "md_seed": seed_repr}
+    info = {**atoms.info, "md_seed": repr(seed.entropy) if isinstance(seed, np.random.SeedSequence) else int(seed)}
     snaps = []
 
     from tqdm.auto import tqdm
@@ -226,9 +170,8 @@ def langevin_snapshots(atoms, calculator, temperature_K=1000.0, timestep_fs=1.0,
 
 # --- many trajectories ---
 def derive_seeds(seed, n):
-    """``n`` independent per-trajectory seeds (ints < 2^63) from one master ``seed``:
-    trajectory ``k`` gets ``SeedSequence([seed, k])``'s first 64-bit word, so the seed of a
-    trajectory does not depend on how many others there are."""
+    """``n`` per-trajectory seeds (ints < 2^63): trajectory ``k`` gets ``SeedSequence([seed, k])``'s
+    first 64-bit word >> 1, independent of how many others there are."""
     _seed(seed)
     return [int(np.random.SeedSequence([int(seed), k]).generate_state(1, np.uint64)[0] >> np.uint64(1))
             for k in range(int(n))]
@@ -260,36 +203,13 @@ def _md_task(name, osettings, runtime, settings, store_forces):  # worker factor
 
 def run_trajectories(structures, oracle, directory, *, seed=0, seeds=None, n_workers=2, threads_per_worker=1,
                      store_forces=False, progress=True, desc="MD trajectories", **md_settings):
-    """Langevin trajectories of every structure, in parallel worker processes, resumable.
-
-    Parameters
-    ----------
-    structures : sequence of ase.Atoms
-        Starting structures; trajectory ``k`` starts from ``structures[k]``.
-    oracle : ednn_tf.labels.oracles.Oracle or str
-        Gives forces and energies (a fresh ``oracle.calculator()`` per trajectory).
-    directory : path
-        One file per finished trajectory, :func:`trajectory_path` ``(directory, k)``, written
-        atomically by this process as soon as the trajectory ends. Existing files are reused if
-        their metadata (oracle, settings, MD settings, seed, starting-structure fingerprint)
-        match; a mismatch raises ValueError.
-    seed : int
-        Master seed; trajectory ``k`` uses ``derive_seeds(seed, n)[k]`` unless ``seeds`` is given.
-    seeds : sequence of int, optional
-        Explicit per-trajectory seeds.
-    n_workers : int
-        Worker processes (:mod:`.workers`; ``1``: in this process), each without TensorFlow and
-        with ``OMP_NUM_THREADS = threads_per_worker``.
-    store_forces : bool
-        Also store the forces of every snapshot (S x N x 3 float64, eV/A).
-    progress : bool
-        tqdm bar over trajectories.
-    **md_settings
-        Keys of :data:`MD_DEFAULTS`.
-
-    Returns the list of trajectory file paths, in input order. Interrupting (Ctrl-C, SIGTERM) kills
-    the workers; finished trajectories stay on disk and are skipped by the next call.
-    """
+    """Langevin trajectories (``md_settings``: keys of :data:`MD_DEFAULTS`) from every structure, each
+    with a fresh ``oracle.calculator()``, in ``n_workers`` processes (:func:`.workers.run_tasks`).
+    Trajectory ``k`` uses ``seeds[k]`` or ``derive_seeds(seed, n)[k]`` and is written atomically to
+    :func:`trajectory_path` ``(directory, k)`` as it ends; an existing file is reused if its metadata
+    (oracle, settings, MD settings, seed, start fingerprint) match, else ValueError. ``store_forces``
+    also stores (S, N, 3) forces in eV/A. Returns the file paths in input order; after Ctrl-C or
+    SIGTERM the finished trajectories stay on disk."""
     oracle = get_oracle(oracle)
     settings = _md_settings(**md_settings)
     structures = list(structures)
@@ -300,11 +220,7 @@ def run_trajectories(structures, oracle, directory, *, seed=0, seeds=None, n_wor
     check_int("n_workers", n_workers, minimum=1)
     check_int("threads_per_worker", threads_per_worker, minimum=1)
     store_forces = check_bool("store_forces", store_forces)
-    for k, a in enumerate(structures):
-        try:
-            oracle.check(a)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"structure {k}: {exc}") from None
+    _check_structures(oracle, structures)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     metas = [_trajectory_meta(k, structures[k], seeds[k], settings, oracle, store_forces) for k in range(n)]
@@ -319,14 +235,15 @@ def run_trajectories(structures, oracle, directory, *, seed=0, seeds=None, n_wor
         _write_trajectory(paths[k], metas[k], structures[k], result, oracle.versions)
         bar.update(1)
 
+    def payload(k):
+        return workers.pack_atoms(structures[k], info=True), seeds[k]
+
     with workers.sigterm_as_exit():
         try:
-            workers.run_tasks(
-                todo, record, local=lambda k: _run_one(oracle, workers.pack_atoms(structures[k], info=True), seeds[k], settings,
-                                                       store_forces),
-                payload=lambda k: (workers.pack_atoms(structures[k], info=True), seeds[k]), factory=_md_task,
-                args=(oracle.name, oracle.settings, oracle.runtime, settings, store_forces), n_workers=n_workers,
-                threads=threads_per_worker, what=f"MD with oracle {oracle.name!r}", item="trajectory")
+            workers.run_tasks(todo, record, local=lambda k: _run_one(oracle, *payload(k), settings, store_forces),
+                              payload=payload, factory=_md_task, n_workers=n_workers, threads=threads_per_worker,
+                              args=(oracle.name, oracle.settings, oracle.runtime, settings, store_forces),
+                              what=f"MD with oracle {oracle.name!r}", item="trajectory")
         finally:
             bar.close()
     return paths

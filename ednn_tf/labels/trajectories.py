@@ -23,10 +23,6 @@ def trajectory_path(directory, index) -> str:
     return os.path.join(os.fspath(directory), f"traj_{int(index):06d}.npz")
 
 
-def _fingerprint(atoms) -> str:
-    return hash_atoms(hashlib.sha256(), atoms).hexdigest()
-
-
 def _write_npz_atomic(path, **arrays):
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -35,12 +31,8 @@ def _write_npz_atomic(path, **arrays):
 
 
 def read_trajectory(path) -> dict:
-    """Read a trajectory file of :func:`~ednn_tf.labels.md.run_trajectories`.
-
-    Returns ``{"meta": dict, "numbers": (N,), "cell": (3, 3), "pbc": (3,), "positions": (S, N, 3) A,
-    "energies": (S,) eV, "steps": (S,), "temperatures": (S,) K}`` plus ``"forces"`` (S, N, 3) eV/A
-    if they were stored.
-    """
+    """``{"meta": dict, "numbers": (N,), "cell": (3, 3), "pbc": (3,), "positions": (S, N, 3) A, "energies":
+    (S,) eV, "steps": (S,), "temperatures": (S,) K}`` (+ ``"forces"`` (S, N, 3) eV/A if stored) of a file."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -67,8 +59,8 @@ def trajectory_atoms(traj) -> list:
     out = []
     for k in range(len(traj["energies"])):
         a = Atoms(numbers=traj["numbers"], positions=traj["positions"][k], cell=traj["cell"], pbc=traj["pbc"])
-        forces = traj["forces"][k] if "forces" in traj else None
-        a.calc = SinglePointCalculator(a, energy=float(traj["energies"][k]), forces=forces)
+        a.calc = SinglePointCalculator(a, energy=float(traj["energies"][k]),
+                                       forces=traj["forces"][k] if "forces" in traj else None)
         a.info.update(md_step=int(traj["steps"][k]), kinetic_temperature_K=float(traj["temperatures"][k]),
                       potential_energy_eV=float(traj["energies"][k]), trajectory=traj["meta"].get("index"))
         out.append(a)
@@ -79,7 +71,7 @@ def _trajectory_meta(k, structure, seed, settings, oracle, store_forces) -> dict
     """Metadata of trajectory ``k`` (what decides whether a file on disk can be reused)."""
     return {"format": TRAJECTORY_FORMAT, "index": k, "seed": seed, "md": settings,
             "oracle": oracle.name, "oracle_settings": oracle.settings, "store_forces": bool(store_forces),
-            "fingerprint": _fingerprint(structure), "n_atoms": len(structure),
+            "fingerprint": hash_atoms(hashlib.sha256(), structure).hexdigest(), "n_atoms": len(structure),
             "start_info": json.loads(json.dumps(structure.info, default=str))}
 
 
@@ -91,7 +83,7 @@ def _missing(paths, metas) -> list:
             todo.append(k)
             continue
         old, new = read_trajectory(path)["meta"], json.loads(json.dumps(meta))
-        if {key: old.get(key) for key in _SAME_RUN_KEYS} != {key: new[key] for key in _SAME_RUN_KEYS}:
+        if any(old.get(key) != new[key] for key in _SAME_RUN_KEYS):
             raise ValueError(f"{path} was written for another structure, seed or MD/oracle setting; "
                              "delete it or use another directory")
     return todo

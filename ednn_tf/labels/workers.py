@@ -1,16 +1,15 @@
-"""THE worker pool of ``ednn_tf.labels``: labelling (:func:`~ednn_tf.labels.labelling.label_structures`)
-and MD (:func:`~ednn_tf.labels.md.run_trajectories`) both run their tasks through :func:`run_tasks`.
+"""THE worker pool of ``ednn_tf.labels``: labelling and MD both run their tasks through :func:`run_tasks`.
 
-Each worker is a fresh interpreter that imports only ``ednn_tf.labels.workers`` (the ``ednn_tf``
-package is lazy: no TensorFlow), started with ``OMP_NUM_THREADS`` = ``threads`` and exchanging
-pickles over stdin/stdout. It is initialised with ``factory(*args)`` (a module-level function,
-pickled by reference), which returns the task function; every task message is ``(index, payload)``
-and its reply ``task(*payload)``. C-level prints (LAMMPS, tblite) go to /dev/null, not into the
-result stream.
+Each worker is a fresh interpreter importing only ``ednn_tf.labels.workers`` (the package is lazy: no
+TensorFlow) with ``OMP_NUM_THREADS = threads``, exchanging pickles over stdin/stdout; C-level prints
+(LAMMPS, tblite) go to /dev/null. It is initialised with ``factory(*args)`` (a module-level function,
+pickled by reference) returning the task function; each message ``(index, payload)`` gets
+``task(*payload)`` back.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import queue
@@ -24,6 +23,7 @@ import numpy as np
 
 __all__ = ["PickleWorker", "run_tasks", "sigterm_as_exit", "pack_atoms", "unpack_atoms", "hash_atoms", "cpu_count"]
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORKER_BOOT = ("import sys; sys.path.insert(0, sys.argv[1])\n"
                 "from ednn_tf.labels.workers import _worker_main; _worker_main()\n")
@@ -35,16 +35,12 @@ def pack_atoms(atoms, info=False):
     out = (np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.positions, dtype=np.float64),
            np.asarray(atoms.cell, dtype=np.float64), np.asarray(atoms.pbc, dtype=bool))
     if info:
-        import json
-
         out += (json.dumps(atoms.info, default=str),)
     return out
 
 
 def unpack_atoms(packed):
     """The ``ase.Atoms`` of :func:`pack_atoms` (with its ``info`` if it was packed)."""
-    import json
-
     from ase import Atoms
 
     atoms = Atoms(numbers=packed[0], positions=packed[1], cell=packed[2], pbc=packed[3])
@@ -74,9 +70,7 @@ class PickleWorker:
     """A worker subprocess running :func:`_worker_main`, exchanging pickles over stdin/stdout."""
 
     def __init__(self, threads: int):
-        env = os.environ.copy()
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(threads)
+        env = {**os.environ, **dict.fromkeys(_THREAD_VARIABLES, str(threads))}
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, _ROOT], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, start_new_session=True)
 
@@ -88,8 +82,7 @@ class PickleWorker:
         try:
             return pickle.load(self.proc.stdout)
         except (EOFError, pickle.UnpicklingError):
-            rc = self.proc.wait()
-            return ("died", None, f"worker process exited with code {rc}")
+            return ("died", None, f"worker process exited with code {self.proc.wait()}")
 
     def close(self, kill=False):
         if self.proc.poll() is None:
@@ -111,8 +104,7 @@ class PickleWorker:
 def _worker_main():  # runs in the worker subprocess
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     out = os.fdopen(os.dup(1), "wb")
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)  # C-level prints (LAMMPS, tblite) must not corrupt the result stream
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # C-level prints (LAMMPS, tblite) must not corrupt the result stream
     sys.stdout = sys.stderr
     inp = sys.stdin.buffer
     task = None
@@ -153,14 +145,10 @@ def sigterm_as_exit():
 
 
 def run_tasks(todo, record, *, local, payload, factory, args, n_workers, threads, what, item):
-    """Run task ``i`` for every ``i`` in ``todo`` and call ``record(i, result)`` as results arrive.
-
-    With ``n_workers == 1`` or one task, ``result = local(i)`` in this process; otherwise
-    ``min(n_workers, len(todo))`` :class:`PickleWorker` processes, each initialised with
-    ``factory(*args)``, compute ``task(*payload(i))``. A failing task raises RuntimeError
-    "``what`` failed in a worker process (``item`` i)" with the worker's traceback; the workers are
-    killed on any exception (Ctrl-C included).
-    """
+    """``record(i, result)`` for every ``i`` in ``todo`` as results arrive: ``local(i)`` in this process
+    (one worker or one task), else ``task(*payload(i))`` in ``min(n_workers, len(todo))`` workers. A
+    failing task raises RuntimeError "``what`` failed in a worker process (``item`` i)" with the
+    worker's traceback; the workers are killed on any exception (Ctrl-C included)."""
     if not todo:
         return
     if n_workers == 1 or len(todo) == 1:
