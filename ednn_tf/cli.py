@@ -1,13 +1,12 @@
 """The ``ednn-tf`` command line (``setup.py`` console script; also ``python -m ednn_tf.cli``).
 
-``ednn-tf label DATA --oracle NAME [--oracle-setting K=V ...] --out OUT.extxyz``: energies (eV)
-and forces (eV/A) of every structure in DATA (any file ASE reads), computed in parallel worker
-processes and resumable: finished structures are kept in ``OUT.labels.npz`` and a rerun computes
-only the rest. OUT is written atomically at the end; ``ase.io.read(OUT, ":")[i]`` then returns
-them with ``get_potential_energy()`` / ``get_forces()``.
-
-Every bad input exits with status 2 and a message naming the value (missing file, unknown oracle
-or setting, a structure the oracle cannot label) before any work starts.
+``label``: energies (eV) and forces (eV/A) of every structure in a file from an oracle, in worker
+processes, resumable (``OUT.labels.npz``), written as extxyz. ``train``: a density
+:class:`~ednn_tf.potential.Potential` from labelled structures (resumable; the model, a metrics JSON
+and a parity PNG). ``eval``: its errors on labelled structures (``--json``: one JSON object).
+``predict``: structures with predicted energies and forces as extxyz. ``info``: the model card.
+``models``: the shipped models. MODEL is a ``.keras`` path or a shipped name; DATA is any file ASE
+reads (all frames). Bad input exits with status 2 and a message naming the value, before any work.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import json
 import os
 import sys
 
-__all__ = ["main", "parse_setting"]
+__all__ = ["main", "parse_setting", "read_structures", "write_labelled"]
 
 
 def parse_setting(item):
@@ -48,7 +47,7 @@ def read_structures(path, index=":"):
     return frames
 
 
-def write_labelled(path, structures, energies, forces, info):
+def write_labelled(path, structures, energies, forces, info=None):
     """Write ``structures`` with their energies (eV) and forces (eV/A) as extxyz, atomically."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -58,7 +57,7 @@ def write_labelled(path, structures, energies, forces, info):
     out = []
     for atoms, e, f in zip(structures, energies, forces):
         a = atoms.copy()
-        a.info.update(info)
+        a.info.update(info or {})
         a.calc = SinglePointCalculator(a, energy=float(e), forces=f)
         out.append(a)
     with atomic_path(path) as tmp:
@@ -85,6 +84,106 @@ def _label(args):
     print(f"labelled {len(structures)} structures with {oracle.name} -> {args.out}")
 
 
+def _provenance(args, structures):
+    import datetime
+
+    from .labels.native import package_version
+
+    info = structures[0].info
+    return {"data": os.path.abspath(args.data), "energy_key": args.energy_key, "oracle": info.get("oracle"),
+            "oracle_settings": info.get("oracle_settings"), "date": datetime.date.today().isoformat(),
+            "command": "ednn-tf " + " ".join(args.argv),
+            "versions": {p: package_version(p) or package_version(p + "-cpu")
+                         for p in ("ednn_tf", "keras", "tensorflow", "ase")}}
+
+
+def _train(args):
+    import numpy as np
+
+    from . import plots
+    from .apply.fit import labelled_energies, train_potential
+    from .util import write_json_atomic
+
+    structures = read_structures(args.data)
+    energies = labelled_energies(structures, args.energy_key)
+    _, metrics = train_potential(structures, energies, args.out, pixel_size=args.pixel_size, gamma=args.gamma,
+                                 context=args.context, filters=args.filters, epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+                                 seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures))
+    stem = os.path.splitext(args.out)[0]
+    write_json_atomic(metrics, stem + ".metrics.json")
+    val = metrics["val_indices"]
+    n = np.array([len(structures[i]) for i in val])
+    plots.parity_and_error(energies[val] / n, np.array(metrics["val"]["pred_energy"]) / n, stem + ".parity.png",
+                           quantity="E / atom", unit="eV", title=f"{os.path.basename(args.out)}: validation split")
+    print(f"{args.out}: validation energy MAE {metrics['val']['energy_mae_meV_per_atom']:.2f} meV/atom "
+          f"on {metrics['n_val']} structures")
+
+
+def _eval(args):
+    from .apply.fit import evaluate, labelled_energies, labelled_forces
+
+    pot = _model(args.model)
+    structures = read_structures(args.data)
+    energies = labelled_energies(structures, args.energy_key)
+    forces = labelled_forces(structures, args.forces_key) if args.forces_key else None
+    kinds = [a.info["kind"] for a in structures] if all("kind" in a.info for a in structures) else None
+    result = evaluate(pot, structures, energies, forces, kinds)
+    if args.plot:
+        import numpy as np
+
+        from . import plots
+
+        n = np.array([len(a) for a in structures])
+        plots.parity_and_error(energies / n, np.array(result["pred_energy"]) / n, args.plot, quantity="E / atom",
+                               unit="eV")
+    result.pop("pred_energy")
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['n']} structures: energy MAE {result['energy_mae_meV_per_atom']:.2f} meV/atom, "
+          f"RMSE {result['energy_rmse_meV_per_atom']:.2f} meV/atom ({result['energy_mae_eV']:.4f} eV/structure)")
+    if forces is not None:
+        print(f"forces: MAE {result['force_mae_eV_per_A']:.4f} eV/A, RMSE {result['force_rmse_eV_per_A']:.4f} eV/A")
+    for kind, r in result.get("by_kind", {}).items():
+        print(f"  {kind}: {r['n']} structures, {r['energy_mae_meV_per_atom']:.2f} meV/atom")
+
+
+def _predict(args):
+    from .apply.calculator import EDNNCalculator
+
+    calc = EDNNCalculator(_model(args.model))
+    structures = read_structures(args.data)
+    energies, forces = [], []
+    for a in structures:
+        a = a.copy()
+        a.calc = calc
+        energies.append(a.get_potential_energy())
+        forces.append(a.get_forces())
+    write_labelled(args.out, structures, energies, forces, {"model": os.fspath(args.model)})
+    print(f"predicted {len(structures)} structures -> {args.out}")
+
+
+def _info(args):
+    pot = _model(args.model)
+    print(json.dumps({"pixel_size_A": pot.pixel_size, "gamma_A": pot.gamma, "cutoff_gamma": pot.cutoff,
+                      "channels": pot.channels, "e0_eV": pot.e0, "scale_eV": pot.scale, "context": pot.ednn.context,
+                      "focus": pot.ednn.focus, "card": pot.card}, indent=2))
+
+
+def _models(args):
+    from .potential import shipped_models
+
+    for name, path in shipped_models().items():
+        print(f"{name}\t{path}")
+
+
+def _model(name_or_path):
+    from .potential import load_potential
+
+    return load_potential(name_or_path)
+
+
 def _parser():
     ap = argparse.ArgumentParser(prog="ednn-tf", description="Extensive deep neural network potentials.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -96,16 +195,51 @@ def _parser():
     p.add_argument("--out", required=True, help="labelled extxyz file (checkpoint: OUT.labels.npz)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--threads", type=int, default=None, help="threads per worker (default cores / workers)")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_label)
+    p = sub.add_parser("train", help="train a density potential on labelled structures")
+    p.add_argument("data")
+    p.add_argument("--energy-key", default="energy")
+    p.add_argument("--out", required=True, help="MODEL.keras (beside it: .metrics.json, .parity.png, .train/)")
+    p.add_argument("--pixel-size", type=float, default=0.25, help="A per pixel (default 0.25)")
+    p.add_argument("--gamma", type=float, default=0.3, help="Gaussian width of the image, A (default 0.3)")
+    p.add_argument("--context", type=int, default=16, help="context c in pixels (window 2c+1; default 16)")
+    p.add_argument("--filters", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="seeded random validation fraction, never trained on (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_train)
+    p = sub.add_parser("eval", help="errors of a model on labelled structures")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--energy-key", default="energy")
+    p.add_argument("--forces-key", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", help="parity PNG")
+    p.set_defaults(run=_eval)
+    p = sub.add_parser("predict", help="write structures with predicted energies and forces (extxyz)")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_predict)
+    p = sub.add_parser("info", help="print a model's card as JSON")
+    p.add_argument("model")
+    p.set_defaults(run=_info)
+    sub.add_parser("models", help="list the shipped models").set_defaults(run=_models)
+    for p in sub.choices.values():
+        p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     return ap
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         args.run(args)
-    except (ValueError, TypeError, ImportError) as exc:
+    except (ValueError, TypeError, KeyError, ImportError) as exc:
         print(f"ednn-tf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

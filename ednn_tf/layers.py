@@ -30,20 +30,25 @@ class TileLayer(keras.layers.Layer):
 
     def call(self, inputs):
         if self.check_finite:
-            tf = None
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-            try:
-                arr = np.asarray(keras.ops.convert_to_numpy(inputs)) if tf is None or tf.executing_eagerly() else None
-            except Exception:  # a JAX tracer or symbolic tensor: no values to check
-                arr = None
-            if arr is not None:
-                if not np.all(np.isfinite(arr)):
-                    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-                    raise ValueError(f"input contains {bad} non-finite value(s) (NaN or inf)")
-            elif tf is not None:
-                inputs = tf.debugging.check_numerics(inputs, "TileLayer input contains NaN or inf")
+            inputs = self.check_values(inputs)
         return tiling.extract_tiles(inputs, self.focus, self.context)
+
+    def check_values(self, inputs):
+        """``inputs``, after raising ValueError for NaN/inf (eagerly; in a TF graph, ``check_numerics``)."""
+        tf = None
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+        try:
+            arr = np.asarray(keras.ops.convert_to_numpy(inputs)) if tf is None or tf.executing_eagerly() else None
+        except Exception:  # a JAX tracer or symbolic tensor: no values to check
+            arr = None
+        if arr is not None:
+            if not np.all(np.isfinite(arr)):
+                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+                raise ValueError(f"input contains {bad} non-finite value(s) (NaN or inf)")
+        elif tf is not None:
+            inputs = tf.debugging.check_numerics(inputs, "TileLayer input contains NaN or inf")
+        return inputs
 
     def compute_output_shape(self, input_shape):
         nd = tiling.validate_grid(input_shape, self.focus)

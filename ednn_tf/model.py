@@ -8,7 +8,7 @@ from . import tiling
 from .layers import TileLayer
 from .util import check_choice, check_int
 
-__all__ = ["EDNN", "sum_tiles", "is_ednn", "load_ednn"]
+__all__ = ["EDNN", "DensityEDNN", "sum_tiles", "is_ednn", "load_ednn"]
 
 
 def _sum_dtype():
@@ -187,3 +187,34 @@ class EDNN(keras.Model):
         config = dict(config)
         subnet = keras.saving.deserialize_keras_object(config.pop("subnet"), custom_objects=custom_objects)
         return cls(subnet=subnet, **config)
+
+
+@keras.saving.register_keras_serializable(package="ednn_tf")
+class DensityEDNN(EDNN):
+    """The f = 1 EDNN as an energy density: ``E = sum over pixels p of g(window_c(p))``.
+
+    ``subnet`` is fully convolutional (``networks.energy_density``): on one ``(2c+1)``-wide tile it
+    gives that tile's value, so ``tile_values`` (the TileLayer path of :class:`EDNN`) is unchanged;
+    ``tile_contributions`` and ``call`` instead run the sub-network once over the periodically
+    ``c``-padded image, which gives all ``H x W`` window values at once and shares the work that
+    overlapping windows have in common. Any grid size works (the focus is 1). 2D grids only.
+    """
+
+    def __init__(self, subnet, context, output_dtype="float64", check_finite=False, **kwargs):
+        kwargs.pop("focus", None)
+        super().__init__(subnet, 1, context, output_dtype=output_dtype, check_finite=check_finite, **kwargs)
+
+    def tile_contributions(self, inputs, training=False):
+        """Per-pixel values ``(batch, H, W)`` in the compute dtype, from one sub-network pass."""
+        x = keras.ops.convert_to_tensor(inputs)
+        if tiling.validate_grid(x.shape, 1) != 2:
+            raise ValueError(f"DensityEDNN works on 2D grids (batch, H, W, C), got shape {tuple(x.shape)}")
+        if self.check_finite:
+            x = self.tiler.check_values(x)
+        out = self.subnet(tiling.periodic_pad(x, self.context), training=training)
+        return out[..., 0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("focus")
+        return config

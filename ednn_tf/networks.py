@@ -142,3 +142,41 @@ def he_initialise(model, seed, distribution="normal"):
 
 
 __all__ += ["normalise_to_data", "he_initialise"]
+
+
+def density_dilations(context: int, max_dilation: int = 8):
+    """Dilations of the 3x3 convolutions of :func:`energy_density`: 1, 2, 4, ... (at most
+    ``max_dilation``) and a last one for the remainder, so that they sum to ``context`` (each 3x3
+    layer of dilation ``d`` widens the window by ``2 d``)."""
+    left, d, out = check_int("context", context, minimum=1), 1, []
+    while left:
+        out.append(min(d, left))
+        left -= out[-1]
+        d = min(2 * d, check_int("max_dilation", max_dilation, minimum=1))
+    return tuple(out)
+
+
+def energy_density(context: int, channels: int = 1, filters: int = 32, activation: str = "silu",
+                   seed: int | None = None, name="energy_density", max_dilation: int = 8, dtype=None):
+    """The f = 1 energy-density sub-network: fully convolutional, any input size.
+
+    3x3 ``valid`` convolutions with the dilations of :func:`density_dilations` (their window is
+    exactly the ``(2c+1)``-wide context of one pixel), ``filters`` channels, a smooth ``activation``
+    (``silu``: forces are derivatives of the energy), then a linear 1x1 convolution to one value per
+    pixel. On one ``(2c+1) x (2c+1)`` tile it returns ``(1, 1, 1)``: the tile value of an
+    ``EDNN(focus=1, context=c)``; on a ``c``-padded image it returns every pixel's value in one pass
+    (:class:`ednn_tf.model.DensityEDNN`). ``dtype``: the layers' dtype (default Keras' float32).
+    """
+    check_int("filters", filters, minimum=1)
+    check_int("channels", channels, minimum=1)
+    init = lambda k: keras.initializers.HeNormal(seed=None if seed is None else seed + k)  # noqa: E731
+    inp = keras.Input((None, None, channels), name="image", dtype=dtype)
+    h = inp
+    for k, d in enumerate(density_dilations(context, max_dilation)):
+        h = keras.layers.Conv2D(filters, 3, dilation_rate=d, padding="valid", activation=activation,
+                                kernel_initializer=init(k), name=f"conv{k + 1}", dtype=dtype)(h)
+    out = keras.layers.Conv2D(1, 1, kernel_initializer=init(99), name="density", dtype=dtype)(h)
+    return keras.Model(inp, out, name=name)
+
+
+__all__ += ["density_dilations", "energy_density"]

@@ -1,6 +1,6 @@
 """The package layout keeps its imports one way (docs/architecture.md):
 
-    util  <-  core (top-level modules)  <-  atoms/  <-  labels/  <-  apply/
+    util  <-  core (top-level modules)  <-  atoms/  <-  labels/  <-  apply/  <-  cli
 
 A module may import its own layer or a lower one, never a higher one (at module level or inside a
 function), module-level imports form no cycle, and labels/ never imports TensorFlow or Keras.

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 from numbers import Integral
 
 import numpy as np
@@ -40,6 +41,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ..atoms import cells
 from ..atoms.render_tf import render_tf
 from ..model import load_ednn, sum_tiles
+from ..potential import Potential, load_potential
 from ..util import check_int, check_positive
 
 __all__ = ["EDNNCalculator", "subnet_input_spec", "image_settings"]
@@ -110,12 +112,23 @@ class EDNNCalculator(Calculator):
     not a multiple of the focus.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "tile_energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "tile_energies", "stretch"]
     nolabel = True
 
-    def __init__(self, model, shape=None, pixel_size=None, gamma=cells.DEFAULT_GAMMA, cutoff=None,
-                 channels=None, max_cached=8, **kwargs):
+    def __init__(self, model, shape=None, pixel_size=None, gamma=None, cutoff=None, channels=None, max_cached=8,
+                 **kwargs):
+        model = _resolve(model)
+        self.potential = model if isinstance(model, Potential) else None
+        if self.potential is not None:
+            given = {k: v for k, v in dict(shape=shape, pixel_size=pixel_size, gamma=gamma, cutoff=cutoff,
+                                           channels=channels).items() if v is not None}
+            if given:
+                raise ValueError(f"a Potential carries its own image settings; got {given} as well")
+            pot = self.potential
+            model, pixel_size, gamma, cutoff, channels = pot.ednn, pot.pixel_size, pot.gamma, pot.cutoff, pot.channels
         self.model = load_ednn(model)
+        self._scale = 1.0 if self.potential is None else self.potential.scale
+        gamma = cells.DEFAULT_GAMMA if gamma is None else gamma
         self.focus = int(self.model.focus)
         shape, pixel_size, self.ndim, channels, self._input_dtype = image_settings(self.model, shape, pixel_size,
                                                                                    channels)
@@ -133,6 +146,8 @@ class EDNNCalculator(Calculator):
 
     def _grid_shape(self, lengths):
         p = self.parameters
+        if self.potential is not None:
+            return self.potential.grid(lengths)[0]
         if p.shape is not None:
             return tuple(int(n) for n in p.shape)
         return cells.shape_for_cell(lengths, p.pixel_size, multiple_of=self.focus, ndim=self.ndim)
@@ -156,12 +171,13 @@ class EDNNCalculator(Calculator):
             self._functions.move_to_end(key)
             return fn
         p = self.parameters
-        model, in_dtype = self.model, self._input_dtype
+        model, in_dtype, scale = self.model, self._input_dtype, self._scale
         numbers, lengths = numbers.copy(), np.array(lengths, dtype=np.float64)
 
         def energy(pos):
             img = render_tf(pos, numbers, lengths, shape, gamma=p.gamma, cutoff=p.cutoff, channels=p.channels)
             contrib = tf.cast(model.tile_contributions(tf.cast(img[None], in_dtype), training=False)[0], tf.float64)
+            contrib = contrib * scale
             return sum_tiles(contrib), contrib
 
         def run(pos):
@@ -191,16 +207,51 @@ class EDNNCalculator(Calculator):
             i = int(np.argwhere(~np.isfinite(pos))[0, 0])
             raise ValueError(f"positions must be finite, got {pos[i].tolist()!r} for atom {i}")
         numbers = cells.atomic_numbers(atoms.numbers, "atoms.numbers")
+        e_ref = 0.0 if self.potential is None else self.potential.reference_energy(numbers)   # names unknown elements
         cells.channel_weights(numbers, self.parameters.channels)   # raises for elements not in channels
         want_forces = "forces" in properties
         total, contrib, forces = self._function(numbers, lengths, shape, want_forces)(pos)
-        energy = float(total.numpy())
+        energy = float(total.numpy()) + e_ref
         if not math.isfinite(energy):
             raise RuntimeError(f"the EDNN returned a non-finite energy {energy!r}")
-        self.results.update(energy=energy, free_energy=energy, tile_energies=contrib.numpy())
+        self.results.update(energy=energy, free_energy=energy, tile_energies=contrib.numpy(),
+                            stretch=self._stretch(lengths, shape))
         if want_forces:
             self.results["forces"] = forces.numpy() + 0.0   # + 0.0: no -0.0 in the z column
+
+    def _stretch(self, lengths, shape):
+        """``|n p - L| / L`` per axis in pixel-size mode (None for a fixed ``shape``)."""
+        p = self.pixel_size if self.potential is None else self.potential.pixel_size
+        return None if p is None else tuple(float(abs(n * p - L) / L) for n, L in zip(shape, lengths))
+
+    @property
+    def pixel_size(self):
+        return self.parameters.pixel_size
+
+    def get_stretch(self, atoms=None):
+        """Relative stretch ``|n p - L| / L`` of each image axis for ``atoms`` (pixel-size mode)."""
+        return self.get_property("stretch", atoms)
 
     def get_tile_energies(self, atoms=None):
         """Per-tile energies ``(nx/f, ny/f)`` in eV (row = x); they sum to the energy."""
         return self.get_property("tile_energies", atoms)
+
+
+def _resolve(model):
+    """An EDNN or a Potential from an instance, a ``.keras`` path or a shipped model name."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    if not os.path.isfile(os.fspath(model)):
+        return load_potential(model)   # a shipped name, or ValueError naming the value
+    return load_potential(model) if _holds_potential(model) else load_ednn(model)
+
+
+def _holds_potential(path):
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as z:
+            return json.loads(z.read("config.json")).get("class_name") == "Potential"
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False

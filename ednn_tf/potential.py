@@ -1,0 +1,150 @@
+"""A potential: an EDNN that knows how it sees atoms, in one ``.keras`` file.
+
+``Potential(ednn, pixel_size, gamma, cutoff, channels, e0, scale, card)`` holds the trained EDNN
+(usually a :class:`~ednn_tf.model.DensityEDNN`, which takes any grid size), the rendering of eqn (2)
+it was trained on (pixel size and gamma in Angstrom, cutoff in units of gamma or None for
+untruncated Gaussians, channels as atomic numbers or None for one Z-weighted channel), the
+per-element reference energies ``e0`` (eV, fitted by least squares on the training set, like the
+E0s of MACE and NequIP), the output ``scale`` (eV per network unit) and a model card (a JSON dict:
+oracle, data, errors, versions, the training command). The energy of a structure is
+
+    E = sum_i e0[Z_i] + scale * EDNN(image)          (eV)
+
+A cell of length ``L`` gets ``n = round(L / pixel_size)`` pixels per axis (at least one focus); the
+image is then stretched by ``|n p - L| / L`` (at most ``p / 2L``), reported as ``stretch``. Energy,
+forces and per-tile energies of ``ase.Atoms`` come from
+:class:`ednn_tf.apply.calculator.EDNNCalculator`, which takes a ``Potential`` (or its path or
+shipped name) alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from .model import load_ednn
+from .util import check_float, check_positive, to_jsonable
+
+__all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "MODELS_DIR"]
+
+#: Folder of the models shipped inside the package (``<name>.keras``).
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+
+
+@keras.saving.register_keras_serializable(package="ednn_tf")
+class Potential(keras.Model):
+    """EDNN + rendering + reference energies + scale + model card (see the module docstring).
+
+    ``call(images)`` is ``scale * ednn(images)``: the network part of the energy in eV, ``(batch, 1)``
+    (``e0`` is added by :meth:`reference_energy` for a structure's atoms).
+    """
+
+    def __init__(self, ednn, pixel_size, gamma=0.2, cutoff=None, channels=None, e0=None, scale=1.0, card=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.ednn = load_ednn(ednn)
+        self.pixel_size = check_positive("pixel_size", pixel_size)
+        self.gamma = check_positive("gamma", gamma)
+        self.cutoff = None if cutoff is None else check_positive("cutoff", cutoff)
+        self.channels = None if channels is None else [int(z) for z in channels]
+        self.e0 = {int(z): check_float(f"e0[{z}]", float(v)) for z, v in (e0 or {}).items()}
+        self.scale = check_float("scale", scale)
+        self.card = card
+        self.built = True   # nothing of its own to build: the EDNN holds every weight
+
+    @property
+    def card(self):
+        """The model card, a JSON dict (a fresh copy: assign a new dict to change it)."""
+        return json.loads(self._card)
+
+    @card.setter
+    def card(self, value):
+        self._card = json.dumps(to_jsonable(dict(value or {})), sort_keys=True)
+
+    @property
+    def elements(self):
+        """Atomic numbers the potential was trained on (the keys of ``e0``), ascending."""
+        return sorted(self.e0)
+
+    def call(self, images, training=False):
+        return self.scale * keras.ops.cast(self.ednn(images, training=training), "float64")
+
+    def reference_energy(self, numbers) -> float:
+        """``sum_i e0[Z_i]`` (eV); ValueError naming an element the potential has never seen."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        unknown = sorted(set(numbers.tolist()) - set(self.e0))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            raise ValueError(f"the potential was trained on elements {[chemical_symbols[z] for z in self.elements]}, "
+                             f"got {[chemical_symbols[z] for z in unknown]}")
+        return float(sum(self.e0[int(z)] for z in numbers))
+
+    def grid(self, lengths):
+        """``(shape, stretch)`` for a cell of ``lengths`` (A): ``n = round(L / pixel_size)`` pixels per
+        axis and the relative stretch ``|n p - L| / L`` of each axis. A tile EDNN (focus f > 1) needs
+        ``n`` to be a multiple of f: otherwise ValueError naming the cell, the grid and the sizes it takes."""
+        lengths = np.asarray(lengths, dtype=np.float64)
+        f = int(self.ednn.focus)
+        shape = tuple(max(f, int(round(L / self.pixel_size))) for L in lengths)
+        if any(n % f for n in shape):
+            near = [(n // f * f or f, (n // f + 1) * f) for n in shape]
+            raise ValueError(f"cell {lengths.round(4).tolist()} A needs a grid {shape} at {self.pixel_size} A/px, "
+                             f"but this tile model (focus {f}) takes multiples of {f} only (nearest: {near}, "
+                             f"i.e. cell lengths {[[n * self.pixel_size for n in pair] for pair in near]} A)")
+        stretch = tuple(float(abs(n * self.pixel_size - L) / L) for n, L in zip(shape, lengths))
+        return shape, stretch
+
+    def get_config(self):
+        return {**super().get_config(), "ednn": keras.saving.serialize_keras_object(self.ednn),
+                "pixel_size": self.pixel_size, "gamma": self.gamma, "cutoff": self.cutoff, "channels": self.channels,
+                "e0": {str(z): v for z, v in self.e0.items()}, "scale": self.scale, "card": self.card}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        ednn = keras.saving.deserialize_keras_object(config["ednn"], custom_objects=custom_objects)
+        return cls(**{**config, "ednn": ednn})
+
+
+def fit_reference_energies(structures, energies) -> dict:
+    """Per-element reference energies ``{Z: eV}``: the least-squares fit of ``E ~ sum_Z n_Z e0[Z]`` over
+    ``structures`` (``ase.Atoms``) and their ``energies`` (eV); minimum-norm where compositions are
+    collinear."""
+    numbers = [np.asarray(a.numbers) for a in structures]
+    E = np.asarray(energies, dtype=np.float64)
+    if E.shape != (len(numbers),) or not len(numbers):
+        raise ValueError(f"need one energy per structure, got {E.shape} for {len(numbers)} structures")
+    Z = sorted(set(np.concatenate(numbers).tolist()))
+    counts = np.array([[np.count_nonzero(n == z) for z in Z] for n in numbers], dtype=np.float64)
+    e0, *_ = np.linalg.lstsq(counts, E, rcond=None)
+    return {int(z): float(v) for z, v in zip(Z, e0)}
+
+
+def shipped_models() -> dict:
+    """``{name: path}`` of the models shipped in :data:`MODELS_DIR`."""
+    if not os.path.isdir(MODELS_DIR):
+        return {}
+    return {f[:-6]: os.path.join(MODELS_DIR, f) for f in sorted(os.listdir(MODELS_DIR)) if f.endswith(".keras")}
+
+
+def load_potential(name_or_path):
+    """A :class:`Potential` from the path of a ``.keras`` file or the name of a shipped model
+    (:func:`shipped_models`); ValueError naming the value for a missing file, an unknown name or a
+    file that holds something else."""
+    if isinstance(name_or_path, Potential):
+        return name_or_path
+    path = os.fspath(name_or_path)
+    if not os.path.isfile(path):
+        shipped = shipped_models()
+        if path not in shipped:
+            raise ValueError(f"no model file {path!r} and no shipped model of that name (shipped: {sorted(shipped)})")
+        path = shipped[path]
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for bad archives
+        raise ValueError(f"could not load a potential from {path!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, Potential):
+        raise ValueError(f"{path!r} holds a {type(model).__name__}, not an ednn_tf Potential")
+    return model

@@ -1,0 +1,157 @@
+"""Density EDNN and self-describing Potential: the convolution path equals the tile path, any cell,
+E(2x2) = 4E, save/load identity, forces = -dE/dr, the CLI's numbers equal the API's, bad input."""
+import json
+
+import ase.io
+import keras
+import numpy as np
+import pytest
+
+from ednn_tf import EDNN, cli, networks
+from ednn_tf.apply.calculator import EDNNCalculator
+from ednn_tf.apply.fit import evaluate, labelled_energies
+from ednn_tf.atoms.structures import hexagonal_cell, supercell, varied_hexagonal_cell
+from ednn_tf.model import DensityEDNN
+from ednn_tf.potential import Potential, fit_reference_energies, load_potential
+
+C = 3
+
+
+@pytest.fixture(scope="module")
+def potential():
+    sub = networks.energy_density(C, channels=3, filters=6, seed=4, dtype="float64")
+    return Potential(DensityEDNN(sub, C, dtype="float64"), pixel_size=0.3, gamma=0.35, channels=[5, 6, 7],
+                     e0={5: -1.5, 6: -2.0, 7: -2.5}, scale=0.7, card={"name": "test"})
+
+
+def _bnc(seed=1):
+    return hexagonal_cell("bnc-random", seed, repeat=(5, 3), lattice_constant=2.46, rattle=0.05)   # 12.30 x 12.78 A
+
+
+def test_density_pass_equals_the_tile_path_at_focus_1():
+    model = DensityEDNN(networks.energy_density(5, channels=2, filters=8, seed=1), 5)
+    x = np.random.default_rng(0).normal(size=(2, 13, 17, 2)).astype("float32")     # any size, not square
+    dens = keras.ops.convert_to_numpy(model.tile_contributions(x))
+    tiles = keras.ops.convert_to_numpy(EDNN.tile_values(model, model.tiler(x)))     # TileLayer + one subnet call
+    assert dens.shape == tiles.shape == (2, 13, 17)
+    np.testing.assert_allclose(dens, tiles, rtol=1e-5, atol=1e-6 * np.abs(tiles).max())
+    np.testing.assert_allclose(np.asarray(model(x))[:, 0], tiles.reshape(2, -1).astype(np.float64).sum(1), rtol=1e-5)
+    assert networks.density_dilations(16) == (1, 2, 4, 8, 1) and sum(networks.density_dilations(20)) == 20
+
+
+def test_any_cell_supercell_and_stretch(potential):
+    a = _bnc()
+    calc = EDNNCalculator(potential)
+    a.calc = calc
+    e = a.get_potential_energy()
+    L = a.cell.lengths()[:2]
+    shape = calc.grid_shape(a)
+    assert shape == (41, 43)          # round(12.30 / 0.3), round(12.78 / 0.3): any size, no multiple of a focus
+    np.testing.assert_allclose(calc.get_stretch(a), np.abs(np.array(shape) * 0.3 - L) / L, rtol=1e-12)
+    # E(2x2) = 4E exactly when the supercell's grid is twice the cell's: 5 x 1 cells of a = 2.46 A
+    # (12.30 x 4.26 A) get 41 x 14 pixels at 0.3 A (stretch 0 and 1.4 %), the 2 x 2 supercell 82 x 28.
+    small = hexagonal_cell("bnc-random", 1, repeat=(5, 1), lattice_constant=2.46, rattle=0.05)
+    small.calc = EDNNCalculator(potential)
+    b = supercell(small, 2)
+    b.calc = EDNNCalculator(potential)
+    assert small.calc.grid_shape(small) == (41, 14) and b.calc.grid_shape(b) == (82, 28)
+    assert b.get_potential_energy() == pytest.approx(4 * small.get_potential_energy(), rel=1e-10)
+    e0 = {5: -1.5, 6: -2.0, 7: -2.5}
+    assert potential.reference_energy(a.numbers) == pytest.approx(sum(e0[z] for z in a.numbers))
+    np.testing.assert_allclose(calc.get_tile_energies(a).sum(), e - potential.reference_energy(a.numbers), rtol=1e-10)
+
+
+def test_forces_are_minus_the_energy_gradient(potential):
+    a = _bnc(2)
+    a.calc = EDNNCalculator(potential)
+    f = a.get_forces()
+    h = 1e-4
+    for i, k in ((3, 0), (17, 1), (40, 0)):
+        e = []
+        for s in (h, -h):
+            b = a.copy()
+            b.positions[i, k] += s
+            b.calc = EDNNCalculator(potential)
+            e.append(b.get_potential_energy())
+        assert f[i, k] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-5, abs=1e-7)
+
+
+def test_save_load_identity_without_custom_objects(potential, tmp_path):
+    path = tmp_path / "p.keras"
+    potential.save(path)
+    back = keras.models.load_model(path, safe_mode=True)
+    assert isinstance(back, Potential) and back.card == {"name": "test"} and back.e0 == potential.e0
+    a = _bnc(3)
+    e1, f1 = [], []
+    for pot in (potential, load_potential(path), str(path)):
+        a.calc = EDNNCalculator(pot)
+        e1.append(a.get_potential_energy())
+        f1.append(a.get_forces())
+    assert e1[0] == e1[1] == e1[2] and np.array_equal(f1[0], f1[1]) and np.array_equal(f1[0], f1[2])
+
+
+def test_reference_energies_are_least_squares():
+    cells = [hexagonal_cell(k, s, repeat=(3, 2)) for k in ("graphene", "hbn", "bnc-random") for s in range(2)]
+    e0 = {5: -3.0, 6: -7.0, 7: -4.5}
+    E = [sum(e0[z] for z in a.numbers) for a in cells]
+    fit = fit_reference_energies(cells, E)
+    assert fit.keys() == e0.keys() and all(fit[z] == pytest.approx(e0[z], abs=1e-9) for z in e0)
+
+
+def test_bad_input_names_the_value(potential, tmp_path):
+    calc = EDNNCalculator(potential)
+    si = hexagonal_cell("graphene", 0, repeat=(3, 2))
+    si.numbers[0] = 14
+    with pytest.raises(ValueError, match=r"trained on elements \['B', 'C', 'N'\], got \['Si'\]"):
+        calc.get_potential_energy(si)
+    tilted = _bnc()
+    tilted.cell[1, 0] = 1.0
+    with pytest.raises(ValueError, match="orthorhombic"):
+        calc.get_potential_energy(tilted)
+    with pytest.raises(ValueError, match="carries its own image settings"):
+        EDNNCalculator(potential, pixel_size=0.2)
+    with pytest.raises(ValueError, match="no shipped model of that name"):
+        load_potential("hexagonal-nonexistent")
+    other = tmp_path / "ednn.keras"
+    EDNN(networks.ising_dense(3), 1, 1).save(other)
+    with pytest.raises(ValueError, match="holds a EDNN, not an ednn_tf Potential"):
+        load_potential(other)
+    tile = Potential(EDNN(networks.paper_cnn(16, 3, width=0.125, dense=8), 8, 4), 0.3, channels=[5, 6, 7],
+                     e0={5: 0.0, 6: 0.0, 7: 0.0})
+    with pytest.raises(ValueError, match=r"needs a grid \(41, 43\).*multiples of 8"):
+        tile.grid(_bnc().cell.lengths()[:2])
+
+
+def test_cli_train_eval_predict_end_to_end(tmp_path, capsys):
+    cells = [varied_hexagonal_cell(s, kinds=("graphene", "hbn"), repeats=((3, 2), (4, 2))) for s in range(10)]
+    src, lab = tmp_path / "cells.extxyz", tmp_path / "lab.extxyz"
+    ase.io.write(src, cells)
+    assert cli.main(["label", str(src), "--oracle", "lj", "--out", str(lab), "--workers", "1", "--no-progress"]) == 0
+    model = tmp_path / "m.keras"
+    assert cli.main(["train", str(lab), "--out", str(model), "--epochs", "2", "--context", "2", "--filters", "4",
+                     "--pixel-size", "0.45", "--gamma", "0.45", "--val-fraction", "0.3", "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "m.metrics.json").read_text())
+    assert metrics["n_train"] == 7 and metrics["n_val"] == 3 and (tmp_path / "m.parity.png").stat().st_size > 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(model), str(lab), "--forces-key", "forces", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    structures = ase.io.read(lab, ":")
+    api = evaluate(load_potential(model), structures, labelled_energies(structures),
+                   [a.get_forces() for a in structures], [a.info["kind"] for a in structures])
+    for key in ("n", "energy_mae_meV_per_atom", "energy_rmse_meV_per_atom", "force_mae_eV_per_A",
+                "force_rmse_eV_per_A"):
+        assert got[key] == pytest.approx(api[key], rel=1e-12)
+    assert set(got["by_kind"]) == {"graphene", "hbn"}
+    card = load_potential(model).card
+    assert card["oracle"] == "lj" and card["metrics"]["n_val"] == 3 and card["elements"] == ["B", "C", "N"]
+    out = tmp_path / "pred.extxyz"
+    assert cli.main(["predict", str(model), str(lab), "--out", str(out)]) == 0
+    pred = ase.io.read(out, ":")
+    assert [p.get_potential_energy() for p in pred] == pytest.approx(api["pred_energy"], rel=1e-10)
+    assert cli.main(["eval", str(model), str(lab), "--energy-key", "E_dft"]) == 2
+    assert "structure 0 has no energy key 'E_dft'" in capsys.readouterr().err
+    bad = tmp_path / "nan.extxyz"
+    structures[0].info["E_nan"] = float("nan")
+    ase.io.write(bad, structures[:1])
+    assert cli.main(["train", str(bad), "--energy-key", "E_nan", "--out", str(tmp_path / "x.keras")]) == 2
+    assert "structure 0: energy 'E_nan' is nan, not a finite number" in capsys.readouterr().err
