@@ -17,6 +17,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ednn_tf", "ednn_tf.*"]),
+    package_data={"ednn_tf": ["models/*.keras", "models/*.json"]},
     python_requires=">=3.11",
     install_requires=[
         *_tf,

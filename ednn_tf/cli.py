@@ -165,17 +165,27 @@ def _predict(args):
 
 
 def _info(args):
-    pot = _model(args.model)
-    print(json.dumps({"pixel_size_A": pot.pixel_size, "gamma_A": pot.gamma, "cutoff_gamma": pot.cutoff,
-                      "channels": pot.channels, "e0_eV": pot.e0, "scale_eV": pot.scale, "context": pot.ednn.context,
-                      "focus": pot.ednn.focus, "card": pot.card}, indent=2))
+    import keras
+
+    from .potential import Potential, model_card, resolve_model_path
+
+    model = keras.models.load_model(resolve_model_path(args.model), compile=False)
+    out = {"class": type(model).__name__, "card": model_card(args.model)}
+    if isinstance(model, Potential):
+        out.update(pixel_size_A=model.pixel_size, gamma_A=model.gamma, cutoff_gamma=model.cutoff,
+                   channels=model.channels, e0_eV=model.e0, scale_eV=model.scale, focus=model.ednn.focus,
+                   context=model.ednn.context)
+    else:
+        out.update(focus=getattr(model, "focus", None), context=getattr(model, "context", None))
+    print(json.dumps(out, indent=2))
 
 
 def _models(args):
-    from .potential import shipped_models
+    from .potential import model_card, shipped_models
 
     for name, path in shipped_models().items():
-        print(f"{name}\t{path}")
+        card = model_card(path)
+        print(f"{name}\t{card.get('what', '')}\t{path}")
 
 
 def _model(name_or_path):
@@ -234,6 +244,7 @@ def _parser():
 
 
 def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     args.argv = argv

@@ -27,7 +27,8 @@ import numpy as np
 from .model import load_ednn
 from .util import check_float, check_positive, to_jsonable
 
-__all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "MODELS_DIR"]
+__all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card", "resolve_model_path",
+           "MODELS_DIR"]
 
 #: Folder of the models shipped inside the package (``<name>.keras``).
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -129,18 +130,35 @@ def shipped_models() -> dict:
     return {f[:-6]: os.path.join(MODELS_DIR, f) for f in sorted(os.listdir(MODELS_DIR)) if f.endswith(".keras")}
 
 
+def resolve_model_path(name_or_path) -> str:
+    """The file of a ``.keras`` path or of a shipped model name; ValueError naming the value otherwise."""
+    path = os.fspath(name_or_path)
+    if os.path.isfile(path):
+        return path
+    shipped = shipped_models()
+    if path not in shipped:
+        raise ValueError(f"no model file {path!r} and no shipped model of that name (shipped: {sorted(shipped)})")
+    return shipped[path]
+
+
+def model_card(name_or_path) -> dict:
+    """The card of a model: a Potential's own, else the JSON file beside it (``<name>.json``), else {}."""
+    path = resolve_model_path(name_or_path)
+    side = os.path.splitext(path)[0] + ".json"
+    if os.path.isfile(side):
+        with open(side) as fh:
+            return json.load(fh)
+    model = keras.models.load_model(path, compile=False)
+    return model.card if isinstance(model, Potential) else {}
+
+
 def load_potential(name_or_path):
     """A :class:`Potential` from the path of a ``.keras`` file or the name of a shipped model
     (:func:`shipped_models`); ValueError naming the value for a missing file, an unknown name or a
     file that holds something else."""
     if isinstance(name_or_path, Potential):
         return name_or_path
-    path = os.fspath(name_or_path)
-    if not os.path.isfile(path):
-        shipped = shipped_models()
-        if path not in shipped:
-            raise ValueError(f"no model file {path!r} and no shipped model of that name (shipped: {sorted(shipped)})")
-        path = shipped[path]
+    path = resolve_model_path(name_or_path)
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for bad archives

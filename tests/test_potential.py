@@ -155,3 +155,18 @@ def test_cli_train_eval_predict_end_to_end(tmp_path, capsys):
     ase.io.write(bad, structures[:1])
     assert cli.main(["train", str(bad), "--energy-key", "E_nan", "--out", str(tmp_path / "x.keras")]) == 2
     assert "structure 0: energy 'E_nan' is nan, not a finite number" in capsys.readouterr().err
+
+
+def test_shipped_ising_model_is_listed_and_predicts(capsys):
+    from ednn_tf import ising
+    from ednn_tf.potential import model_card, resolve_model_path, shipped_models
+
+    assert "ising-c1" in shipped_models()
+    assert cli.main(["models"]) == 0 and "ising-c1" in capsys.readouterr().out
+    model = keras.models.load_model(resolve_model_path("ising-c1"))
+    spins = ising.sample_configurations(16, [2.3], n_per_temperature=4, seed=5)[0][..., None].astype("float32")
+    exact = ising.ising_energy(spins)
+    pred = model.predict_total(spins)
+    card = model_card("ising-c1")
+    assert np.all(np.abs(pred - exact) < 20 * card["test"]["median_abs_error_J"] * (16 / 8) ** 2)
+    assert cli.main(["info", "ising-c1"]) == 0 and json.loads(capsys.readouterr().out)["class"] == "EDNN"
