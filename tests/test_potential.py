@@ -147,7 +147,7 @@ def test_cli_train_eval_predict_end_to_end(tmp_path, capsys):
     out = tmp_path / "pred.extxyz"
     assert cli.main(["predict", str(model), str(lab), "--out", str(out)]) == 0
     pred = ase.io.read(out, ":")
-    assert [p.get_potential_energy() for p in pred] == pytest.approx(api["pred_energy"], rel=1e-10)
+    assert [p.get_potential_energy() for p in pred] == pytest.approx(api["pred_energy"], rel=1e-6)   # 6-gamma cut
     assert cli.main(["eval", str(model), str(lab), "--energy-key", "E_dft"]) == 2
     assert "structure 0 has no energy key 'E_dft'" in capsys.readouterr().err
     bad = tmp_path / "nan.extxyz"

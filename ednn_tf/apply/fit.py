@@ -5,7 +5,8 @@ Training (energy only): the images of all structures are rendered at the potenti
 shape: no padding, no mask; a handful of shapes means a handful of traced graphs), and fitted to
 ``(E - sum_i e0[Z_i]) / scale`` with MSE weighted by ``1 / N_atoms^2`` (the per-atom error), Adam and
 a cosine schedule, resumable through :func:`ednn_tf.training.fit`. ``e0`` are least-squares
-reference energies of the training split; ``scale`` is the standard deviation of the residual.
+reference energies of the training split; ``scale`` is the standard deviation of the residual per
+pixel (eV), so that a fresh network's per-pixel outputs are already of the right size.
 The split is a seeded random fraction (``data.split_indices``); the validation structures are never
 trained on.
 """
@@ -24,7 +25,8 @@ from ..potential import Potential, fit_reference_energies
 from ..util import check_float, check_int
 from .calculator import EDNNCalculator
 
-__all__ = ["labelled_energies", "labelled_forces", "GridBatches", "render_for", "train_potential", "evaluate"]
+__all__ = ["labelled_energies", "labelled_forces", "GridBatches", "render_for", "train_potential", "predict_energies",
+           "evaluate"]
 
 
 def labelled_energies(structures, key="energy"):
@@ -137,9 +139,10 @@ def train_potential(structures, energies, out, *, pixel_size=0.25, gamma=0.3, co
     keras.utils.set_random_seed(seed)
     ednn = DensityEDNN(networks.energy_density(context, channels=len(elements), filters=filters, seed=seed), context)
     residual = energies - np.array([sum(e0[int(z)] for z in a.numbers) for a in structures])
-    scale = float(max(np.std(residual[train]), 1e-3))
-    pot = Potential(ednn, pixel_size, gamma, None, elements, e0, scale, card)
+    pot = Potential(ednn, pixel_size, gamma, None, elements, e0, 1.0, card)
     images = [render_for(pot, a) for a in structures]
+    pixels = np.array([img.shape[0] * img.shape[1] for img in images], dtype=np.float64)
+    pot.scale = scale = float(max(np.std(residual[train] / pixels[train]), 1e-9))   # eV per pixel: O(1) outputs
     batches = GridBatches([images[i] for i in train], residual[train] / scale, [len(structures[i]) for i in train],
                           batch_size, seed=seed)
     ednn(images[train[0]][None])   # built before fit: the dataset's grid sizes are dynamic
@@ -165,19 +168,30 @@ def _composition(structures, rows):
             "cell_lengths_range_A": [lengths.min(0).round(3).tolist(), lengths.max(0).round(3).tolist()]}
 
 
+def predict_energies(potential, structures, batch_size=16):
+    """Energies (eV) of ``structures``: numpy images grouped by grid shape, one batched EDNN call per
+    group (no graph per structure, unlike the calculator; the images are truncated at 6 gamma, a
+    relative difference below 2e-8)."""
+    images = [render_for(potential, a) for a in structures]
+    out = np.array([potential.reference_energy(a.numbers) for a in structures])
+    groups = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.shape, []).append(i)
+    for rows in groups.values():
+        out[rows] += potential.scale * potential.ednn.predict_total(np.stack([images[i] for i in rows]), batch_size)
+    return out
+
+
 def evaluate(potential, structures, energies, forces=None, kinds=None):
     """Errors of ``potential`` on labelled structures: ``n``, energy MAE / RMSE in meV/atom and
     eV/structure, force MAE / RMSE in eV/A (with ``forces``), and the same per value of ``kinds``
     (e.g. ``atoms.info["kind"]``). Also ``pred_energy`` (eV) for the parity plot."""
-    calc = EDNNCalculator(potential)
-    pred, dforce = [], []
-    for i, a in enumerate(structures):
-        a = a.copy()
-        a.calc = calc
-        pred.append(a.get_potential_energy())
-        if forces is not None:
-            dforce.append((a.get_forces() - forces[i]).ravel())
-    pred, E = np.array(pred), np.asarray(energies, dtype=np.float64)
+    pred = predict_energies(potential, structures)
+    dforce = []
+    if forces is not None:
+        calc = EDNNCalculator(potential)
+        dforce = [(calc.get_forces(a.copy()) - f).ravel() for a, f in zip(structures, forces)]
+    E = np.asarray(energies, dtype=np.float64)
     n_atoms = np.array([len(a) for a in structures], dtype=np.float64)
 
     def errors(rows):
