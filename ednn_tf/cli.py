@@ -216,7 +216,7 @@ def _parser():
     p.add_argument("--filters", type=int, default=32)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam step, cosine-decayed (default 3e-3)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="seeded random validation fraction, never trained on (default 0.1)")
     p.add_argument("--seed", type=int, default=0)

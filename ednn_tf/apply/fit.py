@@ -121,7 +121,7 @@ class GridBatches:
 
 
 def train_potential(structures, energies, out, *, pixel_size=0.25, gamma=0.3, context=16, filters=32, epochs=100,
-                    batch_size=8, lr=2e-3, val_fraction=0.1, seed=0, workdir=None, progress=True, card=None):
+                    batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True, card=None):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
