@@ -109,7 +109,8 @@ def _train(args):
     _, metrics = train_potential(structures, energies, args.out, pixel_size=args.pixel_size, gamma=args.gamma,
                                  context=args.context, filters=args.filters, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-                                 seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures))
+                                 seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures),
+                                 augment=not args.no_augment)
     stem = os.path.splitext(args.out)[0]
     write_json_atomic(metrics, stem + ".metrics.json")
     val = metrics["val_indices"]
@@ -220,6 +221,7 @@ def _parser():
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="seeded random validation fraction, never trained on (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="no mirror / x<->y augmentation")
     p.set_defaults(run=_train)
     p = sub.add_parser("eval", help="errors of a model on labelled structures")
     p.add_argument("model")

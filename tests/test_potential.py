@@ -170,3 +170,24 @@ def test_shipped_ising_model_is_listed_and_predicts(capsys):
     card = model_card("ising-c1")
     assert np.all(np.abs(pred - exact) < 20 * card["test"]["median_abs_error_J"] * (16 / 8) ** 2)
     assert cli.main(["info", "ising-c1"]) == 0 and json.loads(capsys.readouterr().out)["class"] == "EDNN"
+
+
+def test_augmented_batches_are_images_of_symmetric_structures(potential):
+    from ednn_tf.apply.fit import GridBatches, render_for
+
+    a = _bnc(4)
+    img = render_for(potential, a)
+    n, L = img.shape[0], a.cell.lengths()[0]
+    m = a.copy()
+    m.positions[:, 0] = L - L / n - m.positions[:, 0]           # mirror x, shifted by one pixel
+    np.testing.assert_allclose(img[::-1], render_for(potential, m), atol=1e-5)
+    s = a.copy()                                                # x <-> y reflection: a cell (Ly, Lx)
+    s.set_cell(np.diag([a.cell[1, 1], a.cell[0, 0], a.cell[2, 2]]))
+    s.positions = a.positions[:, [1, 0, 2]]
+    np.testing.assert_allclose(img.transpose(1, 0, 2), render_for(potential, s), atol=1e-5)
+    b = GridBatches([img] * 4, np.arange(4.0), [60] * 4, batch_size=2, seed=3, augment=True)
+    first = [b[i][0] for i in range(len(b))]
+    b.set_epoch(0)
+    assert all(np.array_equal(x, b[i][0]) for i, x in enumerate(first))   # stateless in (seed, epoch, batch)
+    seen = {x.tobytes() for e in range(6) for x in (b.set_epoch(e) or [b[i][0][0] for i in range(len(b))])}
+    assert len(seen) > 2

@@ -73,9 +73,13 @@ def render_for(potential, atoms):
 
 class GridBatches:
     """``(images, targets, 1 / N^2)`` batches, each of one grid shape, reshuffled every epoch from
-    ``(seed, epoch)``; :meth:`dataset` serves them to ``model.fit``."""
+    ``(seed, epoch)``; :meth:`dataset` serves them to ``model.fit``. With ``augment`` batch ``i`` of an
+    epoch is mirrored along x and/or y and/or transposed (x <-> y), drawn from ``(seed, epoch, i)``:
+    the images of the mirrored (and shifted by one pixel) or x <-> y reflected structures, whose
+    energy is the same."""
 
-    def __init__(self, images, targets, n_atoms, batch_size, seed=0, shuffle=True):
+    def __init__(self, images, targets, n_atoms, batch_size, seed=0, shuffle=True, augment=False):
+        self.augment = bool(augment)
         self.images, self.targets = images, np.asarray(targets, np.float32)
         self.weights = (1.0 / np.asarray(n_atoms, np.float64) ** 2).astype(np.float32)
         self.batch_size, self.seed, self.shuffle = check_int("batch_size", batch_size, minimum=1), seed, shuffle
@@ -100,7 +104,13 @@ class GridBatches:
 
     def __getitem__(self, i):
         rows = self.batches[i]
-        return (np.stack([self.images[r] for r in rows]), self.targets[rows, None], self.weights[rows])
+        x = np.stack([self.images[r] for r in rows])
+        if self.augment:
+            flip_x, flip_y, swap = np.random.default_rng([self.seed, self.epoch, i]).integers(0, 2, 3)
+            x = x[:, ::-1] if flip_x else x
+            x = x[:, :, ::-1] if flip_y else x
+            x = np.ascontiguousarray(x.transpose(0, 2, 1, 3) if swap else x)
+        return x, self.targets[rows, None], self.weights[rows]
 
     def dataset(self):
         """The batches as a ``tf.data.Dataset`` with dynamic grid sizes (a ``PyDataset``'s shapes would
@@ -121,11 +131,13 @@ class GridBatches:
 
 
 def train_potential(structures, energies, out, *, pixel_size=0.25, gamma=0.3, context=16, filters=32, epochs=100,
-                    batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True, card=None):
+                    batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True, card=None,
+                    augment=True):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
-    ``filters``: width of :func:`networks.energy_density`. Returns ``(potential, metrics)`` with the
+    ``filters``: width of :func:`networks.energy_density`; ``augment``: mirrors and x <-> y swaps
+(:class:`GridBatches`). Returns ``(potential, metrics)`` with the
     validation errors of :func:`evaluate` (``metrics["val"]``) and the split.
     """
     n = len(structures)
@@ -144,7 +156,7 @@ def train_potential(structures, energies, out, *, pixel_size=0.25, gamma=0.3, co
     pixels = np.array([img.shape[0] * img.shape[1] for img in images], dtype=np.float64)
     pot.scale = scale = float(max(np.std(residual[train] / pixels[train]), 1e-9))   # eV per pixel: O(1) outputs
     batches = GridBatches([images[i] for i in train], residual[train] / scale, [len(structures[i]) for i in train],
-                          batch_size, seed=seed)
+                          batch_size, seed=seed, augment=augment)
     ednn(images[train[0]][None])   # built before fit: the dataset's grid sizes are dynamic
     ednn.compile(optimizer=keras.optimizers.Adam(training.cosine_schedule(lr, epochs * len(batches))), loss="mse")
     training.fit(ednn, batches.dataset(), epochs=epochs, workdir=workdir or f"{out}.train", progress=progress)
