@@ -11,9 +11,12 @@ from .util import lazy_exports
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("apply", "atoms", "data", "distributed", "ising", "labels", "layers", "metrics", "model", "networks",
-               "plots", "symmetry", "testing", "tiling", "timing", "training", "util")
-__all__ = ["EDNN", "TileLayer", "extract_tiles", "periodic_pad", "tile_size", "networks"]
-__getattr__, __dir__ = lazy_exports(globals(), {"EDNN": ".model", "TileLayer": ".layers", "extract_tiles": ".tiling",
-                                                "periodic_pad": ".tiling", "tile_size": ".tiling",
+_SUBMODULES = ("apply", "atoms", "cli", "data", "distributed", "ising", "labels", "layers", "metrics", "model",
+               "networks", "plots", "potential", "symmetry", "testing", "tiling", "timing", "training", "util")
+__all__ = ["EDNN", "DensityEDNN", "Potential", "load_potential", "TileLayer", "extract_tiles", "periodic_pad",
+           "tile_size", "networks"]
+__getattr__, __dir__ = lazy_exports(globals(), {"EDNN": ".model", "DensityEDNN": ".model", "Potential": ".potential",
+                                                "load_potential": ".potential", "TileLayer": ".layers",
+                                                "extract_tiles": ".tiling", "periodic_pad": ".tiling",
+                                                "tile_size": ".tiling",
                                                 **{m: f".{m}" for m in _SUBMODULES}})

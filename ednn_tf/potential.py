@@ -27,8 +27,8 @@ import numpy as np
 from .model import load_ednn
 from .util import check_float, check_positive, to_jsonable
 
-__all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card", "resolve_model_path",
-           "MODELS_DIR"]
+__all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card",
+           "resolve_model_path", "MODELS_DIR"]
 
 #: Folder of the models shipped inside the package (``<name>.keras``).
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+import ednn_tf
 from ednn_tf import EDNN, cli, networks
 from ednn_tf.apply.calculator import EDNNCalculator
 from ednn_tf.apply.fit import evaluate, labelled_energies
@@ -191,3 +192,22 @@ def test_augmented_batches_are_images_of_symmetric_structures(potential):
     assert all(np.array_equal(x, b[i][0]) for i, x in enumerate(first))   # stateless in (seed, epoch, batch)
     seen = {x.tobytes() for e in range(6) for x in (b.set_epoch(e) or [b[i][0][0] for i in range(len(b))])}
     assert len(seen) > 2
+
+
+def test_shipped_hexagonal_model_reproduces_its_card_on_other_cell_sizes():
+    """The shipped potential on cells of sizes it was not trained on (12.30 x 12.78 A graphene at
+    a = 2.46 A; 7 x 4 cells of ~110 atoms): the errors of its card, from the committed labels."""
+    import os
+
+    from ednn_tf.labels.labelling import read_checkpoint
+
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "potentials")
+    cells = ase.io.read(os.path.join(here, "hexagonal_othersizes.extxyz"), ":")
+    ck = read_checkpoint(os.path.join(here, "hexagonal_othersizes_gfn1_sc2.extxyz.labels.npz"))
+    assert ck["indices"].tolist() == list(range(len(cells))) and ck["meta"]["settings"]["supercell"] == 2
+    pot = ednn_tf.load_potential("hexagonal-gfn1")   # by shipped name, from the package
+    card = pot.card["other_sizes_test"]
+    r = evaluate(pot, cells, ck["energies"], ck["forces"])
+    for key in ("energy_mae_meV_per_atom", "energy_rmse_meV_per_atom", "force_mae_eV_per_A"):
+        assert r[key] == pytest.approx(card[key], rel=1e-3)
+    assert r["energy_mae_meV_per_atom"] < 10 and r["force_mae_eV_per_A"] < 0.5 * card["label_force_mean_abs_eV_per_A"]
