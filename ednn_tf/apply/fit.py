@@ -137,15 +137,18 @@ def train_potential(structures, energies, out, *, pixel_size=0.25, gamma=0.3, co
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
     ``filters``: width of :func:`networks.energy_density`; ``augment``: mirrors and x <-> y swaps
-(:class:`GridBatches`). Returns ``(potential, metrics)`` with the
+    (:class:`GridBatches`); ``val_fraction`` in (0, 0.9]. Returns ``(potential, metrics)`` with the
     validation errors of :func:`evaluate` (``metrics["val"]``) and the split.
     """
     n = len(structures)
     energies = np.asarray(energies, dtype=np.float64)
     if energies.shape != (n,) or n < 2:
         raise ValueError(f"need at least 2 structures with one energy each, got {n} structures, {energies.shape}")
-    val_fraction = check_float("val_fraction", val_fraction, minimum=0.0, maximum=0.9)
+    val_fraction = check_float("val_fraction", val_fraction, minimum=0.0, maximum=0.9, strict=True)
     train, val = data.split_indices(n, (1 - val_fraction, val_fraction), seed=seed)
+    if not len(val) or not len(train):
+        raise ValueError(f"val_fraction={val_fraction} of {n} structures leaves {len(train)} training and {len(val)} "
+                         "validation structures; both need at least one")
     e0 = fit_reference_energies([structures[i] for i in train], energies[train])
     elements = sorted(e0)
     keras.utils.set_random_seed(seed)
