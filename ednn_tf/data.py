@@ -8,7 +8,8 @@ Schema (one file per dataset)::
     attrs                                    provenance: generator, seed, units, oracle, ...
 
 Writes are atomic (:func:`ednn_tf.util.atomic_path`: an interrupted run never leaves a truncated
-dataset); ``h5_dataset`` streams batches and never loads the whole file.
+dataset) and numeric arrays carry HDF5's Fletcher-32 checksum per chunk (a corrupted payload raises
+ValueError naming the file when read); ``h5_dataset`` streams batches and never loads the whole file.
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> s
         raise ValueError(f"X and Y lengths differ: len(X)={len(X)}, len(Y)={len(Y)}")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         chunk_rows = max(1, min(len(X), (1 << 20) // max(1, X[0].nbytes)))
-        f.create_dataset("X", data=X, chunks=(chunk_rows,) + X.shape[1:] if len(X) else None)
-        f.create_dataset("Y", data=Y)
+        check = {"fletcher32": True} if len(X) else {}   # per-chunk checksums: corruption raises on read
+        f.create_dataset("X", data=X, chunks=(chunk_rows,) + X.shape[1:] if len(X) else None, **check)
+        f.create_dataset("Y", data=Y, **check)
         for name, arr in extra_arrays.items():
             if arr is None:
                 continue
@@ -52,7 +54,8 @@ def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> s
             if arr.dtype == object or arr.dtype.kind == "U":
                 arr = np.asarray([json.dumps(a, default=str) if not isinstance(a, str) else a for a in arr],
                                  dtype=h5py.string_dtype())
-            f.create_dataset(name, data=arr)
+            numeric = arr.ndim and arr.size and arr.dtype.kind in "biuf"
+            f.create_dataset(name, data=arr, **(check if numeric else {}))
         for k, v in (attrs or {}).items():
             f.attrs[k] = attr_value(v)
     return path
@@ -115,8 +118,17 @@ def read_arrays(path, names: Iterable[str] = ("X", "Y"), indices=None) -> dict:
         out = {}
         for n in names:
             _need(f, path, n)
-            out[n] = f[n][()] if indices is None else f[n][np.sort(np.asarray(indices))]
+            out[n] = _read(f[n], () if indices is None else np.sort(np.asarray(indices)), path)
         return out
+
+
+def _read(dataset, selection, path):
+    """``dataset[selection]``; ValueError naming the file and array when HDF5 reports corrupt data
+    (a failed Fletcher-32 checksum of the files ``write_dataset`` writes)."""
+    try:
+        return dataset[selection]
+    except OSError as exc:
+        raise ValueError(f"dataset {path!r}: array {dataset.name!r} is corrupt ({exc})") from exc
 
 
 def split_indices(n: int, fractions=(0.8, 0.2), seed: int = 0, groups=None):
@@ -174,10 +186,8 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
                 srt = np.argsort(rows, kind="stable")
                 rs = rows[srt]
                 lo, hi = int(rs[0]), int(rs[-1]) + 1
-                if hi - lo == len(rs):  # contiguous: one slab read
-                    xb, yb = X[lo:hi], Y[lo:hi]
-                else:
-                    xb, yb = X[rs], Y[rs]
+                sel = slice(lo, hi) if hi - lo == len(rs) else rs   # contiguous: one slab read
+                xb, yb = _read(X, sel, path), _read(Y, sel, path)
                 if shuffle:  # back to the permuted order
                     inv = np.empty_like(srt)
                     inv[srt] = np.arange(len(srt))

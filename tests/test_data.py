@@ -207,3 +207,21 @@ def test_call_seconds_times_each_call_after_untimed_warmup():
         call_seconds(sleepy)
     with pytest.raises(ValueError, match="nothing to time"):
         call_seconds(sleepy, items=[])
+
+
+def test_corrupted_payload_is_detected(tmp_path):
+    """Zeroing bytes in the middle of a file written by write_dataset makes reading it fail loudly
+    (Fletcher-32 checksums), through read_arrays and through the streaming reader."""
+    x = np.random.default_rng(0).choice([-1, 1], size=(800, 8, 8, 1)).astype(np.int8)
+    path = tmp_path / "ising.h5"
+    data.write_dataset(path, x, np.arange(800.0))
+    np.testing.assert_array_equal(data.read_arrays(path)["X"], x)
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 2000] = bytes(2000)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="is corrupt"):
+        data.read_arrays(path)
+    with pytest.raises(Exception, match="is corrupt"):
+        for _ in data.h5_dataset(path, batch_size=100):
+            pass

@@ -4,6 +4,6 @@
 cd "$(dirname "$0")/../.."
 for k in "$@"; do
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m ednn_tf.cli label data/potentials/hexagonal_varied_chunk$k.extxyz \
-      --oracle gfn1-xtb --oracle-setting supercell=2 --workers 1 --threads 1 \
+      --oracle gfn1-xtb --oracle-setting supercell=2 --workers "${WORKERS:-1}" --threads 1 \
       --out data/potentials/hexagonal_varied_chunk${k}_gfn1_sc2.extxyz || exit 1
 done
