@@ -221,7 +221,9 @@ class EDNNCalculator(Calculator):
 
     def _stretch(self, lengths, shape):
         """``|n p - L| / L`` per axis in pixel-size mode (None for a fixed ``shape``)."""
-        p = self.pixel_size if self.potential is None else self.potential.pixel_size
+        if self.potential is not None:
+            return self.potential.grid(lengths)[1]   # the potential's own rule, not a second copy of it
+        p = self.pixel_size
         return None if p is None else tuple(float(abs(n * p - L) / L) for n, L in zip(shape, lengths))
 
     @property
