@@ -101,12 +101,14 @@ def _train(args):
     import numpy as np
 
     from . import plots
-    from .apply.fit import labelled_energies, train_potential
+    from .apply.fit import labelled_energies, labelled_forces, train_potential
     from .util import write_json_atomic
 
     structures = read_structures(args.data)
     energies = labelled_energies(structures, args.energy_key)
-    _, metrics = train_potential(structures, energies, args.out, pixel_size=args.pixel_size, gamma=args.gamma,
+    forces = labelled_forces(structures, args.forces_key) if args.forces_key else None
+    _, metrics = train_potential(structures, energies, args.out, forces=forces, energy_weight=args.energy_weight,
+                                 force_weight=args.force_weight, pixel_size=args.pixel_size, gamma=args.gamma,
                                  context=args.context, filters=args.filters, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                                  seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures),
@@ -118,18 +120,18 @@ def _train(args):
     plots.parity_and_error(energies[val] / n, np.array(metrics["val"]["pred_energy"]) / n, stem + ".parity.png",
                            quantity="E / atom", unit="eV", title=f"{os.path.basename(args.out)}: validation split")
     print(f"{args.out}: validation energy MAE {metrics['val']['energy_mae_meV_per_atom']:.2f} meV/atom "
-          f"on {metrics['n_val']} structures")
+          f"on {metrics['n_val']} structures" + (f", force MAE {metrics['val']['force_mae_xy_eV_per_A']:.3f} eV/A "
+                                                 "(in-plane)" if forces is not None else ""))
 
 
 def _eval(args):
-    from .apply.fit import evaluate, labelled_energies, labelled_forces
+    from .apply.fit import evaluate, labelled_energies, labelled_forces, structure_kinds
 
     pot = _model(args.model)
     structures = read_structures(args.data)
     energies = labelled_energies(structures, args.energy_key)
     forces = labelled_forces(structures, args.forces_key) if args.forces_key else None
-    kinds = [a.info["kind"] for a in structures] if all("kind" in a.info for a in structures) else None
-    result = evaluate(pot, structures, energies, forces, kinds)
+    result = evaluate(pot, structures, energies, forces, structure_kinds(structures))
     if args.plot:
         import numpy as np
 
@@ -145,22 +147,19 @@ def _eval(args):
     print(f"{result['n']} structures: energy MAE {result['energy_mae_meV_per_atom']:.2f} meV/atom, "
           f"RMSE {result['energy_rmse_meV_per_atom']:.2f} meV/atom ({result['energy_mae_eV']:.4f} eV/structure)")
     if forces is not None:
-        print(f"forces: MAE {result['force_mae_eV_per_A']:.4f} eV/A, RMSE {result['force_rmse_eV_per_A']:.4f} eV/A")
+        print(f"forces: MAE {result['force_mae_eV_per_A']:.4f} eV/A, RMSE {result['force_rmse_eV_per_A']:.4f} eV/A "
+              f"(in-plane: {result['force_mae_xy_eV_per_A']:.4f} / {result['force_rmse_xy_eV_per_A']:.4f} eV/A)")
     for kind, r in result.get("by_kind", {}).items():
-        print(f"  {kind}: {r['n']} structures, {r['energy_mae_meV_per_atom']:.2f} meV/atom")
+        print(f"  {kind}: {r['n']} structures, {r['energy_mae_meV_per_atom']:.2f} meV/atom"
+              + (f", forces {r['force_mae_xy_eV_per_A']:.3f} eV/A in-plane" if forces is not None else ""))
 
 
 def _predict(args):
-    from .apply.calculator import EDNNCalculator
+    from .apply.fit import predict_energies_forces
 
-    calc = EDNNCalculator(_model(args.model))
+    pot = _model(args.model)
     structures = read_structures(args.data)
-    energies, forces = [], []
-    for a in structures:
-        a = a.copy()
-        a.calc = calc
-        energies.append(a.get_potential_energy())
-        forces.append(a.get_forces())
+    energies, forces = predict_energies_forces(pot, structures)
     write_labelled(args.out, structures, energies, forces, {"model": os.fspath(args.model)})
     print(f"predicted {len(structures)} structures -> {args.out}")
 
@@ -210,6 +209,10 @@ def _parser():
     p = sub.add_parser("train", help="train a density potential on labelled structures")
     p.add_argument("data")
     p.add_argument("--energy-key", default="energy")
+    p.add_argument("--forces-key", default=None,
+                   help="train on energies and forces (atoms.arrays key, or 'forces' for ASE's calculator results)")
+    p.add_argument("--energy-weight", type=float, default=1.0, help="w_E of the energy + force loss (default 1)")
+    p.add_argument("--force-weight", type=float, default=1.0, help="w_F of the energy + force loss (default 1)")
     p.add_argument("--out", required=True, help="MODEL.keras (beside it: .metrics.json, .parity.png, .train/)")
     p.add_argument("--pixel-size", type=float, default=0.25, help="A per pixel (default 0.25)")
     p.add_argument("--gamma", type=float, default=0.3, help="Gaussian width of the image, A (default 0.3)")

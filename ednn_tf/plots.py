@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from .util import atomic_path  # noqa: E402
 
 __all__ = ["parity_and_error", "context_scan", "training_curves", "scaling", "porous_parity", "radial_distributions",
-           "save", "transfer_and_timing", "blur_curves"]
+           "save", "transfer_and_timing", "blur_curves", "line_plot"]
 
 
 def save(fig, path, dpi=130):
@@ -179,4 +179,14 @@ def radial_distributions(r, curves, path, title=None):
             ax.axvline(p, color=color, lw=0.6, ls=ls)
     ax.set(xlabel="r (Angstrom, in-plane)", ylabel="g(r)", xlim=(0, r[-1] + 0.5 * (r[1] - r[0])), title=title)
     ax.legend(frameon=False)
+    return save(fig, path)
+
+
+def line_plot(curves, path, xlabel, ylabel, title=None):
+    """One line per entry of ``curves`` (``{label: (x, y)}``) on shared axes."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, lw=1.0, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(frameon=False, fontsize=8)
     return save(fig, path)

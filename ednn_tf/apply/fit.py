@@ -1,14 +1,15 @@
 """Fit a :class:`~ednn_tf.potential.Potential` to labelled structures, and evaluate one.
 
-Training (energy only): the images of all structures are rendered at the potential's pixel size
-(``n = round(L / p)`` per axis, one channel per element), grouped by grid shape (a batch holds one
-shape: no padding, no mask; a handful of shapes means a handful of traced graphs), and fitted to
-``(E - sum_i e0[Z_i]) / scale`` with MSE weighted by ``1 / N_atoms^2`` (the per-atom error), Adam and
-a cosine schedule, resumable through :func:`ednn_tf.training.fit`. ``e0`` are least-squares
-reference energies of the training split; ``scale`` is the standard deviation of the residual per
-pixel (eV), so that a fresh network's per-pixel outputs are already of the right size.
-The split is a seeded random fraction (``data.split_indices``); the validation structures are never
-trained on.
+Training on energies alone: the images of all structures are rendered at the potential's pixel
+size (``n = round(L / p)`` per axis, one channel per element), grouped by grid shape (a batch holds
+one shape: no padding, no mask; a handful of shapes means a handful of traced graphs), and fitted
+to ``(E - sum_i e0[Z_i]) / scale`` with MSE weighted by ``1 / N_atoms^2`` (the per-atom error), Adam
+and a cosine schedule, resumable through :func:`ednn_tf.training.fit`. Training on energies and
+forces (``train_potential(forces=...)``): :mod:`ednn_tf.apply.force_training`, which renders inside
+the training step so that the forces are autodiff derivatives. ``e0`` are least-squares reference
+energies of the training split; ``scale`` is the standard deviation of the residual per pixel (eV),
+so that a fresh network's per-pixel outputs are already of the right size. The split is a seeded
+random fraction (``data.split_indices``); the validation structures are never trained on.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ import numpy as np
 
 from .. import data, networks, training
 from ..atoms import render
+from ..atoms.render_tf import periodic_images
 from ..model import DensityEDNN
 from ..potential import Potential, fit_reference_energies
 from ..util import check_float, check_int
-from .calculator import EDNNCalculator
+from .force_training import ForceTrainer, ShapeBatches, StructureBatches, predict_energies_forces
 
 __all__ = ["labelled_energies", "labelled_forces", "GridBatches", "render_for", "train_potential", "predict_energies",
-           "evaluate"]
+           "predict_energies_forces", "evaluate", "structure_kinds"]
 
 
 def labelled_energies(structures, key="energy"):
@@ -71,7 +73,7 @@ def render_for(potential, atoms):
     return render.render(atoms, shape=shape, gamma=potential.gamma, channels=potential.channels)
 
 
-class GridBatches:
+class GridBatches(ShapeBatches):
     """``(images, targets, 1 / N^2)`` batches, each of one grid shape, reshuffled every epoch from
     ``(seed, epoch)``; :meth:`dataset` serves them to ``model.fit``. With ``augment`` batch ``i`` of an
     epoch is mirrored along x and/or y and/or transposed (x <-> y), drawn from ``(seed, epoch, i)``:
@@ -79,72 +81,51 @@ class GridBatches:
     energy is the same."""
 
     def __init__(self, images, targets, n_atoms, batch_size, seed=0, shuffle=True, augment=False):
-        self.augment = bool(augment)
         self.images, self.targets = images, np.asarray(targets, np.float32)
         self.weights = (1.0 / np.asarray(n_atoms, np.float64) ** 2).astype(np.float32)
-        self.batch_size, self.seed, self.shuffle = check_int("batch_size", batch_size, minimum=1), seed, shuffle
-        self.groups = {}
-        for i, img in enumerate(images):
-            self.groups.setdefault(img.shape, []).append(i)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-        rng = np.random.default_rng([self.seed, self.epoch])
-        batches = []
-        for shape in sorted(self.groups):
-            idx = np.array(self.groups[shape])
-            idx = rng.permutation(idx) if self.shuffle else idx
-            batches += [idx[k:k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
-        order = rng.permutation(len(batches)) if self.shuffle else range(len(batches))
-        self.batches = [batches[k] for k in order]
-
-    def __len__(self):
-        return len(self.batches)
+        super().__init__([img.shape for img in images], batch_size, seed, shuffle, augment)
 
     def __getitem__(self, i):
         rows = self.batches[i]
         x = np.stack([self.images[r] for r in rows])
-        if self.augment:
-            flip_x, flip_y, swap = np.random.default_rng([self.seed, self.epoch, i]).integers(0, 2, 3)
-            x = x[:, ::-1] if flip_x else x
-            x = x[:, :, ::-1] if flip_y else x
-            x = np.ascontiguousarray(x.transpose(0, 2, 1, 3) if swap else x)
+        flip_x, flip_y, swap = self.flips(i)
+        x = x[:, ::-1] if flip_x else x
+        x = x[:, :, ::-1] if flip_y else x
+        x = np.ascontiguousarray(x.transpose(0, 2, 1, 3) if swap else x)
         return x, self.targets[rows, None], self.weights[rows]
 
-    def dataset(self):
-        """The batches as a ``tf.data.Dataset`` with dynamic grid sizes (a ``PyDataset``'s shapes would
-        be inferred from its first two batches); each pass is one epoch, and the dataset's
-        ``set_epoch`` lets ``training.fit`` continue the order on resume."""
+    def _signature(self):
         import tensorflow as tf
 
-        def epoch():
-            yield from (self[i] for i in range(len(self)))
-            self.set_epoch(self.epoch + 1)
-
-        spec = (tf.TensorSpec((None, None, None, self.images[0].shape[-1]), tf.float32),
+        return (tf.TensorSpec((None, None, None, self.images[0].shape[-1]), tf.float32),
                 tf.TensorSpec((None, 1), tf.float32), tf.TensorSpec((None,), tf.float32))
-        ds = tf.data.Dataset.from_generator(epoch, output_signature=spec)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(len(self)))
-        ds.set_epoch = self.set_epoch
-        return ds
 
 
-def train_potential(structures, energies, out, *, pixel_size=0.25, gamma=0.3, context=16, filters=32, epochs=100,
-                    batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True, card=None,
-                    augment=True):
+def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, gamma=0.3, context=16, filters=32,
+                    epochs=100, batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True,
+                    card=None, augment=True, energy_weight=1.0, force_weight=1.0):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
-    ``filters``: width of :func:`networks.energy_density`; ``augment``: mirrors and x <-> y swaps
-    (:class:`GridBatches`); ``val_fraction`` in (0, 0.9]. Returns ``(potential, metrics)`` with the
-    validation errors of :func:`evaluate` (``metrics["val"]``) and the split.
+    ``filters``: width of :func:`networks.energy_density`; ``augment``: mirrors and x <-> y swaps;
+    ``val_fraction`` in (0, 0.9]. With ``forces`` (one (N_i, 3) array per structure, eV/A) the
+    potential is trained on energies and forces by :class:`~ednn_tf.apply.force_training.ForceTrainer`
+    with the dimensionless ``energy_weight`` and ``force_weight``; without, on energies alone from
+    pre-rendered images (:class:`GridBatches`, MSE of the per-atom energy). Returns ``(potential,
+    metrics)`` with the validation errors of :func:`evaluate` (``metrics["val"]``; forces too when
+    given) and the split.
     """
     n = len(structures)
     energies = np.asarray(energies, dtype=np.float64)
     if energies.shape != (n,) or n < 2:
         raise ValueError(f"need at least 2 structures with one energy each, got {n} structures, {energies.shape}")
+    if forces is not None and len(forces) != n:
+        raise ValueError(f"need one force array per structure, got {len(forces)} for {n} structures")
     val_fraction = check_float("val_fraction", val_fraction, minimum=0.0, maximum=0.9, strict=True)
+    epochs = check_int("epochs", epochs, minimum=1)
+    lr = check_float("lr", lr, minimum=0.0, strict=True)
+    energy_weight = check_float("energy_weight", energy_weight, minimum=0.0)
+    force_weight = check_float("force_weight", force_weight, minimum=0.0)
     train, val = data.split_indices(n, (1 - val_fraction, val_fraction), seed=seed)
     if not len(val) or not len(train):
         raise ValueError(f"val_fraction={val_fraction} of {n} structures leaves {len(train)} training and {len(val)} "
@@ -155,22 +136,53 @@ def train_potential(structures, energies, out, *, pixel_size=0.25, gamma=0.3, co
     ednn = DensityEDNN(networks.energy_density(context, channels=len(elements), filters=filters, seed=seed), context)
     residual = energies - np.array([sum(e0[int(z)] for z in a.numbers) for a in structures])
     pot = Potential(ednn, pixel_size, gamma, None, elements, e0, 1.0, card)
-    images = [render_for(pot, a) for a in structures]
-    pixels = np.array([img.shape[0] * img.shape[1] for img in images], dtype=np.float64)
-    pot.scale = scale = float(max(np.std(residual[train] / pixels[train]), 1e-9))   # eV per pixel: O(1) outputs
-    batches = GridBatches([images[i] for i in train], residual[train] / scale, [len(structures[i]) for i in train],
-                          batch_size, seed=seed, augment=augment)
-    ednn(images[train[0]][None])   # built before fit: the dataset's grid sizes are dynamic
-    ednn.compile(optimizer=keras.optimizers.Adam(training.cosine_schedule(lr, epochs * len(batches))), loss="mse")
-    training.fit(ednn, batches.dataset(), epochs=epochs, workdir=workdir or f"{out}.train", progress=progress)
+    pixels = np.array([np.prod(pot.grid(a.cell.lengths()[:2])[0]) for a in structures], dtype=np.float64)
+    pot.scale = float(max(np.std(residual[train] / pixels[train]), 1e-9))   # eV per pixel: O(1) outputs
+    shape, _ = pot.grid(structures[train[0]].cell.lengths()[:2])
+    ednn(np.zeros((1,) + shape + (len(elements),), np.float32))   # built before fit: the grid sizes are dynamic
+    rows = [structures[i] for i in train]
+    if forces is None:
+        model, batches = _energy_only(pot, rows, residual[train], batch_size, seed, augment)
+    else:
+        n_atoms = np.array([len(a) for a in rows], dtype=np.float64)
+        f_train = np.concatenate([np.asarray(forces[i])[:, :2].ravel() for i in train])
+        batches = StructureBatches(pot, rows, energies[train], [forces[i] for i in train], batch_size, seed=seed,
+                                   augment=augment)
+        model = ForceTrainer(pot, energy_weight, force_weight, energy_unit=float(np.std(residual[train] / n_atoms)),
+                             force_unit=float(np.sqrt(np.mean(f_train ** 2))),
+                             images=periodic_images(batches.min_length, gamma))
+    model.compile(optimizer=keras.optimizers.Adam(training.cosine_schedule(lr, epochs * len(batches))),
+                  loss="mse" if forces is None else None)
+    training.fit(model, batches.dataset(), epochs=epochs, workdir=workdir or f"{out}.train", progress=progress)
+    val_rows = [structures[i] for i in val]
     metrics = {"n_train": len(train), "n_val": len(val), "split": f"data.split_indices(n, ({1 - val_fraction:g}, "
                f"{val_fraction:g}), seed={seed})", "val_indices": [int(i) for i in val],
-               "val": evaluate(pot, [structures[i] for i in val], energies[val])}
+               "training": {"forces": forces is not None, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                            "augment": bool(augment)},
+               "val": evaluate(pot, val_rows, energies[val], None if forces is None else [forces[i] for i in val],
+                               structure_kinds(val_rows))}
+    if forces is not None:
+        metrics["training"].update(energy_weight=model.energy_weight, force_weight=model.force_weight,
+                                   energy_unit_eV_per_atom=model.energy_unit, force_unit_eV_per_A=model.force_unit)
     card_metrics = {**metrics, "val": {k: v for k, v in metrics["val"].items() if k != "pred_energy"}}
     card_metrics.pop("val_indices")
     pot.card = {**pot.card, "metrics": card_metrics, **_composition(structures, train)}
     training.save_model_atomic(pot, out)
     return pot, metrics
+
+
+def _energy_only(pot, structures, residual, batch_size, seed, augment):
+    """The EDNN of ``pot`` and its :class:`GridBatches` of pre-rendered images (targets in units of
+    ``pot.scale``, weights ``1 / N^2``: the MSE of the per-atom energy)."""
+    images = [render_for(pot, a) for a in structures]
+    batches = GridBatches(images, residual / pot.scale, [len(a) for a in structures], batch_size, seed=seed,
+                          augment=augment)
+    return pot.ednn, batches
+
+
+def structure_kinds(structures):
+    """``atoms.info["kind"]`` of every structure, or None when one lacks it."""
+    return [a.info["kind"] for a in structures] if all("kind" in a.info for a in structures) else None
 
 
 def _composition(structures, rows):
@@ -199,13 +211,15 @@ def predict_energies(potential, structures, batch_size=16):
 
 def evaluate(potential, structures, energies, forces=None, kinds=None):
     """Errors of ``potential`` on labelled structures: ``n``, energy MAE / RMSE in meV/atom and
-    eV/structure, force MAE / RMSE in eV/A (with ``forces``), and the same per value of ``kinds``
-    (e.g. ``atoms.info["kind"]``). Also ``pred_energy`` (eV) for the parity plot."""
-    pred = predict_energies(potential, structures)
-    dforce = []
-    if forces is not None:
-        calc = EDNNCalculator(potential)
-        dforce = [(calc.get_forces(a.copy()) - f).ravel() for a, f in zip(structures, forces)]
+    eV/structure, and with ``forces`` (eV/A) the force MAE / RMSE over all components
+    (``force_mae_eV_per_A``, ``force_rmse_eV_per_A``; a 2D model predicts z = 0) and over the
+    in-plane ones (``force_mae_xy_eV_per_A``, ``force_rmse_xy_eV_per_A``); the same per value of
+    ``kinds`` (e.g. ``atoms.info["kind"]``). Also ``pred_energy`` (eV) for the parity plot."""
+    if forces is None:
+        pred, dforce = predict_energies(potential, structures), []
+    else:
+        pred, pred_f = predict_energies_forces(potential, structures)
+        dforce = [p - np.asarray(f, np.float64) for p, f in zip(pred_f, forces)]
     E = np.asarray(energies, dtype=np.float64)
     n_atoms = np.array([len(a) for a in structures], dtype=np.float64)
 
@@ -217,7 +231,9 @@ def evaluate(potential, structures, energies, forces=None, kinds=None):
         if forces is not None:
             df = np.concatenate([dforce[i] for i in rows])
             out.update(force_mae_eV_per_A=float(np.mean(np.abs(df))),
-                       force_rmse_eV_per_A=float(np.sqrt(np.mean(df ** 2))))
+                       force_rmse_eV_per_A=float(np.sqrt(np.mean(df ** 2))),
+                       force_mae_xy_eV_per_A=float(np.mean(np.abs(df[:, :2]))),
+                       force_rmse_xy_eV_per_A=float(np.sqrt(np.mean(df[:, :2] ** 2))))
         return out
 
     result = errors(np.arange(len(structures)))

@@ -9,7 +9,7 @@ import numpy as np
 from ..util import check_positive
 from .cells import DEFAULT_GAMMA, atomic_numbers, cell_lengths, channel_weights, check_grid_shape
 
-__all__ = ["render_tf"]
+__all__ = ["render_tf", "render_batch_tf", "periodic_images"]
 
 #: ``render_tf(cutoff=None)`` sums periodic images out to this many gammas
 #: (contribution beyond it < exp(-50), i.e. none in float64).
@@ -79,15 +79,60 @@ def _check_positions(positions, numbers, ndim):
     return pos, Z
 
 
-def _profile(coord, L, n, gamma, R, cutoff):
-    """(N, n) periodic Gaussian profiles along one axis of length ``L`` (A): minimum image plus the
-    further images within ``R``; truncated at ``R`` when ``cutoff`` is set."""
+def render_batch_tf(positions, weights, lengths, shape, gamma=DEFAULT_GAMMA, cutoff=None, images=None):
+    """A batch of 2D images ``(B, nx, ny, C)`` of structures of one grid ``shape``, differentiable
+    with respect to ``positions`` (the renderer of force training; same conventions as
+    :func:`render_tf`, to which each image is equal to float32 rounding).
+
+    ``positions`` (B, N, 2) A; ``weights`` (B, N, C) per-atom channel weights (rows of
+    ``cells.channel_weights``; an all-zero row is a padding atom: it adds nothing to the image and
+    gets zero gradient); ``lengths`` (B, 2) cell lengths in A; ``shape`` ``(nx, ny)`` ints or an int
+    tensor (one grid for the batch: cells of different lengths may share it, each with its own
+    spacing ``L / n``); ``gamma`` A; ``cutoff`` as for :func:`render_tf`. ``images``: how many
+    further periodic images to add on each side (a Python int; default the number needed for the
+    shortest cell, 0 when every cell is longer than twice 10 gamma, here computed eagerly from
+    ``lengths``). The work is two batched matmuls, O(B N nx ny C).
+    """
     import tensorflow as tf
 
-    grid = tf.constant(np.arange(n) * (L / n), dtype=coord.dtype)
-    d = grid[None, :] - coord[:, None]
+    gamma = check_positive("gamma", gamma)
+    R = (check_positive("cutoff", cutoff) if cutoff is not None else _SMOOTH_RANGE) * gamma
+    pos = tf.convert_to_tensor(positions)
+    pos = pos if pos.dtype.is_floating else tf.cast(pos, tf.float32)
+    W = tf.cast(weights, pos.dtype)
+    L = tf.cast(lengths, pos.dtype)
+    if images is None:
+        images = periodic_images(float(np.min(np.asarray(lengths))), gamma, cutoff)
+    G = [_profile(pos[..., a], L[:, a], shape[a], gamma, R, cutoff, images) for a in range(2)]
+    B, N, C = tf.shape(W)[0], tf.shape(W)[1], tf.shape(W)[2]
+    nx, ny = tf.shape(G[0])[2], tf.shape(G[1])[2]
+    A = tf.reshape(G[0][:, :, :, None] * W[:, :, None, :], (B, N, nx * C))
+    img = tf.matmul(A, G[1], transpose_a=True)  # (B, nx*C, ny)
+    return tf.transpose(tf.reshape(img, (B, nx, C, ny)), (0, 1, 3, 2))
+
+
+def periodic_images(length, gamma=DEFAULT_GAMMA, cutoff=None) -> int:
+    """How many further periodic images on each side a cell axis of ``length`` (A) needs so that every
+    Gaussian of width ``gamma`` (A) is summed out to ``cutoff`` gammas (None: the untruncated 10)."""
+    R = (cutoff if cutoff is not None else _SMOOTH_RANGE) * gamma
+    return int(math.floor(R / length + 0.5))
+
+
+def _profile(coord, L, n, gamma, R, cutoff, images=None):
+    """(..., N, n) periodic Gaussian profiles along one axis of length ``L`` (A; a float, or a tensor of
+    the batch shape of ``coord`` (..., N) less its last axis): minimum image plus ``images`` further
+    images on each side (default: those that can lie within ``R``); truncated at ``R`` when ``cutoff``
+    is set."""
+    import tensorflow as tf
+
+    if isinstance(L, (int, float)):
+        grid = tf.constant(np.arange(n) * (L / n), dtype=coord.dtype)
+        K = int(math.floor(R / L + 0.5)) if images is None else images  # further images that can lie within R
+    else:
+        grid = tf.range(tf.cast(n, coord.dtype), dtype=coord.dtype) * (L / tf.cast(n, coord.dtype))[..., None]
+        L, K = L[..., None, None], images
+    d = grid[..., None, :] - coord[..., :, None]
     d = d - L * tf.stop_gradient(tf.round(d / L))  # minimum image, in [-L/2, L/2]
-    K = int(math.floor(R / L + 0.5))  # further images that can lie within R
     total = None
     for m in range(-K, K + 1):
         dm = d + m * L if m else d
