@@ -212,7 +212,7 @@ def _parser():
     p.add_argument("--forces-key", default=None,
                    help="train on energies and forces (atoms.arrays key, or 'forces' for ASE's calculator results)")
     p.add_argument("--energy-weight", type=float, default=1.0, help="w_E of the energy + force loss (default 1)")
-    p.add_argument("--force-weight", type=float, default=1.0, help="w_F of the energy + force loss (default 1)")
+    p.add_argument("--force-weight", type=float, default=10.0, help="w_F of the energy + force loss (default 10)")
     p.add_argument("--out", required=True, help="MODEL.keras (beside it: .metrics.json, .parity.png, .train/)")
     p.add_argument("--pixel-size", type=float, default=0.25, help="A per pixel (default 0.25)")
     p.add_argument("--gamma", type=float, default=0.3, help="Gaussian width of the image, A (default 0.3)")

@@ -103,14 +103,14 @@ class GridBatches(ShapeBatches):
 
 def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, gamma=0.3, context=16, filters=32,
                     epochs=100, batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True,
-                    card=None, augment=True, energy_weight=1.0, force_weight=1.0):
+                    card=None, augment=True, energy_weight=1.0, force_weight=10.0):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
     ``filters``: width of :func:`networks.energy_density`; ``augment``: mirrors and x <-> y swaps;
     ``val_fraction`` in (0, 0.9]. With ``forces`` (one (N_i, 3) array per structure, eV/A) the
     potential is trained on energies and forces by :class:`~ednn_tf.apply.force_training.ForceTrainer`
-    with the dimensionless ``energy_weight`` and ``force_weight``; without, on energies alone from
+    with the dimensionless ``energy_weight`` and ``force_weight`` (default 1 and 10, see that module); without, on energies alone from
     pre-rendered images (:class:`GridBatches`, MSE of the per-atom energy). Returns ``(potential,
     metrics)`` with the validation errors of :func:`evaluate` (``metrics["val"]``; forces too when
     given) and the split.
