@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 import h5py
 import numpy as np
 
-from .util import atomic_path, attr_value, check_int
+from .util import ArgumentError, atomic_path, attr_value, check_finite_array, check_int
 
 __all__ = ["write_dataset", "read_attrs", "read_arrays", "dataset_length", "h5_dataset", "split_indices",
            "periodic_augment", "augment_symmetries"]
@@ -30,7 +30,8 @@ def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> s
     """Write ``X`` ``(N, ...)`` (stored with its dtype: int8 for spins), ``Y`` ``(N,)`` or ``(N, 1)``
     (stored float64 ``(N, 1)``) and ``extra_arrays`` (stored as given; object/str arrays as JSON
     text) to the ``.h5`` file ``path`` atomically, with ``attrs`` as HDF5 attributes (non-scalar
-    values as JSON text). Parent folders are created; returns the path."""
+    values as JSON text). Parent folders are created; returns the path. ValueError for mismatched
+    shapes and for NaN or inf in ``Y`` or a float ``X`` (naming the first sample that holds one)."""
     path = os.fspath(path)
     X = np.asarray(X)
     Y = np.asarray(Y, dtype=np.float64)
@@ -42,6 +43,8 @@ def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> s
         raise ValueError(f"Y must have shape (N,) or (N, 1), got {Y.shape}")
     if len(X) != len(Y):
         raise ValueError(f"X and Y lengths differ: len(X)={len(X)}, len(Y)={len(Y)}")
+    check_finite_array("X", X)
+    check_finite_array("Y (labels)", Y)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         chunk_rows = max(1, min(len(X), (1 << 20) // max(1, X[0].nbytes)))
         check = {"fletcher32": True} if len(X) else {}   # per-chunk checksums: corruption raises on read
@@ -113,22 +116,55 @@ def dataset_length(path) -> int:
 
 def read_arrays(path, names: Iterable[str] = ("X", "Y"), indices=None) -> dict:
     """Read whole arrays (or the rows ``indices``, sorted) into memory. For small files/evaluation."""
+    path = os.fspath(path)
     with _open(path) as f:
         _check(f, path)
         out = {}
         for n in names:
             _need(f, path, n)
-            out[n] = _read(f[n], () if indices is None else np.sort(np.asarray(indices)), path)
+            out[n] = _read(f[n], () if indices is None else _check_indices(indices, len(f[n]), path), path)
         return out
 
 
+def _check_indices(indices, n, path):
+    """``indices`` as a sorted int64 array of sample rows in ``0..n-1``; ArgumentError for float or bool
+    indices (never truncated) and for rows out of range, naming the file."""
+    idx = np.asarray(indices)
+    if idx.size and idx.dtype.kind not in "iu":
+        raise ArgumentError(f"indices must be integers, got dtype {idx.dtype} (e.g. {idx.ravel()[0].item()!r})")
+    idx = np.sort(idx.astype(np.int64).ravel())
+    if idx.size and (idx[0] < 0 or idx[-1] >= n):
+        raise ArgumentError(f"indices out of range for dataset {path!r} with {n} samples: got {idx[0]}..{idx[-1]}")
+    return idx
+
+
 def _read(dataset, selection, path):
-    """``dataset[selection]``; ValueError naming the file and array when HDF5 reports corrupt data
-    (a failed Fletcher-32 checksum of the files ``write_dataset`` writes)."""
+    """``dataset[selection]``; ValueError naming the file, the array and the samples of the damaged
+    chunks when HDF5 reports corrupt data (a failed Fletcher-32 checksum of the files ``write_dataset``
+    writes)."""
     try:
         return dataset[selection]
     except OSError as exc:
-        raise ValueError(f"dataset {path!r}: array {dataset.name!r} is corrupt ({exc})") from exc
+        raise ValueError(f"dataset {path!r}: array {dataset.name!r} is corrupt{_bad_samples(dataset, selection)} "
+                         f"({exc})") from exc
+
+
+def _bad_samples(dataset, selection):
+    """`` in samples a..b, ...``: the rows of ``dataset``'s chunks within ``selection`` (``()``, a slice or
+    sorted rows) that fail to read, chunk by chunk (after a failed read only); ``""`` if none is found."""
+    rows = dataset.chunks[0] if dataset.chunks else len(dataset)
+    if isinstance(selection, slice):
+        lo, hi = selection.start or 0, selection.stop
+    else:
+        sel = np.asarray(selection).ravel()
+        lo, hi = (int(sel[0]), int(sel[-1]) + 1) if sel.size else (0, len(dataset))
+    bad = []
+    for start in range(lo - lo % rows, hi, rows):
+        try:
+            dataset[start:start + rows]
+        except OSError:
+            bad.append(f"{start}..{min(start + rows, len(dataset)) - 1}")
+    return f" in samples {', '.join(bad)}" if bad else ""
 
 
 def split_indices(n: int, fractions=(0.8, 0.2), seed: int = 0, groups=None):
@@ -159,7 +195,10 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
 
     Without ``shuffle`` batches are contiguous runs of the sorted ``indices`` (default all rows), one
     slab read each; with ``shuffle`` the indices are permuted afresh every epoch (seed ``(seed,
-    epoch)``) and each batch reads its rows in sorted order. Raises FileNotFoundError (missing file),
+    epoch)``) and each batch reads its rows in sorted order. The returned dataset has ``set_epoch(e)``:
+    the next pass draws epoch ``e``'s order (``training.fit`` calls it on resume, so an interrupted
+    run continues the sequence an uninterrupted one draws; exact with ``repeat=False``, one pass per
+    Keras epoch). Raises FileNotFoundError (missing file),
     KeyError (no ``X``/``Y``), ValueError (mismatched lengths, wrong rank, corrupt file, bad batch size).
     """
     import tensorflow as tf
@@ -169,9 +208,7 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     with _open(path) as f:
         n = _check(f, path)
         x_shape = f["X"].shape[1:]
-    idx = np.arange(n) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise ValueError(f"indices out of range for dataset {path!r} with {n} samples")
+    idx = np.arange(n) if indices is None else _check_indices(indices, n, path)
     n_batches = len(idx) // batch_size if drop_remainder else -(-len(idx) // batch_size)
     epoch = [0]
 
@@ -200,7 +237,13 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
     if repeat:
         ds = ds.repeat()
-    return ds.prefetch(2)
+    ds = ds.prefetch(2)
+
+    def set_epoch(e):
+        epoch[0] = check_int("epoch", e, minimum=0)
+
+    ds.set_epoch = set_epoch
+    return ds
 
 
 def periodic_augment_numpy(x, rng):

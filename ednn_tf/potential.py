@@ -2,19 +2,23 @@
 
 ``Potential(ednn, pixel_size, gamma, cutoff, channels, e0, scale, card)`` holds the trained EDNN
 (usually a :class:`~ednn_tf.model.DensityEDNN`, which takes any grid size), the rendering of eqn (2)
-it was trained on (pixel size and gamma in Angstrom, cutoff in units of gamma or None for
-untruncated Gaussians, channels as atomic numbers or None for one Z-weighted channel), the
+it was trained on (pixel size, one number or one per axis, and gamma in Angstrom, cutoff in units
+of gamma or None for untruncated Gaussians, channels as atomic numbers or None for one Z-weighted
+channel), the
 per-element reference energies ``e0`` (eV, fitted by least squares on the training set, like the
 E0s of MACE and NequIP), the output ``scale`` (eV per network unit) and a model card (a JSON dict:
 oracle, data, errors, versions, the training command). The energy of a structure is
 
     E = sum_i e0[Z_i] + scale * EDNN(image)          (eV)
 
-A cell of length ``L`` gets ``n = round(L / pixel_size)`` pixels per axis (at least one focus); the
-image is then stretched by ``|n p - L| / L`` (at most ``p / 2L``), reported as ``stretch``. Energy,
-forces and per-tile energies of ``ase.Atoms`` come from
+A cell of length ``L`` gets ``n = round(L / p)`` pixels per axis (at least one focus; ``p`` the pixel
+size of that axis); the image is then stretched by ``|n p - L| / L`` (at most ``p / 2L``), reported
+as ``stretch``. A per-axis pixel size ``(px, py)`` describes a model trained on one fixed grid over
+one cell (``experiments/hexagonal.py``: 64 x 64 px over 12.50 x 12.99 A), which then takes that cell
+and its repeats without stretch. Energy, forces and per-tile energies of ``ase.Atoms`` come from
 :class:`ednn_tf.apply.calculator.EDNNCalculator`, which takes a ``Potential`` (or its path or
-shipped name) alone.
+shipped name) alone; local energy changes of atom moves from
+:class:`ednn_tf.apply.atom_mc.AtomicLocalEnergy`, likewise.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import keras
 import numpy as np
 
 from .model import load_ednn
-from .util import check_float, check_positive, to_jsonable
+from .util import check_float, check_positive, check_positive_axes, to_jsonable
 
 __all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card",
            "resolve_model_path", "MODELS_DIR"]
@@ -46,7 +50,7 @@ class Potential(keras.Model):
                  **kwargs):
         super().__init__(**kwargs)
         self.ednn = load_ednn(ednn)
-        self.pixel_size = check_positive("pixel_size", pixel_size)
+        self.pixel_size = check_positive_axes("pixel_size", pixel_size)
         self.gamma = check_positive("gamma", gamma)
         self.cutoff = None if cutoff is None else check_positive("cutoff", cutoff)
         self.channels = None if channels is None else [int(z) for z in channels]
@@ -84,23 +88,35 @@ class Potential(keras.Model):
         return float(sum(self.e0[int(z)] for z in numbers))
 
     def grid(self, lengths):
-        """``(shape, stretch)`` for a cell of ``lengths`` (A): ``n = round(L / pixel_size)`` pixels per
-        axis and the relative stretch ``|n p - L| / L`` of each axis. A tile EDNN (focus f > 1) needs
-        ``n`` to be a multiple of f: otherwise ValueError naming the cell, the grid and the sizes it takes."""
+        """``(shape, stretch)`` for a cell of ``lengths`` (A): ``n = round(L / p)`` pixels per axis
+        (``p`` the pixel size of that axis) and the relative stretch ``|n p - L| / L`` of each axis. A
+        tile EDNN (focus f > 1) needs ``n`` to be a multiple of f: otherwise ValueError naming the
+        cell, the grid and the sizes it takes."""
         lengths = np.asarray(lengths, dtype=np.float64)
+        p = self.pixels(len(lengths))
         f = int(self.ednn.focus)
-        shape = tuple(max(f, int(round(L / self.pixel_size))) for L in lengths)
+        shape = tuple(max(f, int(round(L / q))) for L, q in zip(lengths, p))
         if any(n % f for n in shape):
             near = [(n // f * f or f, (n // f + 1) * f) for n in shape]
+            fits = [[round(float(n * q), 4) for n in pair] for pair, q in zip(near, p)]
             raise ValueError(f"cell {lengths.round(4).tolist()} A needs a grid {shape} at {self.pixel_size} A/px, "
                              f"but this tile model (focus {f}) takes multiples of {f} only (nearest: {near}, "
-                             f"i.e. cell lengths {[[n * self.pixel_size for n in pair] for pair in near]} A)")
-        stretch = tuple(float(abs(n * self.pixel_size - L) / L) for n, L in zip(shape, lengths))
+                             f"i.e. cell lengths {fits} A)")
+        stretch = tuple(float(abs(n * q - L) / L) for n, q, L in zip(shape, p, lengths))
         return shape, stretch
+
+    def pixels(self, ndim=2):
+        """The pixel size of each of ``ndim`` axes (A), a float64 array; ValueError when a per-axis
+        ``pixel_size`` has another number of axes."""
+        if isinstance(self.pixel_size, tuple) and len(self.pixel_size) != ndim:
+            raise ValueError(f"this potential has a pixel size per axis {self.pixel_size} A, "
+                             f"for {len(self.pixel_size)} axes, not {ndim}")
+        return np.broadcast_to(np.asarray(self.pixel_size, dtype=np.float64), (ndim,))
 
     def get_config(self):
         return {**super().get_config(), "ednn": keras.saving.serialize_keras_object(self.ednn),
-                "pixel_size": self.pixel_size, "gamma": self.gamma, "cutoff": self.cutoff, "channels": self.channels,
+                "pixel_size": list(self.pixel_size) if isinstance(self.pixel_size, tuple) else self.pixel_size,
+                "gamma": self.gamma, "cutoff": self.cutoff, "channels": self.channels,
                 "e0": {str(z): v for z, v in self.e0.items()}, "scale": self.scale, "card": self.card}
 
     @classmethod

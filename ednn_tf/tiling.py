@@ -21,7 +21,8 @@ from .util import check_int
 
 __all__ = [
     "check_focus_context", "tile_size", "validate_grid", "periodic_pad", "extract_tiles", "tiles_from_padded",
-    "extract_tiles_numpy", "tile_window", "axis_membership", "tiles_containing", "TileIndex", "fold_tiles",
+    "extract_tiles_numpy", "tile_window", "axis_membership", "tiles_containing", "density_window", "TileIndex",
+    "fold_tiles",
 ]
 
 
@@ -91,7 +92,23 @@ def extract_tiles(x, focus: int, context: int):
     focus, context = check_focus_context(focus, context)
     x = keras.ops.convert_to_tensor(x)
     validate_grid(x.shape, focus)
-    return tiles_from_padded(periodic_pad(x, context), focus, context)
+    return tiles_from_padded(periodic_pad(_assert_grid_sizes(x, focus), context), focus, context)
+
+
+def _assert_grid_sizes(x, focus):
+    """``x``; when a spatial size is unknown until run time (a TensorFlow function traced with ``None``
+    sizes), with the run-time form of ``validate_grid``'s size check: InvalidArgumentError
+    ``"spatial sizes ... are not all positive multiples of focus=f"`` naming the sizes received."""
+    if not _tf_backend() or all(n is not None for n in x.shape[1:-1]):
+        return x
+    import tensorflow as tf
+
+    sizes = tf.shape(x)[1:-1]
+    ok = tf.reduce_all((sizes > 0) & (tf.math.floormod(sizes, focus) == 0))
+    check = tf.debugging.Assert(ok, ["EDNN input: spatial sizes", sizes,
+                                     f"are not all positive multiples of focus={focus}"])
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
 
 
 def tiles_from_padded(xp, focus: int, context: int):
@@ -209,6 +226,28 @@ def tiles_containing(site, focus: int, context: int, grid_shape):
     per_axis = [np.flatnonzero(axis_membership(n, focus, context)[:, int(s)]) for s, n in zip(site, grid_shape)]
     mesh = np.meshgrid(*per_axis, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1)
+
+
+def density_window(sites, n: int, context: int):
+    """The f = 1 windows along one periodic axis of ``n`` sites that see any of ``sites``:
+    ``(out, read)``, two index arrays mod ``n``. ``out``: the sites within ``context`` of ``sites``
+    (one wrapped run: the shortest circular run holding ``sites``, widened by ``context`` on each
+    side; all of ``0 .. n-1`` once it would cover the axis); ``read``: the ``len(out) + 2 context``
+    sites those windows read (``out`` widened again; the periodic padding of the whole axis when
+    ``out`` is the whole axis). A change of the grid at ``sites`` changes only the f = 1 values at
+    ``out``, and those are computed from ``read`` alone."""
+    context = check_int("context", context, minimum=0)
+    n = check_int("n", n, minimum=1)
+    s = np.unique(np.mod(np.asarray(sites, dtype=np.int64).ravel(), n))
+    if s.size == 0:
+        raise ValueError("density_window needs at least one site")
+    gaps = np.diff(np.append(s, s[0] + n)) - 1        # free sites after each changed one (circularly)
+    k = int(np.argmax(gaps))
+    start, length = int(s[(k + 1) % s.size]), n - int(gaps[k])
+    if length + 2 * context >= n:
+        start, length = context, n - 2 * context      # out = 0 .. n-1 below
+    out = (start - context + np.arange(length + 2 * context)) % n
+    return out, (out[0] - context + np.arange(out.size + 2 * context)) % n
 
 
 class TileIndex:

@@ -8,9 +8,10 @@ import os
 
 import keras
 
-from .util import atomic_path
+from .util import ArgumentError, atomic_path, check_model_file
 
-__all__ = ["EpochProgress", "fit", "save_model_atomic", "cosine_schedule", "train_or_reuse", "read_log"]
+__all__ = ["EpochProgress", "fit", "save_model_atomic", "cosine_schedule", "train_or_reuse", "read_log",
+           "check_backup", "backup_dir"]
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -37,6 +38,34 @@ class EpochProgress(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.bar is not None:
             self.bar.close()
+
+
+class _FiniteLoss(keras.callbacks.Callback):
+    """Stop training with ValueError when an epoch ends with a NaN or inf loss (a step size too large,
+    or non-finite data where the batch checks are ignored); placed before the backup, so that epoch is
+    not saved."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        import math
+
+        for key, value in (logs or {}).items():
+            if key.endswith("loss") and not math.isfinite(float(value)):
+                raise ValueError(f"training stopped: {key} = {float(value)} at the end of epoch {epoch} (the weights "
+                                 f"are no longer finite: a step size too large, or NaN/inf in the data); that "
+                                 f"epoch was not saved")
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose restore failures (a truncated or corrupt weights file, one from another
+    model) raise ValueError naming the backup and what to do."""
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"corrupt training backup {os.path.join(self.backup_dir, 'latest.weights.h5')!r} "
+                             f"({type(exc).__name__}: {exc}); delete {self.backup_dir!r} to restart training from "
+                             f"epoch 0") from exc
 
 
 def save_model_atomic(model, path):
@@ -84,7 +113,8 @@ def train_or_reuse(path, build, data, *, epochs, workdir, lr, loss="mse", rank=0
 
     if os.path.exists(path):
         print(f"reusing {path}")
-        return keras.models.load_model(path), {"reused": True, "seconds": None, "history": read_log(workdir)}
+        return keras.models.load_model(check_model_file(path)), {"reused": True, "seconds": None,
+                                                                 "history": read_log(workdir)}
     model = build()
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
     x, y, extra = data()
@@ -93,21 +123,54 @@ def train_or_reuse(path, build, data, *, epochs, workdir, lr, loss="mse", rank=0
     seconds = time.time() - t0
     if rank == 0:
         save_model_atomic(model, path)
-    return model, {"reused": False, "seconds": seconds, "history": dict(hist.history)}
+    # a run whose backup already held every epoch trains none: its history is in log.csv
+    return model, {"reused": False, "seconds": seconds, "history": dict(hist.history) or read_log(workdir)}
 
 
-def _backed_up_epoch(backup_dir):
-    """The epoch a ``keras.callbacks.BackupAndRestore`` backup in ``backup_dir`` resumes at (0 if none)."""
+def backup_dir(workdir, rank=0):
+    """The ``BackupAndRestore`` folder ``fit`` keeps in ``workdir`` for Horovod ``rank``."""
+    return os.path.join(workdir, "backup" if rank == 0 else f"backup-rank{rank}")
+
+
+def check_backup(backup, epochs):
+    """The epoch the backup folder ``backup`` resumes a run of ``epochs`` epochs at (0 without one):
+    ArgumentError when it already holds more than ``epochs`` (a rerun with fewer epochs than the
+    interrupted run), ValueError for unreadable metadata; both name the folder and what to do. Called
+    by ``fit``, and by scripts before any work."""
+    done = _backed_up_epoch(backup)
+    if done > epochs:
+        raise ArgumentError(f"the training backup {backup!r} is at epoch {done}, past epochs={epochs}: rerun with "
+                            f"epochs >= {done} to finish the run it belongs to, or delete {backup!r} to train "
+                            f"{epochs} epochs from the start")
+    return done
+
+
+def _check_has_batches(x, batch_size, fit_kwargs):
+    """ValueError when the training data ``x`` of ``fit`` gives no batch per epoch (so no step: Keras
+    would end with ``KeyError: 'loss'``), naming what was received."""
+    if fit_kwargs.get("steps_per_epoch"):
+        return
+    if hasattr(x, "element_spec"):
+        if int(x.cardinality()) == 0:
+            raise ValueError("the training dataset has no batches (cardinality 0; with drop_remainder=True a batch "
+                             "larger than the training set gives none): use a smaller batch size")
+    elif len(x) == 0:
+        raise ValueError(f"the training data has no {'batches' if isinstance(x, keras.utils.PyDataset) else 'samples'} "
+                         f"(batch_size={batch_size})")
+
+
+def _backed_up_epoch(backup):
+    """The epoch a ``keras.callbacks.BackupAndRestore`` backup in ``backup`` resumes at (0 if none)."""
     import json
 
-    path = os.path.join(backup_dir, "training_metadata.json")
+    path = os.path.join(backup, "training_metadata.json")
     if not os.path.exists(path):
         return 0
     try:
         with open(path) as fh:
             return int(json.load(fh)["epoch"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"corrupt training backup {path!r} ({exc}); delete {backup_dir!r} to restart") from exc
+        raise ValueError(f"corrupt training backup {path!r} ({exc}); delete {backup!r} to restart") from exc
 
 
 def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=None, callbacks=(),
@@ -116,12 +179,21 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
 
     ``x``, ``y``, ``batch_size``, ``validation_data`` as for ``model.fit`` (``x`` may be a ``tf.data``
     dataset or a ``PyDataset`` such as ``data.ArrayBatches``). A rerun continues after the last
-    completed of ``epochs`` (weights and optimiser state from the backup); ``ArrayBatches`` also
-    continue their order and augmentation (``set_epoch``: bit-identical to an uninterrupted run), a
-    ``tf.data`` pipeline restarts its random streams. ``workdir`` holds the backup (removed once
+    completed of ``epochs`` (weights and optimiser state from the backup); ``ArrayBatches`` and
+    ``data.h5_dataset`` also continue their order (and augmentation) with ``set_epoch``: bit-identical
+    to an uninterrupted run; a ``tf.data`` pipeline mapped further (``data.augment_symmetries``,
+    ``data.periodic_augment``) restarts those random streams. ``workdir`` holds the backup (removed once
     training completes) and ``log.csv``. Only Horovod ``rank`` 0 logs and shows the bar
     (``progress``); each rank keeps its own backup (``backup``, ``backup-rank<r>``).
+
+    Before training: ValueError for data with no batch, ArgumentError for a backup past ``epochs``
+    (``check_backup``); a backup already at ``epochs`` restores the final weights and trains none (the
+    returned history is then empty; ``log.csv`` has it). A corrupt backup raises ValueError naming it; an
+    epoch that ends with a NaN or inf loss raises ValueError and is not saved.
     """
+    _check_has_batches(x, batch_size, fit_kwargs)
+    backup = backup_dir(workdir, rank)
+    done = check_backup(backup, epochs)
     os.makedirs(workdir, exist_ok=True)
     is_dataset = hasattr(x, "element_spec")
     is_pydataset = isinstance(x, keras.utils.PyDataset)
@@ -134,10 +206,9 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
         # a Dataset, or a PyDataset such as ArrayBatches, shuffles itself; Keras' own shuffle of a
         # PyDataset's batch order draws from Python's global random state, which a resume cannot restore
         fit_kwargs.setdefault("shuffle", False)
-    backup = os.path.join(workdir, "backup" if rank == 0 else f"backup-rank{rank}")
     if hasattr(x, "set_epoch"):   # e.g. data.ArrayBatches: continue its (seed, epoch) sequence
-        x.set_epoch(_backed_up_epoch(backup))
-    cbs = [keras.callbacks.BackupAndRestore(backup, save_freq="epoch", delete_checkpoint=True)]
+        x.set_epoch(done)
+    cbs = [_FiniteLoss(), _Backup(backup, save_freq="epoch", delete_checkpoint=True)]
     if rank == 0:
         cbs.append(keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True))
         if progress:

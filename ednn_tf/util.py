@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-__all__ = ["ArgumentError", "check_int", "check_float", "check_positive", "check_bool", "check_choice", "atomic_path",
+__all__ = ["ArgumentError", "check_int", "check_float", "check_positive", "check_positive_axes", "check_bool",
+           "check_choice", "check_finite_array", "check_model_file", "argument_errors", "atomic_path", "remove_stale_temps",
            "write_json_atomic", "to_jsonable", "attr_value", "lazy_exports"]
 
 
@@ -56,6 +57,18 @@ def check_positive(name, value):
     return float(value)
 
 
+def check_positive_axes(name, value, ndim=None):
+    """A positive finite number as ``float``, or a sequence of them (one per axis; ``ndim`` of them if
+    given) as a ``tuple`` of floats."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return check_positive(name, value)
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)) or not len(value) \
+            or (ndim is not None and len(value) != ndim):
+        want = "a positive number" + ("" if ndim is None else f" or {ndim} of them, one per axis")
+        raise ArgumentError(f"{name} must be {want}, got {name}={value!r}")
+    return tuple(check_positive(f"{name}[{k}]", v) for k, v in enumerate(value))
+
+
 def check_bool(name, value):
     """``value`` if it is a bool (or numpy bool), as a Python bool."""
     if not isinstance(value, (bool, np.bool_)):
@@ -70,15 +83,54 @@ def check_choice(name, value, choices):
     return value
 
 
+def check_finite_array(name, arr):
+    """``arr`` if it holds no NaN or inf (non-float arrays pass); ArgumentError naming ``name``, how many
+    values are non-finite and the first sample (index along axis 0) that holds one."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fc" or np.all(np.isfinite(arr)):
+        return arr
+    bad = ~np.isfinite(arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1))
+    first = int(np.flatnonzero(bad.any(axis=1))[0])
+    raise ArgumentError(f"{name} has {int(bad.sum())} non-finite value(s) (NaN or inf), the first in sample {first}")
+
+
+def check_model_file(path):
+    """``os.fspath(path)`` if it names an existing, complete ``.keras`` archive (a zip file); ValueError
+    naming the path for a missing file and for a truncated or corrupt one (with what to do)."""
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"model file not found: {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"model file {path!r} ({os.path.getsize(path)} bytes) is not a complete .keras archive "
+                         f"(truncated or corrupt zip): copy it again, or delete it to train a new model")
+    return path
+
+
+@contextlib.contextmanager
+def argument_errors(parser):
+    """Inside the block, an :class:`ArgumentError` (a ``check_*`` helper's) ends the script the way argparse
+    ends it for a malformed option: the one line ``<prog>: error: <message>`` on stderr and exit status 2,
+    no traceback. For the checks an experiment script runs on its arguments before any work."""
+    try:
+        yield
+    except ArgumentError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+
 # --- atomic writes ---
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path`` (same extension, parent folders created) and rename it onto
     ``path`` once the block finishes without an exception (a text file, ``h5py.File``, ``np.savez``,
-    ``model.save``); on an exception the temporary file is removed."""
+    ``model.save``); on an exception the temporary file is removed. The temporary name is
+    ``<stem>.tmp-<pid><ext>``; those a killed process left beside ``path`` (its pid no longer running on
+    this machine) are removed first (``remove_stale_temps``)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     root, ext = os.path.splitext(path)
+    remove_stale_temps(path)
     tmp = f"{root}.tmp-{os.getpid()}{ext}"
     try:
         yield tmp
@@ -86,6 +138,36 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _pid_running(pid):
+    """True when a process ``pid`` exists on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True
+
+
+def remove_stale_temps(path):
+    """Remove the ``<stem>.tmp-<pid><ext>`` files of ``atomic_path`` writes to ``path`` whose process is gone
+    (killed mid-write); a running writer's file, and every other file, is kept. Returns the removed paths."""
+    import glob
+    import re
+
+    path = os.fspath(path)
+    root, ext = os.path.splitext(path)
+    pattern = re.compile(re.escape(os.path.basename(root)) + r"\.tmp-(\d+)" + re.escape(ext) + "$")
+    removed = []
+    for cand in glob.glob(glob.escape(root) + ".tmp-*" + glob.escape(ext)):
+        match = pattern.match(os.path.basename(cand))
+        if match and int(match.group(1)) != os.getpid() and not _pid_running(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):   # another process cleaned it first
+                os.remove(cand)
+                removed.append(cand)
+    return removed
 
 
 def write_json_atomic(obj, path):

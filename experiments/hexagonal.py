@@ -40,12 +40,14 @@ Steps (every one cached or resumable; rerunning the same command continues where
 5. blur: a Gaussian blur (``--blur-sigma`` A) on an edge band of each tile's context or an
    equal-area centre square of its focus; MAE vs blurred area (the fixed moment term unblurred).
 
-Writes ``results.json``, the two models and PNG plots to ``--out`` (default results/hexagonal-<preset>).
+Writes ``results.json``, the two models, the EDNN once more as a self-describing Potential
+(``potential.keras``: image settings and card inside, for ``ednn_tf.load_potential``,
+``EDNNCalculator`` and ``experiments/graphene_mc.py --model``) and PNG plots to ``--out`` (default
+results/hexagonal-<preset>).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -169,17 +171,6 @@ def _parser():
     return ap
 
 
-def _setting(item):
-    """``(key, value)`` of one ``--oracle-setting KEY=VALUE`` (VALUE parsed as JSON, else a string)."""
-    key, eq, val = item.partition("=")
-    if not eq:
-        raise SystemExit(f"--oracle-setting must be KEY=VALUE, got {item!r}")
-    try:
-        return key, json.loads(val)
-    except ValueError:
-        return key, val
-
-
 def _check(cfg, args):
     """SystemExit naming the values of the first check that fails."""
     n_test = cfg["n_structures"] - cfg["n_train"] - cfg["n_val"]
@@ -206,6 +197,8 @@ def _check(cfg, args):
 
 def parse_args(argv=None):
     """``(args, cfg)``: the preset of ``--preset`` with the options given, checked."""
+    from ednn_tf.cli import parse_setting
+
     args = _parser().parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     for k in OPTIONS:
@@ -214,8 +207,12 @@ def parse_args(argv=None):
             cfg[k] = tuple(v) if isinstance(v, list) else v
     if cfg["channels"] == "element" and args.moments is None:
         cfg["moments"] = (1,)   # per-element sums: exact element counts, unchanged by a blur
-    cfg.update(seed=args.seed, init_seed=args.init_seed, preset=args.preset,
-               oracle_settings=dict(map(_setting, args.oracle_setting)), sym_mirrors=bool(cfg["sym_mirrors"]))
+    try:
+        settings = dict(map(parse_setting, args.oracle_setting))
+    except ValueError as exc:
+        raise SystemExit(f"--oracle-setting: {exc}") from None
+    cfg.update(seed=args.seed, init_seed=args.init_seed, preset=args.preset, oracle_settings=settings,
+               sym_mirrors=bool(cfg["sym_mirrors"]))
     if args.blur_widths is None:   # preset widths that fit a changed --context
         cfg["blur_widths"] = tuple(w for w in cfg["blur_widths"] if w <= cfg["context"])
     _check(cfg, args)
@@ -257,6 +254,30 @@ def train_and_test(args, cfg, d, tag, results, save):
         plots.training_curves(histories, os.path.join(args.out, "training_loss.png"), key="loss [eV^2]")
     save()
     return models
+
+
+def save_potential(args, cfg, d, ednn, oracle, rkw, results):
+    """The EDNN as a self-describing :class:`ednn_tf.potential.Potential`, ``potential.keras`` beside
+    ``ednn.keras`` (``ednn_tf.load_potential``, ``EDNNCalculator``, ``experiments/graphene_mc.py
+    --model``): its fixed ``grid x grid`` image of the training cell as a per-axis pixel size (A), the
+    data's gamma (A), the renderer's cutoff (gammas) and channels. The map to eV (``E0`` per tile, the
+    moment term) is inside the EDNN, so ``e0`` is 0 for B, C, N and ``scale`` 1. Returns its path."""
+    from ednn_tf import training
+    from ednn_tf.atoms import render
+    from ednn_tf.atoms.datasets import load_structures
+    from ednn_tf.potential import Potential
+
+    cell = load_structures(d["path"], [int(d["train"][0])])[0].cell.lengths()[:2]
+    test = results.get("test", {}).get("ednn", {})
+    card = {"name": f"hexagonal-{cfg['preset']}", "source": "experiments/hexagonal.py", "oracle": oracle.name,
+            "oracle_settings": oracle.settings, "data": os.path.basename(d["path"]), "cell_A": cell.tolist(),
+            "grid": [cfg["grid"], cfg["grid"]], "network": {k: cfg[k] for k in ("focus", "context", "width", "dense")},
+            "energy": "E = EDNN(image): the fixed map to eV (E0 per tile, moment term) is inside the EDNN",
+            "test_mae_meV_per_A2": test.get("meV_per_A2", {}).get("mean_abs_error"),
+            "test_mae_meV_per_atom": test.get("meV_per_atom", {}).get("mean_abs_error")}
+    pot = Potential(ednn, tuple(float(L) / cfg["grid"] for L in cell), gamma=rkw["gamma"], cutoff=render.DEFAULT_CUTOFF,
+                    channels=rkw["channels"], e0={z: 0.0 for z in ELEMENTS}, scale=1.0, card=card)
+    return training.save_model_atomic(pot, os.path.join(args.out, "potential.keras"))
 
 
 def transfer(args, cfg, d, ednn, oracle, stem, rkw, tag, results, save):
@@ -335,6 +356,8 @@ def main(argv=None):
     if ednn is None:
         print("EDNN skipped: no transfer or blur study")
         args.skip = list(args.skip) + ["transfer", "blur"]
+    else:
+        save(potential=save_potential(args, cfg, d, ednn, oracle, rkw, results))
     if "transfer" not in args.skip:   # 4. transfer + time vs size
         transfer(args, cfg, d, ednn, oracle, stem, rkw, tag, results, save)
     if "blur" not in args.skip:       # 5. blur study (inference only)

@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from ednn_tf.util import ArgumentError, argument_errors, check_float, check_int  # noqa: E402
+
 PRESETS = {
     # Table 1 of the paper: 100,000 examples, batch 2000, Adam 1e-4, MSE, 500 epochs.
     "paper": dict(n_train=100_000, n_test=10_000, epochs=500, batch_size=2000, lr=1e-4, lr_decay=False,
@@ -42,7 +44,7 @@ PRESETS = {
 PAPER_C_SCAN = {1: 0.028, 2: 1.090, 3: 14.816}   # median abs error [J / L^2 ...] reported in Sec. 3.1
 
 
-def parse_args(argv=None):
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     ap.add_argument("--out", default=None, help="output directory (default results/ising-<preset>)")
@@ -60,6 +62,13 @@ def parse_args(argv=None):
     ap.add_argument("--contexts", type=int, nargs="+", help="context widths to scan (f=1)")
     ap.add_argument("--distributed", action="store_true", help="data-parallel training with Horovod (horovodrun)")
     ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def parse_args(argv=None):
+    """``(args, cfg)``: the preset of ``--preset`` with the options given, checked before any work: a
+    bad value ends the script with one line naming it and the allowed range, exit status 2."""
+    ap = _parser()
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     for k in cfg:
@@ -67,13 +76,32 @@ def parse_args(argv=None):
         if v is not None:
             cfg[k] = tuple(v) if isinstance(v, list) else v
     cfg.update(L=args.L, seed=args.seed, preset=args.preset)
-    for k in ("n_train", "n_test", "epochs", "batch_size", "n_big", "big_L", "L"):
-        if cfg[k] < 1:
-            raise SystemExit(f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}")
-    if any(c < 0 for c in cfg["contexts"]):
-        raise SystemExit(f"--contexts must be >= 0, got {cfg['contexts']}")
     args.out = args.out or os.path.join("results", f"ising-{args.preset}")
+    with argument_errors(ap):
+        _check(cfg, args.out)
     return args, cfg
+
+
+def _check(cfg, out):
+    """ArgumentError naming the first bad value of ``cfg``, or a training backup in ``out`` past ``--epochs``."""
+    from ednn_tf import training
+
+    for k in ("n_train", "n_test", "epochs", "n_big", "big_L", "L"):
+        check_int(f"--{k.replace('_', '-')}", cfg[k], minimum=1)
+    check_float("--lr", cfg["lr"], minimum=0, strict=True)
+    _check_batch(cfg["batch_size"], cfg["n_train"], "--n-train")
+    for c in cfg["contexts"]:
+        check_int("--contexts", c, minimum=0)
+    for c in cfg["contexts"]:   # a rerun with fewer --epochs than an interrupted one
+        if not os.path.exists(os.path.join(out, f"model_c{c}.keras")):
+            training.check_backup(training.backup_dir(os.path.join(out, f"train_c{c}")), cfg["epochs"])
+
+
+def _check_batch(batch_size, n, what):
+    """Refuse a batch larger than the training set (batches are whole: it would give no training step)."""
+    if not 1 <= batch_size <= n:
+        raise ArgumentError(f"--batch-size must be in 1..{n} ({what}: batches are whole, a larger one gives no "
+                            f"training step), got --batch-size={batch_size}")
 
 
 def _train_or_reuse(cfg, args, c, path, train_idx, progress):
@@ -165,6 +193,8 @@ def main(argv=None):
     L = cfg["L"]
 
     path, train_idx, test, big = _load_data(args, cfg, root, progress)
+    with argument_errors(_parser()):   # the split by Markov chain may hold fewer rows than --n-train
+        _check_batch(cfg["batch_size"], len(train_idx), "the training rows of the split by Markov chain")
     x_test = test["X"].astype(np.float32)
     y_test = test["Y"][:, 0]
     big_L = cfg["big_L"]
@@ -177,7 +207,8 @@ def main(argv=None):
         model, info = _train_or_reuse(cfg, args, c, path, train_idx, progress)
         if not info["reused"]:
             results.setdefault("train_seconds", {})[c] = info["seconds"]
-            histories[f"c={c}"] = info["history"]["loss"]
+            if "loss" in info["history"]:
+                histories[f"c={c}"] = info["history"]["loss"]
         models[c] = model
         pred = model.predict_total(x_test, batch_size=4096)
         stats = extensive_errors(y_test, pred, n_sites=L * L, level=4.0)

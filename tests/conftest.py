@@ -10,6 +10,23 @@ import sys  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class Interrupt(Exception):
+    """Raised by :func:`stop_after`: a training run killed part way."""
+
+
+def stop_after(n):
+    """A Keras callback raising :class:`Interrupt` after epoch ``n`` has ended (after that epoch's backup
+    and log line were written): an interrupted training run."""
+    import keras
+
+    class StopAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == n:
+                raise Interrupt(f"killed after epoch {epoch}")
+
+    return StopAfter()
+
+
 def run_script(name, *args, check=True):
     """Run ``experiments/<name>.py args`` in a fresh interpreter; returns the ``CompletedProcess``
     (stdout and stderr as text). With ``check`` a nonzero exit fails with the script's output."""

@@ -1,4 +1,5 @@
-"""Atom-move Monte Carlo with an EDNN: local dE from the affected tiles equals the full difference."""
+"""Atom-move Monte Carlo with an EDNN: local dE from the affected tiles (tile EDNN) or pixels (density
+Potential) equals the full difference."""
 
 import keras
 import numpy as np
@@ -7,9 +8,13 @@ import pytest
 from conftest import smooth_subnet
 from ednn_tf import EDNN, networks
 from ednn_tf.apply.atom_mc import AtomicLocalEnergy, AtomMetropolis
+from ednn_tf.apply.calculator import EDNNCalculator
 from ednn_tf.apply.thermo import radial_distribution, rdf_peaks
+from ednn_tf.atoms.cells import truncation_error
 from ednn_tf.atoms.render import render
 from ednn_tf.atoms.structures import hexagonal_cell
+from ednn_tf.model import DensityEDNN
+from ednn_tf.potential import Potential
 
 SHAPE = (64, 64)
 FOCUS, CONTEXT = 16, 8
@@ -24,6 +29,22 @@ def model64():
 def model32():
     sub = networks.paper_cnn(FOCUS + 2 * CONTEXT, width=0.125, dense=16, seed=3)
     return EDNN(keras.Model(sub.input, keras.layers.Rescaling(100.0)(sub.output)), FOCUS, CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def density_potential():
+    """The small random density Potential of tests/test_potential.py (c = 3, float64, B/C/N channels)."""
+    sub = networks.energy_density(3, channels=3, filters=6, seed=4, dtype="float64")
+    return Potential(DensityEDNN(sub, 3, dtype="float64"), pixel_size=0.3, gamma=0.35, channels=[5, 6, 7],
+                     e0={5: -1.5, 6: -2.0, 7: -2.5}, scale=0.7, card={"name": "test"})
+
+
+def _bnc_cell(seed=1):
+    """12.30 x 12.78 A B/C/N cell (41 x 43 px at 0.3 A) with atoms on both periodic boundaries."""
+    a = hexagonal_cell("bnc-random", seed, repeat=(5, 3), lattice_constant=2.46, rattle=0.05)
+    a.positions[0, :2] = [0.05, 0.10]
+    a.positions[1, :2] = [12.25, 6.0]
+    return a
 
 
 def _cell(seed=0):
@@ -158,6 +179,80 @@ def test_metropolis_runs_and_cache_stays_exact(model64):
     assert le.energy == pytest.approx(le.full_energy(), abs=1e-10 * np.abs(le.contributions).sum())
 
 
+def test_density_potential_local_updates_are_exact(density_potential):
+    """A density Potential: each dE equals E(after) - E(before) of EDNNCalculator(potential) (untruncated
+    Gaussians) within the 6-gamma truncation of the stamps, each from a window of the grid; after
+    accepted and rejected moves the cached energy equals a full re-evaluation (round-off)."""
+    atoms = _bnc_cell()
+    le = AtomicLocalEnergy(density_potential, atoms)
+    assert le.shape == (41, 43) and le.index is None and le.n_terms == 41 * 43
+    assert le.reference_energy == pytest.approx(density_potential.reference_energy(atoms.numbers), rel=1e-15)
+    net = float(np.abs(le.contributions).sum())
+    tol = truncation_error(6.0) * net                  # a relative image error exp(-18) of the stamps
+    assert le.energy == pytest.approx(EDNNCalculator(density_potential).get_potential_energy(atoms), abs=tol)
+    rng, changed = np.random.default_rng(2), 0.0
+    for k, (i, new) in enumerate(_moves(rng, le.atoms, 8)):
+        n0 = le.n_evaluated_tiles
+        dE = le.delta_energy(i, new)
+        assert 0 < le.n_evaluated_tiles - n0 < le.n_terms / 2, k          # a window, not the whole grid
+        after = le.atoms.copy()
+        after.positions[i] = new
+        ref = EDNNCalculator(density_potential).get_potential_energy(after) - \
+            EDNNCalculator(density_potential).get_potential_energy(le.atoms)
+        assert dE == pytest.approx(ref, abs=tol), (k, i)
+        changed = max(changed, abs(ref))
+        if k % 3 != 2:                 # accept two moves in three
+            le.accept()
+        assert le.energy == pytest.approx(le.full_energy(), rel=1e-12, abs=1e-12 * net), k
+    assert changed > 1e3 * tol
+    assert abs(le.refresh()) < 1e-12 * net
+
+
+def test_density_changed_pixels_lie_in_the_window(density_potential):
+    """Every pixel value a move changes is one of ``affected_tiles`` (the stamps dilated by c)."""
+    le = AtomicLocalEnergy(density_potential, _bnc_cell())
+    i, new = 0, le.positions[0] + [-0.3, 0.2, 0.0]            # across x = 0
+    aff = {tuple(t) for t in le.affected_tiles(i, new)}
+    before = le.contributions
+    le.move(i, new)
+    le.refresh()
+    changed = {tuple(t) for t in np.argwhere(np.abs(le.contributions - before) > 1e-14)}
+    assert changed and changed <= aff and len(aff) < before.size
+    assert min(p[0] for p in aff) == 0 and max(p[0] for p in aff) == 40     # the window wraps around x
+
+
+def test_density_metropolis_and_bad_settings(density_potential, tmp_path):
+    path = tmp_path / "p.keras"
+    density_potential.save(path)
+    le = AtomicLocalEnergy(str(path), _bnc_cell(3))             # a Potential's path works too
+    mc = AtomMetropolis(le, temperature=1000.0, step=0.05, seed=1)
+    mc.sweep(1)
+    assert 0.0 < mc.acceptance < 1.0
+    assert le.energy == pytest.approx(le.full_energy(), abs=1e-12 * np.abs(le.contributions).sum())
+    with pytest.raises(ValueError, match="carries its own image settings"):
+        AtomicLocalEnergy(density_potential, _bnc_cell(), (41, 43))
+    with pytest.raises(ValueError, match="needs the image shape"):
+        AtomicLocalEnergy(density_potential.ednn, _bnc_cell())
+    si = _bnc_cell()
+    si.numbers[5] = 14
+    with pytest.raises(ValueError, match=r"got \['Si'\]"):
+        AtomicLocalEnergy(density_potential, si)
+
+
+def test_shipped_potential_by_name():
+    """``AtomicLocalEnergy("hexagonal-gfn1", atoms)``: the shipped density Potential on a 24-atom cell
+    (30 x 35 px: every move's window is the whole grid) agrees with its calculator."""
+    atoms = hexagonal_cell("graphene", 0, repeat=(3, 2), rattle=0.05, rattle_z=0.0)
+    le = AtomicLocalEnergy("hexagonal-gfn1", atoms)
+    assert le.shape == (30, 35) and le.stretch[1] > 0
+    e = EDNNCalculator("hexagonal-gfn1").get_potential_energy(atoms)
+    assert le.energy == pytest.approx(e, abs=1e-6 * len(atoms))
+    new = le.positions[4] + [0.07, -0.05, 0.0]
+    dE = le.move(4, new)
+    assert le.energy == pytest.approx(le.full_energy(), abs=1e-4)      # float32 network: round-off
+    assert dE == pytest.approx(le.energy - e, abs=1e-4)
+
+
 def test_radial_distribution_of_lattice_and_ideal_gas():
     a = hexagonal_cell("graphene", seed=0, rattle=0.0)           # a = 2.50 A: bond 1.443 A
     r, g = radial_distribution(a.positions, a.cell, r_max=6.0, n_bins=300)
@@ -199,22 +294,33 @@ def test_local_move_re_evaluates_a_few_tiles_and_matches_the_full_difference():
 
 
 def test_graphene_mc_script_tiny(tmp_path):
-    """experiments/graphene_mc.py as a program (tiny preset): results, plot, cached rerun."""
+    """experiments/graphene_mc.py as a program (tiny preset): results, plot, cached rerun; the demo
+    model is a Potential that a second run takes as ``--model`` on another sheet (``--repeat``)."""
     import os
 
     from conftest import run_experiment
     from ednn_tf.labels import oracles
+    from ednn_tf.potential import load_potential
 
     if not oracles.available_oracles().get("rebo"):
         pytest.skip("the tiny preset needs the REBO oracle (lammps)")
     out = str(tmp_path / "out")
     saved = run_experiment("graphene_mc", out, "--preset", "tiny", "--no-progress")
-    assert os.path.isfile(os.path.join(out, "gr.png")) and os.path.isfile(os.path.join(out, "ednn.json"))
+    assert os.path.isfile(os.path.join(out, "gr.png")) and not os.path.exists(os.path.join(out, "ednn.json"))
+    pot = load_potential(os.path.join(out, "ednn.keras"))               # self-describing: no sidecar
+    assert pot.card["demo"]["pixel_size"] == 0.4 and pot.card["training"] == saved["training"]
+    assert saved["model_settings"]["grid"] == [31, 32] and saved["model_settings"]["context"] == 4
     assert len(saved["gr"]["peaks_md_A"]) == 3 and len(saved["gr"]["peak_difference_A"]) == 3
     assert abs(saved["gr"]["peaks_md_A"][0] - 1.44) < 0.05          # C-C bond of the a = 2.50 A cell
     assert saved["md"]["frames"] == 8 and abs(saved["md"]["mean_temperature_K"] - 766.6) < 0.1   # 25..60 fs
     for key in ("ednn_full_calculator_s", "ednn_local_dE_s", "oracle_energy_s"):
         assert saved["timing"][key] > 0
-    assert 0 <= saved["mc"]["acceptance"] <= 1
+    assert 0 <= saved["mc"]["acceptance"] <= 1 and 0 < saved["mc"]["windows_per_move"] <= 31 * 32
     again = run_experiment("graphene_mc", out, "--preset", "tiny", "--no-progress")   # reuses md/model/mc
     assert again["gr"] == saved["gr"] and again["training"] == saved["training"]
+    other = run_experiment("graphene_mc", str(tmp_path / "other"), "--preset", "tiny", "--no-progress",
+                           "--model", os.path.join(out, "ednn.keras"), "--repeat", "3", "2", "--md-steps", "11",
+                           "--md-equil", "1", "--oracle-setting", 'potential="CH.rebo"')
+    assert other["config"]["n_atoms"] == 24 and other["md"]["frames"] == 2 and "training" not in other
+    assert other["oracle"]["oracle_settings"] == {"potential": "CH.rebo"} and other["notes"] == []
+    assert other["model_settings"]["grid"] == [19, 22]                  # 7.50 x 8.66 A at 0.4 A/px

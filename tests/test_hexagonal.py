@@ -13,6 +13,10 @@ import pytest
 
 from ednn_tf.apply import blur
 from ednn_tf.atoms import datasets, targets
+from ednn_tf.model import EDNN
+
+#: Imported so that ``keras.models.load_model`` finds the registered class in any test order.
+REGISTERED = (EDNN,)
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
@@ -322,6 +326,33 @@ def test_tiny_ednn_is_extensive_on_exact_repeats(tiny_run):
     x3 = render.render(supercell(cell, 3), shape=(96, 96))[None]
     # the map to eV is inside the model (offset E0/n per tile), so a 3x3 repeat predicts 9x, offset included
     np.testing.assert_allclose(model.predict_total(x3), 9 * model.predict_total(x1), rtol=1e-5)
+
+
+def test_tiny_ednn_is_saved_as_a_potential(tiny_run):
+    """``potential.keras``: the EDNN with its fixed 32 x 32 grid over the 12.50 x 12.99 A cell as a
+    per-axis pixel size, so the calculator, the atom MC and k x k repeats need no settings beside it."""
+    import keras
+
+    from ednn_tf import load_potential
+    from ednn_tf.apply.atom_mc import AtomicLocalEnergy
+    from ednn_tf.apply.calculator import EDNNCalculator
+    from ednn_tf.atoms import render
+    from ednn_tf.atoms.structures import supercell
+    root, _, res = tiny_run
+    pot = load_potential(root / "out" / "potential.keras")
+    model = keras.models.load_model(root / "out" / "ednn.keras")
+    cell = datasets.load_structures(res["dataset"]["path"], [5])[0]
+    L = cell.cell.lengths()[:2]
+    assert res["potential"] == str(root / "out" / "potential.keras")
+    assert pot.pixel_size == pytest.approx(tuple(L / 32), rel=1e-12) and pot.grid(3 * L) == ((96, 96), (0.0, 0.0))
+    assert pot.cutoff == 6.0 and pot.channels is None and pot.card["oracle"] == "tersoff-bnc"
+    assert pot.card["test_mae_meV_per_A2"] == res["test"]["ednn"]["meV_per_A2"]["mean_abs_error"]
+    for k in (1, 3):
+        a = supercell(cell, k)
+        want = float(model.predict_total(render.render(a, shape=(32 * k, 32 * k))[None])[0])
+        assert EDNNCalculator(pot).get_potential_energy(a) == pytest.approx(want, rel=1e-5)
+    assert AtomicLocalEnergy(pot, cell).energy == pytest.approx(
+        float(model.predict_total(render.render(cell, shape=(32, 32))[None])[0]), rel=1e-5)
 
 
 def test_tiny_transfer_and_blur_entries(tiny_run):

@@ -91,6 +91,31 @@ def test_save_load_identity_without_custom_objects(potential, tmp_path):
     assert e1[0] == e1[1] == e1[2] and np.array_equal(f1[0], f1[1]) and np.array_equal(f1[0], f1[2])
 
 
+def test_per_axis_pixel_size_of_a_tile_model_on_a_fixed_grid(tmp_path):
+    """A tile Potential trained on one fixed grid over one cell (64 x 64 px over 12.50 x 12.99 A, as
+    experiments/hexagonal.py): pixel_size per axis, so the cell and its repeats get 64k x 64k pixels
+    without stretch; the pair survives a .keras round trip (a list in get_config)."""
+    cell = hexagonal_cell("graphene", 0, rattle=0.05)
+    L = cell.cell.lengths()[:2]
+    ednn = EDNN(networks.paper_cnn(32, 1, width=0.125, dense=8, seed=2), 16, 8)
+    pot = Potential(ednn, (L[0] / 64, L[1] / 64), gamma=0.2, cutoff=6.0, e0={6: 0.0})
+    assert isinstance(pot.pixel_size, tuple) and pot.get_config()["pixel_size"] == [L[0] / 64, L[1] / 64]
+    assert pot.grid(L) == ((64, 64), (0.0, 0.0)) and pot.grid(2 * L)[0] == (128, 128)
+    path = tmp_path / "tile.keras"
+    pot.save(path)
+    back = keras.models.load_model(path, safe_mode=True)
+    assert back.pixel_size == pot.pixel_size and back.cutoff == 6.0
+    big = supercell(cell, 2)
+    e = [EDNNCalculator(p).get_potential_energy(a) for p in (pot, back) for a in (cell, big)]
+    assert e[0] == e[2] and e[1] == e[3] and EDNNCalculator(back).get_stretch(big) == (0.0, 0.0)
+    np.testing.assert_allclose(e[1], 4 * e[0], rtol=1e-5)                  # E(2x2) = 4E on exact repeats
+    for bad, match in (((0.2, -0.1), r"pixel_size\[1\] must be a positive"), ("0.2", "pixel_size must be")):
+        with pytest.raises(ValueError, match=match):
+            Potential(ednn, bad)
+    with pytest.raises(ValueError, match="for 2 axes, not 3"):
+        pot.grid([12.5, 13.0, 20.0])
+
+
 def test_reference_energies_are_least_squares():
     cells = [hexagonal_cell(k, s, repeat=(3, 2)) for k in ("graphene", "hbn", "bnc-random") for s in range(2)]
     e0 = {5: -3.0, 6: -7.0, 7: -4.5}

@@ -6,23 +6,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import Interrupt, stop_after
 from ednn_tf import EDNN, data, networks, training
-
-
-class _Interrupt(Exception):
-    pass
-
-
-class _StopAfter(keras.callbacks.Callback):
-    """Raise after epoch ``n`` has ended (after the backup of that epoch was written)."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n = n
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.n:
-            raise _Interrupt(f"killed after epoch {epoch}")
 
 
 def _model():
@@ -47,9 +32,9 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     training.fit(straight, _batches(), epochs=4, workdir=str(tmp_path / "a"), progress=False)
 
     resumed = _model()
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         training.fit(resumed, _batches(), epochs=4, workdir=str(tmp_path / "b"), progress=False,
-                     callbacks=[_StopAfter(1)])
+                     callbacks=[stop_after(1)])
     with open(tmp_path / "b" / "backup" / "training_metadata.json") as fh:
         assert json.load(fh)["epoch"] == 2
     again = _model()   # a fresh process: new model, new data object

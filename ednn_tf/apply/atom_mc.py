@@ -1,9 +1,13 @@
 """Atom moves: local energy differences and Metropolis Monte Carlo for atomic structures
 (Sec. 3.4 / Fig. 13 of Mills et al. 2019), with an EDNN of rendered Gaussian images as the energy.
 
-Tile bookkeeping comes from ``tiling.TileIndex`` (the model's own tile windows and the per-axis
-site -> tile membership); every sub-network evaluation goes through ``EDNN.tile_values`` and every
-sum of tile terms through ``model.sum_tiles``.
+Two exact local updates, one per kind of EDNN. A tile EDNN (focus f > 1): the tiles whose window
+holds a changed pixel are re-evaluated (tile bookkeeping from ``tiling.TileIndex``, values from
+``EDNN.tile_values``). A density EDNN (:class:`~ednn_tf.model.DensityEDNN`, f = 1, context c): the
+pixel values that change are those within c of a changed pixel (``tiling.density_window``); they
+come from one pass of the density network over the periodic crop that is c wider again
+(``DensityEDNN.density``), and replace the cached per-pixel values. Every sum of terms goes
+through ``model.sum_tiles``.
 """
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ import math
 
 import numpy as np
 
+from .. import tiling
 from ..atoms import cells
 from ..atoms import render as _render
-from ..model import load_ednn, sum_tiles
-from ..tiling import TileIndex
+from ..model import DensityEDNN, load_ednn, sum_tiles
+from ..potential import Potential
 from ..util import check_int, check_positive
-from .calculator import image_settings
+from .calculator import image_settings, refuse_settings, resolve_model
 
 __all__ = ["KB_EV_PER_K", "AtomicLocalEnergy", "AtomMetropolis"]
 
@@ -32,73 +37,167 @@ def _progress(n, progress, desc, unit):
     return tqdm(range(n), desc=desc, unit=unit)
 
 
+class _TileTerms:
+    """Per-tile terms of a tile EDNN: a move re-evaluates every tile whose window (focus plus
+    context) holds a changed pixel, in one batched sub-network call."""
+
+    def __init__(self, model, shape, n_channels, dtype):
+        import tensorflow as tf
+
+        self.index = tiling.TileIndex(shape, model.focus, model.context)
+        self.n_terms = self.index.n_tiles
+        self._windows = self.index.windows.astype(np.int64)                    # (n_tiles, t, t)
+        self._member_x, self._member_y = self.index.members
+        self._dtype = dtype
+        t = self.index.tile_size
+        self._fn = tf.function(lambda x: tf.cast(model.tile_values(x), tf.float64),
+                               input_signature=[tf.TensorSpec((None, t, t, n_channels), dtype)], autograph=False)
+
+    def affected(self, stamps):
+        """Flat indices of the tiles whose window holds a pixel of one of ``stamps`` ((ix, iy) pairs)."""
+        mask = np.zeros(self.index.tile_grid, bool)
+        for ix, iy in stamps:
+            mask |= np.outer(self._member_x[:, ix].any(axis=1), self._member_y[:, iy].any(axis=1))
+        return np.flatnonzero(mask.ravel())
+
+    def evaluate(self, image, key):
+        """``(values (k,) float64, windows evaluated)`` of the tiles ``key`` of ``image``."""
+        tiles = image.reshape(-1, image.shape[-1])[self._windows[key]].astype(self._dtype)
+        return self._fn(tiles).numpy(), len(key)
+
+    def get(self, cache, key):
+        return cache.ravel()[key]
+
+    def put(self, cache, key, values):
+        cache.reshape(-1)[key] = values
+
+    def coords(self, key):
+        return self.index.tile_coords(key)
+
+
+class _DensityTerms:
+    """Per-pixel terms of a density EDNN: a move changes the pixel values within ``c`` of a changed
+    pixel (per axis one wrapped run, ``tiling.density_window``); they come from ONE pass of the
+    density network over the crop that is ``c`` wider on each side (periodic indices)."""
+
+    def __init__(self, model, shape, n_channels, dtype):
+        import tensorflow as tf
+
+        self.index, self.shape, self.context = None, tuple(shape), int(model.context)
+        self.n_terms = int(np.prod(shape))
+        self._dtype = dtype
+        self._fn = tf.function(lambda x: tf.cast(model.density(x)[0], tf.float64),
+                               input_signature=[tf.TensorSpec((1, None, None, n_channels), dtype)], autograph=False)
+
+    def affected(self, stamps):
+        """``(out_x, out_y, read_x, read_y)``: the pixels whose value changes and the crop they read."""
+        (ox, rx), (oy, ry) = (tiling.density_window(np.concatenate([s[a] for s in stamps]), n, self.context)
+                              for a, n in enumerate(self.shape))
+        return ox, oy, rx, ry
+
+    def evaluate(self, image, key):
+        """``(values (mx, my) float64, windows evaluated)`` of the pixels ``key[:2]``."""
+        crop = image[np.ix_(key[2], key[3])]
+        return self._fn(crop[None].astype(self._dtype)).numpy(), key[0].size * key[1].size
+
+    def get(self, cache, key):
+        return cache[np.ix_(key[0], key[1])]
+
+    def put(self, cache, key, values):
+        cache[np.ix_(key[0], key[1])] = values
+
+    def coords(self, key):
+        return np.stack([g.ravel() for g in np.meshgrid(key[0], key[1], indexing="ij")], axis=1)
+
+
 class AtomicLocalEnergy:
-    """EDNN energy of one atomic structure, with cheap energy changes of single-atom moves.
+    """EDNN energy of one atomic structure, with cheap and exact energy changes of single-atom moves.
 
     The image is eqn (2), ``V(r) = sum_i w_i exp(-|r - r_i|^2 / (2 gamma^2))`` (``w_i = Z_i`` or
-    one channel per element), rendered exactly as :func:`ednn_tf.atoms.render.render` (each Gaussian
+    one channel per element), rendered as :func:`ednn_tf.atoms.render.render` (each Gaussian
     truncated per axis at ``cutoff * gamma``). Moving atom ``i`` from ``r`` to ``r'`` changes only
-    the pixels of its two stamps: ``V' = V - w_i G(r) + w_i G(r')``, where ``G`` is non-zero on a
-    ``~2 cutoff gamma``-wide square around the atom. Only the tiles whose window (focus plus
-    context) contains one of those pixels change, so
+    the pixels of its two stamps, ``V' = V - w_i G(r) + w_i G(r')`` (``G`` non-zero on a
+    ``~2 cutoff gamma``-wide square around the atom), so only the terms that see those pixels change:
 
-        dE = sum_{affected k} [ g(tile_k[V']) - g(tile_k[V]) ]                           (eV)
+        dE = scale * sum_{affected k} [ g_k(V') - g_k(V) ]                             (eV)
 
-    needs the sub-network on those tiles only; the old terms ``g(tile_k[V])`` come from a cache
-    of per-tile contributions. The image is kept in float64 (stamps are added and subtracted
-    there, so no float32 round-off accumulates); tiles are cast to the model's input dtype.
+    where ``g_k`` is a tile value (tile EDNN; the tiles whose window holds a changed pixel) or a
+    pixel value (density EDNN; the pixels within ``c`` of a changed pixel, from one pass of the
+    density network over a crop ``c`` wider again). The old terms come from a cache. The image is
+    kept in float64 (stamps are added and subtracted there, no float32 round-off accumulates) and cast
+    to the model's input dtype for evaluation.
 
-    ``model`` is a 2D ``ednn_tf.EDNN`` (or a ``.keras`` path); ``atoms`` an ase.Atoms with an
-    orthorhombic cell (copied); ``shape`` the ``(nx, ny)`` training grid (multiples of the focus);
-    ``gamma`` (Angstrom), ``cutoff`` (units of gamma, default 6) and ``channels`` as in training.
+    ``model``: a :class:`~ednn_tf.potential.Potential` (or the path of one, or a shipped model name,
+    see :func:`~ednn_tf.potential.load_potential`), which brings the grid (``potential.grid`` of the
+    cell: ``n = round(L / pixel_size)``, stretch in ``stretch``), gamma, cutoff, channels, the
+    reference energies ``e0`` and the ``scale``, so ``shape``, ``gamma``, ``cutoff`` and ``channels``
+    must not be given; ``E = sum_i e0[Z_i] + scale * EDNN(image)``. A potential trained on untruncated
+    Gaussians (``cutoff`` None, as :class:`~ednn_tf.apply.calculator.EDNNCalculator` renders) is
+    stamped truncated at the renderer's default 6 gamma: a relative image error of at most
+    ``exp(-18) = 1.5e-8`` (``cells.truncation_error``). Or a bare 2D ``ednn_tf.EDNN`` (or its
+    ``.keras`` path) with ``shape``, the ``(nx, ny)`` training grid (multiples of the focus),
+    ``gamma`` (Angstrom, default 0.2), ``cutoff`` (units of gamma, default 6) and ``channels`` as in
+    training (``E = EDNN(image)``). ``atoms``: an ase.Atoms with an orthorhombic cell (copied).
     Energies in eV, positions in Angstrom; z is carried along but does not change the energy.
 
-    Attributes: ``atoms``, ``image`` (``(nx, ny, C)`` float64), ``index`` (the grid's
-    ``TileIndex``), ``n_evaluated_tiles`` (sub-network evaluations so far); ``energy``,
+    Attributes: ``atoms``, ``image`` (``(nx, ny, C)`` float64), ``shape``, ``stretch`` (per axis, a
+    Potential's; None for a given ``shape``), ``index`` (the grid's ``TileIndex``; None for a density
+    EDNN), ``n_terms`` (cached terms: tiles, or pixels for a density EDNN), ``n_evaluated_tiles``
+    (network windows evaluated so far: tiles, or pixels), ``reference_energy`` (eV); ``energy``,
     ``contributions`` and ``positions`` are read-only views of the state.
 
     Example::
 
-        le = AtomicLocalEnergy(model, atoms, shape=(128, 128))
+        le = AtomicLocalEnergy(ednn_tf.load_potential("hexagonal-gfn1"), atoms)
         dE = le.delta_energy(7, atoms.positions[7] + [0.05, -0.02, 0.0])
         if accept: le.accept()        # otherwise le.reject() (or just propose another move)
     """
 
-    def __init__(self, model, atoms, shape, gamma=None, cutoff=None, channels=None):
-        import tensorflow as tf
+    def __init__(self, model, atoms, shape=None, gamma=None, cutoff=None, channels=None):
         from ase import Atoms
 
-        self.model = load_ednn(model)
+        model = resolve_model(model)
         if not isinstance(atoms, Atoms) or len(atoms) == 0:
             got = f"{len(atoms)} atoms" if isinstance(atoms, Atoms) else type(atoms).__name__
             raise ValueError(f"atoms must be an ase.Atoms with at least one atom, got {got}")
         self.atoms = atoms.copy()
         self.atoms.calc = None
+        self.lengths = cells.cell_lengths(atoms.cell.array, 2)
+        numbers = cells.atomic_numbers(self.atoms.numbers, "atoms.numbers")
+        self._scale, self.reference_energy, self.stretch = 1.0, 0.0, None
+        if isinstance(model, Potential):
+            refuse_settings(shape=shape, gamma=gamma, cutoff=cutoff, channels=channels)
+            (shape, self.stretch), gamma, cutoff = model.grid(self.lengths), model.gamma, model.cutoff
+            self._scale, self.reference_energy, channels = model.scale, model.reference_energy(numbers), model.channels
+            model = model.ednn
+        elif shape is None:
+            raise ValueError("a bare EDNN needs the image shape (nx, ny) it was trained on; a Potential carries it")
+        self.model = load_ednn(model)
         self.focus, self.context = int(self.model.focus), int(self.model.context)
         self.shape, _, ndim, self.channels, dt = image_settings(self.model, shape, channels=channels)
         if ndim != 2:
             raise ValueError(f"AtomicLocalEnergy supports 2D images only, got shape={shape!r}")
         self.gamma = check_positive("gamma", cells.DEFAULT_GAMMA if gamma is None else gamma)
         self.cutoff = check_positive("cutoff", cells.DEFAULT_CUTOFF if cutoff is None else cutoff)
-        self.lengths = cells.cell_lengths(atoms.cell.array, 2)
-        numbers = cells.atomic_numbers(self.atoms.numbers, "atoms.numbers")
         self._weights, _ = cells.channel_weights(numbers, self.channels)        # (N, C)
         self.n_channels = self._weights.shape[1]
         self._input_dtype = dt
         self._R = self.cutoff * self.gamma
-        self.index = TileIndex(self.shape, self.focus, self.context)
-        self._windows = self.index.windows.astype(np.int64)                    # (n_tiles, t, t)
-        self._member_x, self._member_y = self.index.members
-        t = self.index.tile_size
-        self._subnet_fn = tf.function(
-            lambda x: tf.cast(self.model.tile_values(x), tf.float64),
-            input_signature=[tf.TensorSpec((None, t, t, self.n_channels), dt)], autograph=False)
-        self._full_fn = tf.function(
-            lambda x: tf.cast(self.model.tile_contributions(x, training=False)[0], tf.float64),
-            input_signature=[tf.TensorSpec((1, *self.shape, self.n_channels), dt)], autograph=False)
+        kind = _DensityTerms if isinstance(self.model, DensityEDNN) else _TileTerms
+        self._terms = kind(self.model, self.shape, self.n_channels, dt)
+        self.index, self.n_terms = self._terms.index, self._terms.n_terms
+        self._full_fn = self._full_function()
         self._pending = None
         self.n_evaluated_tiles = 0
         self.refresh()
+
+    def _full_function(self):
+        import tensorflow as tf
+
+        model = self.model
+        return tf.function(lambda x: tf.cast(model.tile_contributions(x, training=False)[0], tf.float64),
+                           input_signature=[tf.TensorSpec((1, *self.shape, self.n_channels), self._input_dtype)],
+                           autograph=False)
 
     def _axis_stamp(self, coord, axis):
         """Pixel indices (unique) and 1D Gaussian values of one atom along one axis."""
@@ -120,16 +219,11 @@ class AtomicLocalEnergy:
                               channels=self.channels, dtype=np.float64)
 
     def _full_terms(self, img):
-        """Per-tile terms ``(nx/f, ny/f)`` (eV, float64) of a whole image: one full model evaluation."""
-        return self._full_fn(img[None].astype(self._input_dtype)).numpy()
-
-    def _tiles(self, flat_tiles):
-        """Tile contents ``(k, t, t, C)`` of the current image for flat tile indices."""
-        return self.image.reshape(-1, self.n_channels)[self._windows[flat_tiles]]
+        """All terms (eV, float64; tiles ``(nx/f, ny/f)`` or pixels ``(nx, ny)``): one full model pass."""
+        return self._scale * self._full_fn(img[None].astype(self._input_dtype)).numpy()
 
     def _proposal(self, i, new_position):
-        """Checked move: ``(i, new position (3,), old stamp, new stamp, flat indices of the tiles whose
-        window contains a pixel of either stamp)``."""
+        """Checked move: ``(i, new position (3,), old stamp, new stamp, key of the changed terms)``."""
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < len(self.atoms):
             raise ValueError(f"atom index must be an integer in [0, {len(self.atoms)}), got {i!r}")
         p = np.asarray(new_position, dtype=np.float64).ravel()
@@ -139,10 +233,7 @@ class AtomicLocalEnergy:
         new = self.atoms.positions[i].copy()
         new[:p.shape[0]] = p
         stamps = self._stamp(i, self.atoms.positions[i]), self._stamp(i, new)
-        mask = np.zeros(self.index.tile_grid, bool)
-        for ix, iy, _ in stamps:
-            mask |= np.outer(self._member_x[:, ix].any(axis=1), self._member_y[:, iy].any(axis=1))
-        return (i, new, *stamps, np.flatnonzero(mask.ravel()))
+        return (i, new, *stamps, self._terms.affected([s[:2] for s in stamps]))
 
     @property
     def positions(self):
@@ -151,20 +242,21 @@ class AtomicLocalEnergy:
 
     @property
     def contributions(self):
-        """Cached per-tile energies ``(nx/f, ny/f)`` in eV (copy, float64)."""
+        """Cached terms in eV (copy, float64): per tile ``(nx/f, ny/f)``, or per pixel ``(nx, ny)`` for
+        a density EDNN; they sum to :attr:`energy` minus :attr:`reference_energy`."""
         return self._cache.copy()
 
     @property
     def energy(self):
-        """Total energy (eV) from the cached tile terms, summed in float64."""
-        return float(sum_tiles(self._cache))
+        """Total energy (eV): the reference energy plus the cached terms, summed in float64."""
+        return self.reference_energy + float(sum_tiles(self._cache))
 
     def full_energy(self):
         """Energy (eV) from a fresh render and a full model evaluation (the reference)."""
-        return float(sum_tiles(self._full_terms(self._render_full())))
+        return self.reference_energy + float(sum_tiles(self._full_terms(self._render_full())))
 
     def refresh(self):
-        """Re-render the image and re-evaluate every tile; returns the change of the total (eV),
+        """Re-render the image and re-evaluate every term; returns the change of the total (eV),
         i.e. the drift accumulated by incremental updates (round-off only)."""
         old = getattr(self, "_cache", None)
         self.image = self._render_full()
@@ -173,14 +265,15 @@ class AtomicLocalEnergy:
         return 0.0 if old is None else float(sum_tiles(self._cache) - sum_tiles(old))
 
     def affected_tiles(self, i, new_position):
-        """Tile-grid coordinates ``(k, 2)`` of the tiles that change when atom ``i`` moves."""
-        return self.index.tile_coords(self._proposal(i, new_position)[4])
+        """Coordinates ``(k, 2)`` of the terms that change when atom ``i`` moves: tile-grid
+        coordinates, or pixels for a density EDNN."""
+        return self._terms.coords(self._proposal(i, new_position)[4])
 
     def delta_energy(self, i, new_position):
         """Energy change (eV, float64) of moving atom ``i`` to ``new_position`` (Angstrom; 2 or 3
-        coordinates, z kept if 2), from the affected tiles only (one batched sub-network call). The
-        state is not changed; :meth:`accept` applies the move."""
-        i, new, old_stamp, new_stamp, aff = self._proposal(i, new_position)
+        coordinates, z kept if 2), from the affected terms only (one network call). The state is not
+        changed; :meth:`accept` applies the move."""
+        i, new, old_stamp, new_stamp, key = self._proposal(i, new_position)
         img = self.image
         so, sn = np.ix_(*old_stamp[:2]), np.ix_(*new_stamp[:2])
         saved_old = img[so].copy()
@@ -188,25 +281,25 @@ class AtomicLocalEnergy:
         saved_new = img[sn].copy()
         img[sn] += new_stamp[2]
         try:
-            tiles = self._tiles(aff).astype(self._input_dtype)
+            values, n_windows = self._terms.evaluate(img, key)
         finally:                       # restore exactly, in reverse order (stamps may overlap)
             img[sn] = saved_new
             img[so] = saved_old
-        new_terms = self._subnet_fn(tiles).numpy()
-        self.n_evaluated_tiles += len(aff)
-        dE = float(sum_tiles(new_terms - self._cache.ravel()[aff]))
-        self._pending = (i, new, old_stamp, new_stamp, aff, new_terms, dE)
+        new_terms = self._scale * values
+        self.n_evaluated_tiles += n_windows
+        dE = float(sum_tiles(new_terms - self._terms.get(self._cache, key)))
+        self._pending = (i, new, old_stamp, new_stamp, key, new_terms, dE)
         return dE
 
     def accept(self):
-        """Apply the last proposed move (image, position, cached tile terms); returns its dE (eV)."""
+        """Apply the last proposed move (image, position, cached terms); returns its dE (eV)."""
         if self._pending is None:
             raise RuntimeError("accept() needs a move proposed by delta_energy() first")
-        i, new, old_stamp, new_stamp, aff, new_terms, dE = self._pending
+        i, new, old_stamp, new_stamp, key, new_terms, dE = self._pending
         self.image[np.ix_(*old_stamp[:2])] -= old_stamp[2]
         self.image[np.ix_(*new_stamp[:2])] += new_stamp[2]
         self.atoms.positions[i] = new
-        self._cache.reshape(-1)[aff] = new_terms
+        self._terms.put(self._cache, key, new_terms)
         self._pending = None
         return dE
 

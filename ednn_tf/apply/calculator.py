@@ -42,9 +42,9 @@ from ..atoms import cells
 from ..atoms.render_tf import render_tf
 from ..model import load_ednn, sum_tiles
 from ..potential import Potential, load_potential
-from ..util import check_int, check_positive
+from ..util import check_int, check_positive, check_positive_axes
 
-__all__ = ["EDNNCalculator", "subnet_input_spec", "image_settings"]
+__all__ = ["EDNNCalculator", "subnet_input_spec", "image_settings", "resolve_model", "refuse_settings"]
 
 
 def subnet_input_spec(model):
@@ -62,7 +62,8 @@ def image_settings(model, shape=None, pixel_size=None, channels=None):
     """Checked image settings for ``model``: ``(shape or None, pixel_size or None, ndim, channels, dtype)``.
 
     Exactly one of ``shape`` (pixels per cell axis, multiples of the model's focus) and
-    ``pixel_size`` (Angstrom; then ``ndim`` is the model's rank, 2 if unknown) must be given.
+    ``pixel_size`` (Angstrom, one number or one per axis; then ``ndim`` is the model's rank, 2 if
+    unknown) must be given.
     ``channels`` becomes a list of distinct atomic numbers (or None: one channel weighted by Z);
     ``dtype`` is the sub-network's input dtype. Raises ValueError when the grid's rank or the
     channel count does not match the model's sub-network.
@@ -77,8 +78,8 @@ def image_settings(model, shape=None, pixel_size=None, channels=None):
             raise ValueError(f"image shape {shape} must be a multiple of the model's focus {focus} along every axis")
         ndim = len(shape)
     else:
-        pixel_size = check_positive("pixel_size", pixel_size)
         ndim = 2 if nd_model is None else nd_model
+        pixel_size = check_positive_axes("pixel_size", pixel_size, ndim)
     if nd_model is not None and nd_model != ndim:
         raise ValueError(f"the model works on {nd_model}D tiles but shape={shape!r} is {ndim}D")
     if channels is not None:
@@ -96,12 +97,14 @@ def image_settings(model, shape=None, pixel_size=None, channels=None):
 class EDNNCalculator(Calculator):
     """ASE calculator: energy (eV), per-tile energies (eV) and forces (eV/A) of a trained EDNN.
 
-    ``model`` is an ``ednn_tf.EDNN`` or the path of a ``.keras`` file. Give either ``shape``, a
-    fixed grid ``(nx, ny[, nz])`` (multiples of the focus; e.g. ``(256, 256)`` for the paper's
-    60-atom cells), or ``pixel_size`` (Angstrom; the grid is ``cells.shape_for_cell(cell,
-    pixel_size, multiple_of=focus)`` per structure, 2D models only). ``gamma`` (Angstrom),
-    ``cutoff`` (units of gamma, or None) and ``channels`` (atomic numbers or symbols, one channel
-    each; default one channel weighted by Z) must be those the model was trained with.
+    ``model`` is a :class:`~ednn_tf.potential.Potential` (alone: it carries every image setting), an
+    ``ednn_tf.EDNN``, the path of either as a ``.keras`` file, or a shipped model name. For an EDNN
+    give either ``shape``, a fixed grid ``(nx, ny[, nz])`` (multiples of the focus; e.g. ``(256, 256)``
+    for the paper's 60-atom cells), or ``pixel_size`` (Angstrom, one number or one per axis; the grid
+    is ``cells.shape_for_cell(cell, pixel_size, multiple_of=focus)`` per structure, 2D models only).
+    ``gamma`` (Angstrom), ``cutoff`` (units of gamma, or None) and ``channels`` (atomic numbers or
+    symbols, one channel each; default one channel weighted by Z) must be those the model was
+    trained with.
     ``max_cached`` compiled graphs are kept (one per atom count, numbers, cell and grid);
     ``**kwargs`` go to :class:`ase.calculators.calculator.Calculator`.
 
@@ -117,13 +120,10 @@ class EDNNCalculator(Calculator):
 
     def __init__(self, model, shape=None, pixel_size=None, gamma=None, cutoff=None, channels=None, max_cached=8,
                  **kwargs):
-        model = _resolve(model)
+        model = resolve_model(model)
         self.potential = model if isinstance(model, Potential) else None
         if self.potential is not None:
-            given = {k: v for k, v in dict(shape=shape, pixel_size=pixel_size, gamma=gamma, cutoff=cutoff,
-                                           channels=channels).items() if v is not None}
-            if given:
-                raise ValueError(f"a Potential carries its own image settings; got {given} as well")
+            refuse_settings(shape=shape, pixel_size=pixel_size, gamma=gamma, cutoff=cutoff, channels=channels)
             pot = self.potential
             model, pixel_size, gamma, cutoff, channels = pot.ednn, pot.pixel_size, pot.gamma, pot.cutoff, pot.channels
         self.model = load_ednn(model)
@@ -223,8 +223,10 @@ class EDNNCalculator(Calculator):
         """``|n p - L| / L`` per axis in pixel-size mode (None for a fixed ``shape``)."""
         if self.potential is not None:
             return self.potential.grid(lengths)[1]   # the potential's own rule, not a second copy of it
-        p = self.pixel_size
-        return None if p is None else tuple(float(abs(n * p - L) / L) for n, L in zip(shape, lengths))
+        if self.pixel_size is None:
+            return None
+        p = np.broadcast_to(np.asarray(self.pixel_size, dtype=np.float64), (len(shape),))
+        return tuple(float(abs(n * q - L) / L) for n, q, L in zip(shape, p, lengths))
 
     @property
     def pixel_size(self):
@@ -239,8 +241,16 @@ class EDNNCalculator(Calculator):
         return self.get_property("tile_energies", atoms)
 
 
-def _resolve(model):
-    """An EDNN or a Potential from an instance, a ``.keras`` path or a shipped model name."""
+def refuse_settings(**given):
+    """ValueError naming the image settings in ``given`` that are not None: a Potential carries its own."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if given:
+        raise ValueError(f"a Potential carries its own image settings; got {given} as well")
+
+
+def resolve_model(model):
+    """An EDNN or a Potential from an instance (returned as is), a ``.keras`` path or a shipped model
+    name (ValueError naming the value when it is neither)."""
     if not isinstance(model, (str, os.PathLike)):
         return model
     if not os.path.isfile(os.fspath(model)):

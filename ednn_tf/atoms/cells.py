@@ -31,7 +31,7 @@ from numbers import Integral
 
 import numpy as np
 
-from ..util import check_choice, check_int, check_positive
+from ..util import check_choice, check_int, check_positive, check_positive_axes
 
 __all__ = ["DEFAULT_GAMMA", "DEFAULT_CUTOFF", "PAPER_PIXEL_SIZE", "truncation_error", "check_grid_shape",
            "cell_lengths", "atomic_numbers", "parse_structure", "channel_weights", "shape_for_cell",
@@ -211,19 +211,19 @@ def channel_weights(Z, channels):
 # --- grid helpers ---
 def shape_for_cell(cell, pixel_size: float = PAPER_PIXEL_SIZE, multiple_of: int = 1, ndim: int = 2):
     """Grid shape (tuple of ``ndim`` ints, 2 for images, 3 for volumes) giving about ``pixel_size`` A
-    per pixel over ``cell`` (lengths, an orthorhombic matrix in A, or an ``ase.Atoms``):
-    ``n = max(multiple_of, multiple_of * round(L / (pixel_size * multiple_of)))`` per axis, e.g.
-    ``(256, 246)`` for the 12.78 x 12.30 A 60-atom graphene cell at the default 0.05 A/px. Use
-    ``multiple_of`` (e.g. the EDNN focus size) to make each size divisible by a tile size."""
+    per pixel (one number, or one per axis) over ``cell`` (lengths, an orthorhombic matrix in A, or an
+    ``ase.Atoms``): ``n = max(multiple_of, multiple_of * round(L / (pixel_size * multiple_of)))`` per
+    axis, e.g. ``(256, 246)`` for the 12.78 x 12.30 A 60-atom graphene cell at the default 0.05 A/px.
+    Use ``multiple_of`` (e.g. the EDNN focus size) to make each size divisible by a tile size."""
     from ase import Atoms
 
     if isinstance(cell, Atoms):
         cell = cell.cell.array
-    pixel_size = check_positive("pixel_size", pixel_size)
-    m = check_int("multiple_of", multiple_of, 1)
     check_choice("ndim", ndim, (2, 3))
+    pixel = np.broadcast_to(check_positive_axes("pixel_size", pixel_size, ndim), (ndim,))
+    m = check_int("multiple_of", multiple_of, 1)
     lengths = cell_lengths(cell, ndim)
-    return tuple(max(m, m * int(round(L / (pixel_size * m)))) for L in lengths)
+    return tuple(max(m, m * int(round(L / (p * m)))) for L, p in zip(lengths, pixel))
 
 
 def grid_coordinates(cell, shape):

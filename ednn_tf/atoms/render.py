@@ -248,7 +248,8 @@ def render(atoms_or_positions, numbers=None, cell=None, shape=(256, 256), gamma:
     Returns ``(nx, ny, C)`` (``(nx, ny, nz, C)`` for 3D), ``C = 1`` (Z-weighted) or ``len(channels)``;
     ``img[ix, iy, c]`` is the value at ``x = ix Lx / nx``, ``y = iy Ly / ny`` (row = x).
     Raises ValueError (naming the value) for bad positions, an unknown element, a missing,
-    non-orthorhombic or non-positive cell, a grid size < 1, or a bad gamma / cutoff / dtype / method.
+    non-orthorhombic or non-positive cell, a grid size < 1, or a bad gamma / cutoff / dtype / method (also a
+    truncation window ``2 cutoff gamma`` narrower than a pixel, which would leave atoms unrendered).
     """
     shape = check_grid_shape(shape)
     ndim = len(shape)
@@ -259,6 +260,7 @@ def render(atoms_or_positions, numbers=None, cell=None, shape=(256, 256), gamma:
     positions, Z, lengths = parse_structure(atoms_or_positions, numbers, cell, ndim)
     weights, _ = channel_weights(Z, channels)
     R = cutoff * gamma
+    _check_window(R, lengths, shape, gamma, cutoff)
     prof = [_axis_profiles(positions[:, a], lengths[a], shape[a], gamma, R) for a in range(ndim)]
     out = _check_out(out, tuple(shape) + (weights.shape[1],), dt)
     if ndim == 2:
@@ -271,6 +273,17 @@ def render(atoms_or_positions, numbers=None, cell=None, shape=(256, 256), gamma:
         py = (prof[1][0][idx], prof[1][1][idx])
         _planes(weights[idx] * Gz[idx, k, None], px, py, out[:, :, k, :], method)
     return out
+
+
+def _check_window(R, lengths, shape, gamma, cutoff):
+    """ValueError when the truncation window ``2 R`` (``R = cutoff * gamma``, A) is narrower than a pixel
+    along some axis: an atom between two pixels would then render as nothing (a blank image)."""
+    for axis, (length, n) in enumerate(zip(lengths, shape)):
+        h = float(length) / n
+        if 2 * R < h:
+            raise ValueError(f"cutoff * gamma = {cutoff!r} * {gamma!r} A = {R:.4g} A is below half the pixel spacing "
+                             f"{h:.4g} A along axis {axis}: atoms between pixels would render as nothing; use "
+                             f"cutoff >= {h / (2 * gamma):.4g}, a wider gamma or more pixels")
 
 
 def _check_out(out, out_shape, dt):

@@ -321,14 +321,16 @@ def available_oracles() -> dict:
     return out
 
 
-def first_available(requested, fallbacks=("rebo", "tersoff-bnc", "gfn1-xtb", "lj")):
-    """``(oracle, note)``: ``requested`` if installed (note None), else the first installed of
-    ``fallbacks`` with a note saying so; RuntimeError when none is."""
+def first_available(requested, fallbacks=("rebo", "tersoff-bnc", "gfn1-xtb", "lj"), **settings):
+    """``(oracle, note)``: ``requested`` with ``settings`` if installed (note None), else the first
+    installed of ``fallbacks`` with its default settings and a note saying so; RuntimeError when none is."""
     avail = available_oracles()
     for name in (requested, *fallbacks):
         if avail.get(name):
-            note = None if name == requested else f"oracle {requested!r} is not installed; using {name!r} instead"
-            return get_oracle(name), note
+            if name == requested:
+                return get_oracle(name, **settings), None
+            dropped = f" (without the settings {settings})" if settings else ""
+            return get_oracle(name), f"oracle {requested!r} is not installed; using {name!r} instead{dropped}"
     raise RuntimeError(f"none of the oracles {[requested, *fallbacks]} is installed ({avail})")
 
 # re-exports (the labelling and checkpoint code lives in labelling.py, libraries in native.py)
