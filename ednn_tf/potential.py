@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from .model import load_ednn
-from .util import check_float, check_positive, check_positive_axes, to_jsonable
+from .util import check_float, check_model_file, check_positive, check_positive_axes, to_jsonable
 
 __all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card",
            "resolve_model_path", "MODELS_DIR"]
@@ -174,7 +174,7 @@ def load_potential(name_or_path):
     file that holds something else."""
     if isinstance(name_or_path, Potential):
         return name_or_path
-    path = resolve_model_path(name_or_path)
+    path = check_model_file(resolve_model_path(name_or_path))   # a truncated file says so
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for bad archives

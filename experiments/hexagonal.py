@@ -175,6 +175,8 @@ def _check(cfg, args):
     """SystemExit naming the values of the first check that fails."""
     n_test = cfg["n_structures"] - cfg["n_train"] - cfg["n_val"]
     sizes, counts, widths, f = cfg["transfer_sizes"], cfg["transfer_counts"], cfg["blur_widths"], cfg["focus"]
+    if f < 1 or cfg["context"] < 0:        # first: the checks below divide by the focus
+        raise SystemExit(f"need --focus >= 1 and --context >= 0, got --focus {f}, --context {cfg['context']}")
     for bad, msg in (
             (min(cfg["n_train"], cfg["n_val"], n_test) < 1, "need n_train, n_val >= 1 and n_structures > n_train + "
              f"n_val, got {cfg['n_structures']}, {cfg['n_train']}, {cfg['n_val']}"),

@@ -422,6 +422,7 @@ def test_tiny_rerun_resumes_from_cache(tiny_run):
     (["--transfer-sizes", "2"], "same length"),                   # counts do not match
     (["--sym-stride", "3"], "divide --focus 8"),                  # does not divide focus 8
     (["--oracle-setting", "supercell"], "KEY=VALUE"),
+    (["--focus", "0"], "need --focus >= 1 and --context >= 0, got --focus 0"),   # was a ZeroDivisionError
 ])
 def test_bad_arguments(argv, message, tmp_path):
     proc = _run(["--preset", "tiny", "--out", tmp_path / "out", *argv], ok=False)

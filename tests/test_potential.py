@@ -142,6 +142,10 @@ def test_bad_input_names_the_value(potential, tmp_path):
     EDNN(networks.ising_dense(3), 1, 1).save(other)
     with pytest.raises(ValueError, match="holds a EDNN, not an ednn_tf Potential"):
         load_potential(other)
+    truncated = tmp_path / "cut.keras"
+    truncated.write_bytes(other.read_bytes()[:3000])
+    with pytest.raises(ValueError, match=r"cut.keras' \(3000 bytes\) is not a complete .keras archive"):
+        load_potential(truncated)
     tile = Potential(EDNN(networks.paper_cnn(16, 3, width=0.125, dense=8), 8, 4), 0.3, channels=[5, 6, 7],
                      e0={5: 0.0, 6: 0.0, 7: 0.0})
     with pytest.raises(ValueError, match=r"needs a grid \(41, 43\).*multiples of 8"):
