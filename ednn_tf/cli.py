@@ -112,7 +112,7 @@ def _train(args):
                                  context=args.context, filters=args.filters, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                                  seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures),
-                                 augment=not args.no_augment)
+                                 augment=not args.no_augment, workdir=args.workdir)
     stem = os.path.splitext(args.out)[0]
     write_json_atomic(metrics, stem + ".metrics.json")
     val = metrics["val_indices"]
@@ -225,6 +225,8 @@ def _parser():
                    help="seeded random validation fraction, never trained on (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true", help="no mirror / x<->y augmentation")
+    p.add_argument("--workdir", default=None,
+                   help="training backup and log.csv (default OUT.train); a rerun with the same one resumes")
     p.set_defaults(run=_train)
     p = sub.add_parser("eval", help="errors of a model on labelled structures")
     p.add_argument("model")

@@ -154,6 +154,7 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     model.compile(optimizer=keras.optimizers.Adam(training.cosine_schedule(lr, epochs * len(batches))),
                   loss="mse" if forces is None else None)
     training.fit(model, batches.dataset(), epochs=epochs, workdir=workdir or f"{out}.train", progress=progress)
+    training.save_model_atomic(pot, out)   # first: the backup is gone once fit completes, whatever fails next
     val_rows = [structures[i] for i in val]
     metrics = {"n_train": len(train), "n_val": len(val), "split": f"data.split_indices(n, ({1 - val_fraction:g}, "
                f"{val_fraction:g}), seed={seed})", "val_indices": [int(i) for i in val],
