@@ -47,11 +47,15 @@ def parse_args(argv=None):
     ap.add_argument("--count-atoms", action="store_true", help="count atoms exactly (an extra pass over the sheet)")
     ap.add_argument("--map", action="store_true", help="write per-tile energies to <out>/tile_map_rank<r>.h5")
     ap.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads per rank (default: cores / ranks)")
+    ap.add_argument("--record", help="also write the run's record (atoms, tiles, wall, core-hours, RSS, energy, "
+                    "command) to this JSON file, e.g. docs/measurements/large_sheet_1um2.json")
     ap.add_argument("--out", default="results/large_sheet")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.pixels_per_cell < 1:
         raise SystemExit(f"--repeats and --pixels-per-cell must be >= 1, got {args.repeats}, {args.pixels_per_cell}")
+    if args.record and not os.path.isdir(os.path.dirname(os.path.abspath(args.record))):
+        raise SystemExit(f"--record: the folder of {args.record!r} does not exist")
     return args
 
 
@@ -85,6 +89,31 @@ def _map_writer(out, model, shape, rank, size):
     return fh, write_block
 
 
+def _command(size):
+    """The command line of this run, with the ``horovodrun`` prefix when it ran on several ranks."""
+    cmd = "python experiments/large_sheet.py " + " ".join(sys.argv[1:])
+    return f"horovodrun -np {size} -H localhost:{size} --gloo {cmd}" if size > 1 else cmd
+
+
+def _record(args, out, res, size, exact):
+    """The fields of the run's record (``docs/measurements/large_sheet_1um2.json``), energies in eV."""
+    H, W = out["image_px"]
+    return {
+        "atoms": out["atoms"] or out["atoms_estimate"], "atoms_exact": exact, "area_um2": out["area_um2"],
+        "image_px": [H, W], "pixel_size_A": out["pixel_size_A"], "tile_px": out["tile_px"],
+        "tiles_total": (H // out["focus"]) * (W // out["focus"]), "tiles_evaluated": res["n_tiles_all"],
+        "ranks": size, "threads_per_rank": out["threads_per_rank"], "cores": out["cores"],
+        "wall_s": out["wall_seconds"], "rank_seconds": out["rank_seconds"], "core_hours": out["core_hours"],
+        "peak_rss_mb_per_rank": out["peak_rss_mb_per_rank"], "energy_eV": out["total_energy"],
+        "energy_per_atom_eV": out["energy_per_atom"], "model": out["model"],
+        "paper": {"atoms": 35.2e6, "cores": 448, "wall_min": 24.7, "core_hours": 184},
+        "energy_note": ("a trained model's prediction" if args.model else
+                        "untrained paper CNN of fixed seed: exactly the paper CNN's cost, but the energy is only a "
+                        "checksum of the run, not a physical energy"),
+        "command": _command(size), "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
 def main(argv=None):
     args = parse_args(argv)
     from ednn_tf import distributed
@@ -94,9 +123,9 @@ def main(argv=None):
 
     distributed.init()
     rank, size, root = distributed.rank(), distributed.size(), distributed.is_root()
+    n_thr = args.threads or max(1, (os.cpu_count() or 1) // size)
     if args.threads or size > 1:   # ranks on one node share its cores instead of oversubscribing them
         import tensorflow as tf
-        n_thr = args.threads or max(1, (os.cpu_count() or 1) // size)
         tf.config.threading.set_intra_op_parallelism_threads(n_thr)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     sheet = PorousSheet((CELL[0] * args.repeats, CELL[1] * args.repeats), seed=args.seed)
@@ -137,10 +166,14 @@ def main(argv=None):
         "ranks": size, "wall_seconds": max(walls), "rank_seconds": walls, "atoms_per_s": n * frac / max(walls),
         "cores": os.cpu_count(), "core_hours": max(walls) * (os.cpu_count() or 1) / 3600,
         "peak_rss_mb_per_rank": peaks, "total_energy": res["total"],
-        "tile_cols_per_block": args.tile_cols_per_block,
+        "tile_cols_per_block": args.tile_cols_per_block, "pixel_size_A": sheet.Lx / H, "tile_px": model.tile_size,
+        "threads_per_rank": n_thr,
         "energy_per_atom": res["total"] / (n * frac), "seed": args.seed,
     }
+    out["record"] = _record(args, out, res, size, n_atoms is not None)
     write_json_atomic(out, os.path.join(args.out, "results.json"))
+    if args.record:
+        write_json_atomic(out["record"], args.record)
     what = "E" if frac == 1.0 else f"E(first {100 * frac:.2f} % of the sheet)"
     print(f"{what} = {res['total']:.6f} ({out['energy_per_atom']:.6f} per atom) in {out['wall_seconds']:.1f} s: "
           f"{out['atoms_per_s']:,.0f} atoms/s, peak RSS {max(peaks):.0f} MB/rank -> {args.out}/results.json")

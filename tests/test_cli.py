@@ -1,4 +1,6 @@
 """``ednn-tf`` command line and labelling with forces: numbers equal the oracle's, resume, bad input."""
+import os
+
 import ase.io
 import numpy as np
 import pytest
@@ -28,6 +30,43 @@ def test_label_structures_with_forces_resumes_and_matches_the_oracle(tmp_path):
     label_structures(cells[:1], lj, n_workers=1, checkpoint=only_e, progress=False)
     with pytest.raises(ValueError, match="energies only"):
         label_structures(cells[:1], lj, n_workers=1, checkpoint=only_e, progress=False, forces=True)
+
+
+def test_prepare_dataset_with_forces_stores_the_oracles_forces_in_hdf5_and_rerenders_them(tmp_path):
+    """HDF5 path: forces labelled with the energies, zero-padded in the file, equal to the oracle's,
+    read back per structure and by ``load_structures``; a re-render keeps them; resume relabels nothing."""
+    import h5py
+
+    from ednn_tf.atoms import datasets, structures
+    from ednn_tf.labels.labelling import prepare_dataset
+
+    lj = get_oracle("lj", sigma=1.3)
+    cfg = {"n_structures": 3, "seed": 5, "rattle": (0.05, 0.10), "grid": 16, "channels": None, "forces": True}
+    stem, path = prepare_dataset(cfg, lj, tmp_path, None, 0.2, workers=1, progress=False)
+    assert stem.endswith("_forces") and path.endswith("_forces_grid16.h5")
+    cells = structures.hexagonal_dataset(3, 5, rattle_range=(0.05, 0.10))
+    stored = datasets.load_forces(path)
+    with h5py.File(path) as fh:
+        assert fh["forces"].shape == (3, max(len(a) for a in cells), 3) and fh.attrs["forces_unit"] == "eV/A"
+        assert fh.attrs["oracle"] == "lj" and '"sigma": 1.3' in fh.attrs["oracle_settings"]
+        assert np.all(fh["forces"][1, len(cells[1]):] == 0)           # padding rows
+    for a, f, b in zip(cells, stored, datasets.load_structures(path)):
+        np.testing.assert_array_equal(f, lj.forces(a))
+        np.testing.assert_array_equal(b.get_forces(), f)
+        assert b.get_potential_energy() == lj.energy(a)
+    ck = read_checkpoint(f"{stem}.labels.npz")
+    assert all(np.array_equal(c, f) for c, f in zip(ck["forces"], stored))
+    cfg8 = dict(cfg, grid=8)                           # another grid: re-rendered, forces copied
+    _, path8 = prepare_dataset(cfg8, lj, tmp_path, None, 0.2, workers=1, progress=False)
+    assert h5py.File(path8, "r").attrs["rendered_from"] == os.path.basename(path)
+    assert all(np.array_equal(a, b) for a, b in zip(datasets.load_forces(path8), stored))
+    plain = dict(cfg, forces=False)                    # energy-only files keep their old names, no forces
+    _, path_e = prepare_dataset(plain, lj, tmp_path, None, 0.2, workers=1, progress=False)
+    assert "_forces" not in path_e and "forces" not in h5py.File(path_e, "r")
+    with pytest.raises(ValueError, match="no force labels"):
+        datasets.load_forces(path_e)
+    with pytest.raises(ValueError, match=r"structure 1: forces of shape \(2, 3\)"):
+        datasets.pack_structures(cells[:2], [lj.forces(cells[0]), np.zeros((2, 3))])
 
 
 def test_cli_label_writes_energies_and_forces_ase_reads_back(tmp_path):

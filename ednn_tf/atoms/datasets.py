@@ -29,15 +29,25 @@ def oracle_tag(oracle):
     return tag
 
 
-def pack_structures(structs):
-    """Per-sample arrays that rebuild the structures: zero-padded numbers/positions plus counts."""
+def pack_structures(structs, forces=None):
+    """Per-sample arrays that rebuild the structures: zero-padded numbers/positions plus counts; with
+    ``forces`` (one ``(N_i, 3)`` eV/A array per structure) also zero-padded ``forces``."""
     n_max = max(len(a) for a in structs)
     numbers = np.zeros((len(structs), n_max), np.int16)
     positions = np.zeros((len(structs), n_max, 3), np.float64)
+    padded = None if forces is None else np.zeros((len(structs), n_max, 3), np.float64)
+    if forces is not None and len(forces) != len(structs):
+        raise ValueError(f"{len(forces)} force arrays for {len(structs)} structures")
     for i, a in enumerate(structs):
         numbers[i, :len(a)] = a.numbers
         positions[i, :len(a)] = a.positions
+        if padded is not None:
+            f = np.asarray(forces[i], np.float64)
+            if f.shape != (len(a), 3):
+                raise ValueError(f"structure {i}: forces of shape {f.shape}, expected ({len(a)}, 3)")
+            padded[i, :len(a)] = f
     return dict(numbers=numbers, positions=positions, n_atoms=np.array([len(a) for a in structs], np.int32),
+                forces=padded,
                 cell=np.array([np.asarray(a.cell) for a in structs]),
                 pbc=np.array([a.pbc for a in structs]),
                 kind=np.array([a.info.get("kind", "") for a in structs], dtype=object),
@@ -45,29 +55,56 @@ def pack_structures(structs):
 
 
 def load_structures(path, indices=None):
-    """Rebuild the ase.Atoms of a data file written by ``build_dataset`` (rows ``indices``, sorted)."""
+    """Rebuild the ase.Atoms of a data file written by ``build_dataset`` (rows ``indices``, sorted).
+    A file with forces gives each structure a ``SinglePointCalculator`` with its energy (eV) and
+    forces (eV/A), so ``atoms.get_forces()`` returns the labels."""
+    import h5py
     from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
 
     from .. import data
 
-    arr = data.read_arrays(path, ["numbers", "positions", "n_atoms", "cell", "pbc", "info"], indices=indices)
+    with h5py.File(path, "r") as fh:
+        has_forces = "forces" in fh
+    names = ["numbers", "positions", "n_atoms", "cell", "pbc", "info"] + (["forces", "Y"] if has_forces else [])
+    arr = data.read_arrays(path, names, indices=indices)
     out = []
-    for z, pos, n, cell, pbc, info in zip(arr["numbers"], arr["positions"], arr["n_atoms"], arr["cell"],
-                                          arr["pbc"], arr["info"]):
+    for k, (z, pos, n, cell, pbc, info) in enumerate(zip(arr["numbers"], arr["positions"], arr["n_atoms"],
+                                                          arr["cell"], arr["pbc"], arr["info"])):
         a = Atoms(numbers=z[:n], positions=pos[:n], cell=cell, pbc=pbc)
         a.info.update(json.loads(info.decode() if isinstance(info, bytes) else info))
+        if has_forces:
+            a.calc = SinglePointCalculator(a, energy=float(arr["Y"][k, 0]), forces=arr["forces"][k, :n])
         out.append(a)
     return out
 
 
-def build_dataset(path, structs, energies, shape, gamma, attrs, progress, channels=None):
+def load_forces(path, indices=None):
+    """The force labels (eV/A) of a :func:`build_dataset` file, one ``(N_i, 3)`` array per sample of
+    ``indices`` (sorted; default all); ValueError naming the file if it was written without forces."""
+    import h5py
+
+    from .. import data
+
+    with h5py.File(path, "r") as fh:
+        if "forces" not in fh:
+            raise ValueError(f"{path} holds no force labels (written without forces=True); relabel with forces")
+    arr = data.read_arrays(path, ["forces", "n_atoms"], indices=indices)
+    return [f[:n] for f, n in zip(arr["forces"], arr["n_atoms"])]
+
+
+def build_dataset(path, structs, energies, shape, gamma, attrs, progress, channels=None, forces=None):
     """Render ``structs`` on ``shape`` (``gamma`` A; Z-weighted or one channel per element of
-    ``channels``) and write them with their ``energies`` (eV) and ``pack_structures`` to ``path``."""
+    ``channels``) and write them with their ``energies`` (eV), ``pack_structures`` and, if given,
+    ``forces`` (one ``(N_i, 3)`` eV/A array per structure, stored zero-padded) to ``path``."""
     from .. import data
     from . import render
 
+    packed = pack_structures(structs, forces)   # checks the forces' shapes before the (slow) render
     X = render.render_many(structs, shape=shape, progress=progress, gamma=gamma, channels=channels)
-    return data.write_dataset(path, X, energies, attrs=attrs, **pack_structures(structs))
+    if forces is not None:
+        attrs = {**attrs, "forces_unit": "eV/A", "forces": "zero-padded (N, n_max, 3); rows n_atoms.. are padding"}
+    return data.write_dataset(path, X, energies, attrs=attrs, **packed)
 
 
 def sibling_renders(stem):
@@ -88,14 +125,18 @@ def rerender_dataset(source, path, shape, gamma, channels, progress=False):
     from .. import data
     from . import render
 
+    import h5py
+
     structs = load_structures(source)
     energies = data.read_arrays(source, ["Y"])["Y"][:, 0]
+    with h5py.File(source, "r") as fh:
+        forces = load_forces(source) if "forces" in fh else None
     cell = structs[0].cell.lengths()[:2]
     attrs = {**data.read_attrs(source), "grid": list(shape), "gamma_A": gamma, "cutoff_gamma": render.DEFAULT_CUTOFF,
              "pixel_size_A": [cell[0] / shape[0], cell[1] / shape[1]],
              "channels": "Z-weighted" if channels is None else list(channels),
              "rendered_from": os.path.basename(source)}
-    return build_dataset(path, structs, energies, shape, gamma, attrs, progress, channels=channels)
+    return build_dataset(path, structs, energies, shape, gamma, attrs, progress, channels=channels, forces=forces)
 
 
 def ideal_cell(base):
@@ -154,7 +195,8 @@ def dataset_paths(data_dir, tag, cfg):
     """``(stem, path)``: the labelled cells' file stem and the data file of ``cfg``'s grid and channels."""
     rattle = tuple(float(r) for r in cfg["rattle"])
     rtag = "" if rattle == DEFAULT_RATTLE else f"_rattle{rattle[0]:g}-{rattle[1]:g}"
-    stem = os.path.join(data_dir, f"hexagonal_{tag}_n{cfg['n_structures']}_seed{cfg['seed']}{rtag}")
+    ftag = "_forces" if cfg.get("forces") else ""
+    stem = os.path.join(data_dir, f"hexagonal_{tag}_n{cfg['n_structures']}_seed{cfg['seed']}{rtag}{ftag}")
     return stem, f"{stem}_grid{cfg['grid']}{'_elements' if cfg['channels'] == 'element' else ''}.h5"
 
 
@@ -220,16 +262,16 @@ def reference_baselines(path, table, train_idx, test_idx):
 
 def training_data(path, train_idx, val_idx, batch_size, seed, augment):
     """``(x, None, {"validation_data": ...})`` for ``training.train_or_reuse``: with TensorFlow a
-    streamed, shuffled ``tf.data`` pipeline (``data.periodic_augment`` with ``augment``), on other
-    Keras backends in-memory ``data.ArrayBatches``; validation batches of 64."""
+    streamed, shuffled ``tf.data`` pipeline (``data.periodic_augment`` with ``augment``, keyed on
+    ``(seed, epoch, batch)``), on other Keras backends in-memory ``data.ArrayBatches``; validation
+    batches of 64. Either resumes exactly (``training.fit`` sets the epoch)."""
     import keras
 
     from .. import data
 
     if keras.backend.backend() == "tensorflow":
-        ds = data.h5_dataset(path, batch_size=batch_size, indices=train_idx, shuffle=True, seed=seed)
-        if augment:
-            ds = ds.map(lambda x, y: data.periodic_augment(x, y, seed))
+        ds = data.h5_dataset(path, batch_size=batch_size, indices=train_idx, shuffle=True, seed=seed,
+                             augment=data.periodic_augment if augment else None)
         return ds, None, {"validation_data": data.h5_dataset(path, batch_size=64, indices=val_idx)}
     tr = data.read_arrays(path, ["X", "Y"], indices=train_idx)
     ds = data.ArrayBatches.make(tr["X"], tr["Y"], batch_size, seed=seed, augment=augment, workers=4)

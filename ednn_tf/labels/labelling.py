@@ -204,7 +204,9 @@ def label_timed(structs, oracle, path, progress=True, desc="labelling"):
 def prepare_dataset(cfg, oracle, data_dir, channels, gamma, workers=2, threads=1, progress=True):
     """``(stem, path)`` of the data file of ``cfg`` (``n_structures``, ``seed``, ``rattle``, ``grid``): existing,
     re-rendered from a sibling render of the same labelled cells, or generated (``hexagonal_dataset``),
-    labelled (resumable ``<stem>.labels.npz``) and rendered with ``gamma`` (A) and ``channels``."""
+    labelled (resumable ``<stem>.labels.npz``) and rendered with ``gamma`` (A) and ``channels``.
+    With ``cfg["forces"]`` true the oracle's forces (eV/A) are labelled too, kept in the checkpoint and
+    stored in the file (``datasets.load_forces``); such files have their own stem (``..._forces``)."""
     from ..atoms import datasets, render, structures
 
     N, seed, n = cfg["n_structures"], cfg["seed"], cfg["grid"]
@@ -220,8 +222,10 @@ def prepare_dataset(cfg, oracle, data_dir, channels, gamma, workers=2, threads=1
     t0 = time.time()
     structs = structures.hexagonal_dataset(N, seed, rattle_range=rattle)
     t1 = time.time()
-    energies = label_structures(structs, oracle, n_workers=workers, checkpoint=f"{stem}.labels.npz",
-                                progress=progress, threads_per_worker=threads)
+    with_forces = bool(cfg.get("forces", False))
+    labels = label_structures(structs, oracle, n_workers=workers, checkpoint=f"{stem}.labels.npz",
+                              progress=progress, threads_per_worker=threads, forces=with_forces)
+    energies, forces = labels if with_forces else (labels, None)
     t2 = time.time()
     cell = structs[0].cell.lengths()[:2]
     attrs = {**oracle.attrs(), "unit": "eV", "generator": "ednn_tf.atoms.structures.hexagonal_dataset",
@@ -230,6 +234,6 @@ def prepare_dataset(cfg, oracle, data_dir, channels, gamma, workers=2, threads=1
              "cell_A": cell.tolist(), "channels": "Z-weighted" if channels is None else channels,
              "image": "eqn (2): sum_i Z_i exp(-r^2 / 2 gamma^2) (or one channel per element, weight 1), row = x",
              "labelling_seconds": t2 - t1}
-    datasets.build_dataset(path, structs, energies, (n, n), gamma, attrs, progress, channels=channels)
+    datasets.build_dataset(path, structs, energies, (n, n), gamma, attrs, progress, channels=channels, forces=forces)
     print(f"  labelled in {t2 - t1:.0f} s, total {time.time() - t0:.0f} s")
     return stem, path
