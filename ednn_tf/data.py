@@ -23,7 +23,7 @@ import numpy as np
 from .util import ArgumentError, atomic_path, attr_value, check_finite_array, check_int
 
 __all__ = ["write_dataset", "read_attrs", "read_arrays", "dataset_length", "h5_dataset", "split_indices",
-           "periodic_augment", "augment_symmetries"]
+           "batch_key", "periodic_augment", "augment_symmetries"]
 
 
 def write_dataset(path, X, Y, attrs: Mapping | None = None, **extra_arrays) -> str:
@@ -190,7 +190,7 @@ def split_indices(n: int, fractions=(0.8, 0.2), seed: int = 0, groups=None):
 
 
 def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False, seed: int = 0,
-               x_dtype="float32", repeat: bool = False, drop_remainder: bool = False):
+               x_dtype="float32", repeat: bool = False, drop_remainder: bool = False, augment=None):
     """Stream ``(X, Y)`` batches from an HDF5 file as a ``tf.data.Dataset``, one batch in memory at a time.
 
     Without ``shuffle`` batches are contiguous runs of the sorted ``indices`` (default all rows), one
@@ -198,7 +198,10 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     epoch)``) and each batch reads its rows in sorted order. The returned dataset has ``set_epoch(e)``:
     the next pass draws epoch ``e``'s order (``training.fit`` calls it on resume, so an interrupted
     run continues the sequence an uninterrupted one draws; exact with ``repeat=False``, one pass per
-    Keras epoch). Raises FileNotFoundError (missing file),
+    Keras epoch). ``augment``: None, or a function ``augment(x, y, key) -> (x, y)`` of TensorFlow
+    ops mapped over the batches (``periodic_augment``, ``augment_symmetries``), ``key`` =
+    ``batch_key(seed, epoch, b)`` for batch ``b`` of the pass's epoch: its draws depend on nothing
+    else, so a resumed run augments as an uninterrupted one does. Raises FileNotFoundError (missing file),
     KeyError (no ``X``/``Y``), ValueError (mismatched lengths, wrong rank, corrupt file, bad batch size).
     """
     import tensorflow as tf
@@ -211,9 +214,12 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
     idx = np.arange(n) if indices is None else _check_indices(indices, n, path)
     n_batches = len(idx) // batch_size if drop_remainder else -(-len(idx) // batch_size)
     epoch = [0]
+    if augment is not None and not callable(augment):
+        raise ArgumentError(f"augment must be None or a function (x, y, key) -> (x, y), got augment={augment!r}")
 
     def gen():
-        rng = np.random.default_rng([seed, epoch[0]])
+        e = epoch[0]
+        rng = np.random.default_rng([seed, e])
         epoch[0] += 1
         order = rng.permutation(idx) if shuffle else idx
         with h5py.File(path, "r") as fh:
@@ -229,12 +235,17 @@ def h5_dataset(path, batch_size: int = 256, indices=None, shuffle: bool = False,
                     inv = np.empty_like(srt)
                     inv[srt] = np.arange(len(srt))
                     xb, yb = xb[inv], yb[inv]
-                yield xb.astype(x_dtype, copy=False), yb.astype("float32", copy=False)
+                out = xb.astype(x_dtype, copy=False), yb.astype("float32", copy=False)
+                yield out if augment is None else out + (np.int64(e), np.int64(b))
 
     bdim = batch_size if drop_remainder else None
     signature = (tf.TensorSpec((bdim,) + tuple(x_shape), tf.as_dtype(x_dtype)), tf.TensorSpec((bdim, 1), tf.float32))
+    if augment is not None:   # the (epoch, batch) of each batch travel with it to the augmentation
+        signature += (tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64))
     ds = tf.data.Dataset.from_generator(gen, output_signature=signature)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
+    if augment is not None:
+        ds = ds.map(lambda x, y, e, b: augment(x, y, batch_key(seed, e, b)))
     if repeat:
         ds = ds.repeat()
     ds = ds.prefetch(2)
@@ -318,41 +329,61 @@ class ArrayBatches:
         return _Batches()
 
 
-def periodic_augment(x, y, seed=0):
-    """Random whole-pixel periodic translation and mirror along each image axis of a ``(B, H, W, C)``
-    tensor, per sample (one gather per axis). Both are exact symmetries of a labelled periodic cell
-    (the image of the moved structure, same energy), so ``y`` is passed through."""
+def batch_key(seed, epoch, batch):
+    """The stateless random key of batch ``batch`` in epoch ``epoch`` of a stream seeded ``seed``: a
+    ``(2,)`` int64 tensor for ``tf.random.stateless_*`` (``alg="philox"``), ``seed`` folded with
+    ``epoch`` then ``batch`` (``tf.random.experimental.stateless_fold_in``). The same three integers
+    always give the same key, whatever ran before (no global or op random state); ``h5_dataset``
+    passes it to its ``augment``. ``epoch`` and ``batch`` may be scalar tensors."""
     import tensorflow as tf
 
+    fold = tf.random.experimental.stateless_fold_in
+    key = tf.stack([tf.constant(int(seed), tf.int64), tf.constant(0x5EED, tf.int64)])
+    key = fold(key, tf.cast(epoch, tf.int64), alg="philox")
+    return fold(key, tf.cast(batch, tf.int64), alg="philox")
+
+
+def _keys(key, n):
+    """``n`` independent stateless keys from ``key`` (a ``batch_key``)."""
+    import tensorflow as tf
+
+    return tf.unstack(tf.random.experimental.stateless_split(tf.cast(key, tf.int64), num=n, alg="philox"))
+
+
+def periodic_augment(x, y, key):
+    """Random whole-pixel periodic translation and mirror along each image axis of a ``(B, H, W, C)``
+    tensor, per sample (one gather per axis). Both are exact symmetries of a labelled periodic cell
+    (the image of the moved structure, same energy), so ``y`` is passed through. The draws are
+    stateless, from ``key`` alone (a ``(2,)`` integer tensor: ``batch_key(seed, epoch, batch)``; for
+    ``h5_dataset(augment=periodic_augment)``)."""
+    import tensorflow as tf
+
+    keys = _keys(key, 4)
     out = x
-    for axis in (1, 2):
+    b = tf.shape(x)[0]
+    for k, axis in enumerate((1, 2)):
         n = tf.shape(x)[axis]
-        b = tf.shape(x)[0]
-        shift = tf.random.uniform((b, 1), 0, n, dtype=tf.int32, seed=seed + axis)
-        sign = 2 * tf.random.uniform((b, 1), 0, 2, dtype=tf.int32, seed=seed + 10 + axis) - 1
+        shift = tf.random.stateless_uniform((b, 1), keys[2 * k], 0, n, dtype=tf.int32, alg="philox")
+        sign = 2 * tf.random.stateless_uniform((b, 1), keys[2 * k + 1], 0, 2, dtype=tf.int32, alg="philox") - 1
         idx = tf.math.floormod(sign * tf.range(n)[None, :] + shift, n)
         out = tf.gather(out, idx, axis=axis, batch_dims=1)
     return out, y
 
 
-def augment_symmetries(ds, seed):
-    """Map a ``(X, Y)`` batch dataset through exact symmetries of a periodic cell's energy: one random
-    periodic shift for the whole batch (a different cut into tiles) and per-sample mirror flips along
-    x and y (reversing a grid axis images ``x -> (n - 1) L / n - x``); ``Y`` is unchanged. Unlike
-    ``periodic_augment`` the numbers come from one ``tf.random.Generator`` seeded ``seed + 17`` (a
-    resumed run draws new ones); the porous-graphene figures were trained with this stream.
+def augment_symmetries(x, y, key):
+    """Exact symmetries of a periodic cell's energy for one ``(X, Y)`` batch: one random periodic shift
+    for the whole batch (a different cut into tiles) and per-sample mirror flips along x and y
+    (reversing a grid axis images ``x -> (n - 1) L / n - x``); ``Y`` is unchanged. The draws are
+    stateless, from ``key`` alone (``batch_key(seed, epoch, batch)``; for
+    ``h5_dataset(augment=augment_symmetries)``), so a resumed run draws what an uninterrupted one does.
     """
     import tensorflow as tf
 
-    gen = tf.random.Generator.from_seed(int(seed) + 17)
-
-    def aug(x, y):
-        shape = tf.shape(x)
-        shift = gen.uniform([2], 0, 2 ** 30, dtype=tf.int32) % shape[1:3]
-        x = tf.roll(x, shift=shift, axis=[1, 2])
-        flips = gen.uniform([shape[0], 2], 0, 2, dtype=tf.int32) > 0
-        x = tf.where(flips[:, 0, None, None, None], tf.reverse(x, axis=[1]), x)
-        x = tf.where(flips[:, 1, None, None, None], tf.reverse(x, axis=[2]), x)
-        return x, y
-
-    return ds.map(aug, num_parallel_calls=1)
+    k_shift, k_flip = _keys(key, 2)
+    shape = tf.shape(x)
+    shift = tf.random.stateless_uniform([2], k_shift, 0, 2 ** 30, dtype=tf.int32, alg="philox") % shape[1:3]
+    x = tf.roll(x, shift=shift, axis=[1, 2])
+    flips = tf.random.stateless_uniform([shape[0], 2], k_flip, 0, 2, dtype=tf.int32, alg="philox") > 0
+    x = tf.where(flips[:, 0, None, None, None], tf.reverse(x, axis=[1]), x)
+    x = tf.where(flips[:, 1, None, None, None], tf.reverse(x, axis=[2]), x)
+    return x, y

@@ -180,9 +180,10 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
     ``x``, ``y``, ``batch_size``, ``validation_data`` as for ``model.fit`` (``x`` may be a ``tf.data``
     dataset or a ``PyDataset`` such as ``data.ArrayBatches``). A rerun continues after the last
     completed of ``epochs`` (weights and optimiser state from the backup); ``ArrayBatches`` and
-    ``data.h5_dataset`` also continue their order (and augmentation) with ``set_epoch``: bit-identical
-    to an uninterrupted run; a ``tf.data`` pipeline mapped further (``data.augment_symmetries``,
-    ``data.periodic_augment``) restarts those random streams. ``workdir`` holds the backup (removed once
+    ``data.h5_dataset`` (with its ``augment``, keyed on ``(seed, epoch, batch)``) also continue their
+    order and augmentation with ``set_epoch``: bit-identical to an uninterrupted run. A ``tf.data``
+    pipeline with its own random ops (``Dataset.shuffle``, op-seeded ``tf.random``) restarts those
+    streams instead. ``workdir`` holds the backup (removed once
     training completes) and ``log.csv``. Only Horovod ``rank`` 0 logs and shows the bar
     (``progress``); each rank keeps its own backup (``backup``, ``backup-rank<r>``).
 

@@ -185,9 +185,8 @@ def train(args, cfg, path, split, base, progress):
     seed = cfg["seed"]
 
     def dataset():
-        ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=seed)
-        if cfg["augment"]:
-            ds = data.augment_symmetries(ds, seed)
+        ds = data.h5_dataset(path, batch_size=cfg["batch_size"], indices=train_idx, shuffle=True, seed=seed,
+                             augment=data.augment_symmetries if cfg["augment"] else None)   # keyed (seed, epoch, batch)
         val = data.h5_dataset(path, batch_size=64, indices=val_idx) if len(val_idx) else None
         return ds, None, {"validation_data": val}
 

@@ -1,0 +1,111 @@
+"""Issue 16, item 7 on the augmented ``tf.data`` path: the augmentation draws of ``data.h5_dataset(augment=...)``
+(``data.periodic_augment``, ``data.augment_symmetries``) are stateless, keyed on (seed, epoch, batch), so a
+training run interrupted after an epoch and rerun with the same workdir ends with the weights of an
+uninterrupted run, bit for bit."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import Interrupt, stop_after
+from ednn_tf import EDNN, data, networks, training
+
+AUGMENTS = {"periodic_augment": data.periodic_augment, "augment_symmetries": data.augment_symmetries}
+
+
+def _model():
+    keras.utils.set_random_seed(3)
+    model = EDNN(networks.ising_dense(4, channels=1, seed=3), focus=2, context=1)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
+    return model
+
+
+def _file(tmp_path, n=40, size=6):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, size, size, 1)).astype("float32")
+    y = np.sum(x[:, :2, :3] ** 2, axis=(1, 2, 3))      # not symmetric: augmentation changes the gradients
+    path = tmp_path / "d.h5"
+    data.write_dataset(path, x, y)
+    return path
+
+
+def _weights(model):
+    return [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+
+
+def _batches(ds):
+    return [tuple(np.asarray(t) for t in b) for b in ds]
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTS))
+def test_augmentation_draw_depends_only_on_seed_epoch_and_batch(name):
+    augment = AUGMENTS[name]
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(16, 6, 6, 1)).astype("float32"))
+    y = tf.constant(rng.normal(size=(16, 1)).astype("float32"))
+    key = data.batch_key(5, 2, 3)
+    first = augment(x, y, key)[0].numpy()
+    tf.random.set_seed(123)                                  # global and op random state: no effect
+    tf.random.uniform((7,))
+    keras.utils.set_random_seed(9)
+    np.testing.assert_array_equal(augment(x, y, data.batch_key(5, 2, 3))[0].numpy(), first)
+    np.testing.assert_array_equal(tf.function(augment)(x, y, key)[0].numpy(), first)
+    np.testing.assert_array_equal(augment(x, y, key)[1].numpy(), y.numpy())   # labels unchanged
+    assert not np.array_equal(first, x.numpy())
+    others = [data.batch_key(6, 2, 3), data.batch_key(5, 3, 3), data.batch_key(5, 2, 4), data.batch_key(5, 3, 2)]
+    for k in others:                                         # each of seed, epoch, batch changes the draw
+        assert not np.array_equal(augment(x, y, k)[0].numpy(), first), k.numpy()
+    assert len({tuple(data.batch_key(s, e, b).numpy()) for s in range(3) for e in range(3) for b in range(3)}) == 27
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTS))
+def test_h5_dataset_augments_batch_b_of_epoch_e_with_its_key(tmp_path, name):
+    """Each batch the stream gives is ``augment(raw batch, y, batch_key(seed, epoch, b))``, whether the
+    epoch is reached by iterating or set by ``set_epoch`` (as ``training.fit`` does on resume)."""
+    augment, path = AUGMENTS[name], _file(tmp_path)
+    kw = dict(batch_size=8, shuffle=True, seed=4, drop_remainder=True)
+    raw, aug = data.h5_dataset(path, **kw), data.h5_dataset(path, augment=augment, **kw)
+    passes = [_batches(aug) for _ in range(3)]               # epochs 0, 1, 2
+    raw.set_epoch(2)
+    for b, (xb, yb) in enumerate(_batches(raw)):
+        want = augment(tf.constant(xb), tf.constant(yb), data.batch_key(4, 2, b))
+        np.testing.assert_array_equal(passes[2][b][0], want[0].numpy())
+        np.testing.assert_array_equal(passes[2][b][1], yb)
+        assert not np.array_equal(passes[2][b][0], xb)
+    again = data.h5_dataset(path, augment=augment, **kw)
+    again.set_epoch(1)
+    for a, b in zip(_batches(again), passes[1]):
+        np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(passes[0][0][0], passes[1][0][0])
+    with pytest.raises(ValueError, match=r"augment must be None or a function \(x, y, key\) -> \(x, y\), "
+                                         r"got augment='periodic'"):
+        data.h5_dataset(path, augment="periodic")
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTS))
+def test_interrupted_augmented_training_resumes_bit_identically(tmp_path, name):
+    """Killed after epoch 1 of 4 (a callback raises after that epoch's backup), then rerun with the same
+    workdir: the weights equal an uninterrupted run's. Without ``set_epoch`` (the old behaviour: the
+    stream restarts at epoch 0) they do not, so the equality is not trivial."""
+    augment, path = AUGMENTS[name], _file(tmp_path)
+
+    def stream():
+        return data.h5_dataset(path, batch_size=8, shuffle=True, seed=2, drop_remainder=True, augment=augment)
+
+    straight = _model()
+    training.fit(straight, stream(), epochs=4, workdir=str(tmp_path / "a"), progress=False)
+    plain = _model()
+    training.fit(plain, data.h5_dataset(path, batch_size=8, shuffle=True, seed=2, drop_remainder=True), epochs=4,
+                 workdir=str(tmp_path / "p"), progress=False)
+    assert any(not np.array_equal(a, b) for a, b in zip(_weights(straight), _weights(plain)))   # augmentation acts
+    for workdir, resume_epoch in (("b", True), ("c", False)):
+        with pytest.raises(Interrupt):
+            training.fit(_model(), stream(), epochs=4, workdir=str(tmp_path / workdir), progress=False,
+                         callbacks=[stop_after(1)])
+        ds = stream()
+        if not resume_epoch:
+            ds.set_epoch = lambda e: None
+        again = _model()
+        assert training.fit(again, ds, epochs=4, workdir=str(tmp_path / workdir), progress=False).epoch == [2, 3]
+        same = all(np.array_equal(a, b) for a, b in zip(_weights(straight), _weights(again)))
+        assert same == resume_epoch, workdir
