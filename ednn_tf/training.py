@@ -11,7 +11,7 @@ import keras
 from .util import ArgumentError, atomic_path, check_model_file
 
 __all__ = ["EpochProgress", "fit", "save_model_atomic", "cosine_schedule", "train_or_reuse", "read_log",
-           "check_backup", "backup_dir"]
+           "check_backup", "backup_dir", "recover_backup"]
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -56,16 +56,73 @@ class _FiniteLoss(keras.callbacks.Callback):
 
 
 class _Backup(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` whose restore failures (a truncated or corrupt weights file, one from another
-    model) raise ValueError naming the backup and what to do."""
+    """``BackupAndRestore`` whose backups are replaced whole, and whose restore failures (a truncated or
+    corrupt weights file, one from another model) raise ValueError naming the backup and what to do.
+
+    Keras writes ``latest.weights.h5`` and then ``training_metadata.json`` in place, so a kill between
+    the two (or during either) leaves weights and epoch that disagree, and a resume then repeats an
+    epoch on the wrong weights. Here each backup is written into ``<backup>.tmp-<pid>`` and swapped in
+    by two renames (``<backup>`` -> ``<backup>.old``, the new folder -> ``<backup>``); ``recover_backup``
+    undoes a swap cut short, so a kill at any point leaves the previous or the new backup whole. The
+    finished run's backup is renamed away before it is removed, for the same reason.
+    """
 
     def on_train_begin(self, logs=None):
+        recover_backup(self.backup_dir)
         try:
             super().on_train_begin(logs)
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"corrupt training backup {os.path.join(self.backup_dir, 'latest.weights.h5')!r} "
                              f"({type(exc).__name__}: {exc}); delete {self.backup_dir!r} to restart training from "
                              f"epoch 0") from exc
+
+    def _save_model(self):
+        import json
+        import shutil
+
+        tmp, old = f"{self.backup_dir}.tmp-{os.getpid()}", f"{self.backup_dir}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self.model.save_weights(filepath=os.path.join(tmp, "latest.weights.h5"), overwrite=True)
+        with open(os.path.join(tmp, "training_metadata.json"), "w") as fh:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, fh)
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(self.backup_dir):
+            os.rename(self.backup_dir, old)
+        os.rename(tmp, self.backup_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        import shutil
+
+        if self.delete_checkpoint and os.path.exists(self.backup_dir):
+            done = f"{self.backup_dir}.done-{os.getpid()}"
+            os.rename(self.backup_dir, done)   # a kill while removing it leaves no partial backup
+            shutil.rmtree(done, ignore_errors=True)
+
+
+def recover_backup(backup):
+    """Put the backup folder ``backup`` of ``fit`` in a whole state after a kill: a swap cut short
+    (``<backup>`` missing, ``<backup>.old`` present) is undone, and what a killed process left
+    (``<backup>.old`` beside a whole backup, ``<backup>.tmp-<pid>`` of a process no longer running,
+    ``<backup>.done-<pid>``) is removed. Returns ``backup``."""
+    import glob
+    import shutil
+
+    from .util import _pid_running
+
+    old = f"{backup}.old"
+    if os.path.isdir(old):
+        if os.path.exists(os.path.join(backup, "training_metadata.json")):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.rmtree(backup, ignore_errors=True)
+            os.rename(old, backup)
+    for path in glob.glob(glob.escape(backup) + ".tmp-*") + glob.glob(glob.escape(backup) + ".done-*"):
+        pid = path.rsplit("-", 1)[1]
+        if pid.isdigit() and (path.endswith(f".done-{pid}") or not _pid_running(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+    return backup
 
 
 def save_model_atomic(model, path):
@@ -137,7 +194,7 @@ def check_backup(backup, epochs):
     ArgumentError when it already holds more than ``epochs`` (a rerun with fewer epochs than the
     interrupted run), ValueError for unreadable metadata; both name the folder and what to do. Called
     by ``fit``, and by scripts before any work."""
-    done = _backed_up_epoch(backup)
+    done = _backed_up_epoch(recover_backup(backup))
     if done > epochs:
         raise ArgumentError(f"the training backup {backup!r} is at epoch {done}, past epochs={epochs}: rerun with "
                             f"epochs >= {done} to finish the run it belongs to, or delete {backup!r} to train "

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 __all__ = ["ArgumentError", "check_int", "check_float", "check_positive", "check_positive_axes", "check_bool",
-           "check_choice", "check_finite_array", "check_model_file", "argument_errors", "atomic_path", "remove_stale_temps",
+           "check_choice", "check_batch_size", "check_finite_array", "check_model_file", "argument_errors", "atomic_path", "remove_stale_temps",
            "write_json_atomic", "to_jsonable", "attr_value", "lazy_exports"]
 
 
@@ -80,6 +80,17 @@ def check_choice(name, value, choices):
     """``value`` if it is one of ``choices``."""
     if value not in choices:
         raise ArgumentError(f"{name} must be one of {sorted(choices, key=str)}, got {name}={value!r}")
+    return value
+
+
+def check_batch_size(name, value, n, what):
+    """``int(value)`` for a batch size in ``1..n``, ``n`` the training samples (``what`` says where that
+    number comes from, e.g. ``"--n-train"``). A larger batch is refused, not clamped: batches are whole
+    (a larger one gives no training step, or one smaller batch than asked for), and clamping would
+    quietly change the experiment (its steps and the noise of each step)."""
+    value = check_int(name, value)
+    if not 1 <= value <= n:
+        raise ArgumentError(f"{name} must be in 1..{n} (no larger than the training set: {what}), got {name}={value}")
     return value
 
 

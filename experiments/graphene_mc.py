@@ -33,6 +33,8 @@ from ednn_tf.apply.runs import script_environment  # noqa: E402
 REPO = script_environment(__name__ == "__main__")   # before numpy: single-threaded BLAS/OpenMP (render, tblite)
 import numpy as np  # noqa: E402
 
+from ednn_tf.util import ArgumentError, argument_errors, check_float, check_int  # noqa: E402
+
 PAPER_SECONDS = {"ednn_per_energy": 0.39, "dft_per_energy": 9.9}
 
 PRESETS = {
@@ -64,9 +66,7 @@ DEMO_KEYS = ("n_train", "n_val", "pixel_size", "gamma", "context", "filters", "e
 DEFAULT_REPEAT = (5, 3)
 
 
-def parse_args(argv=None):
-    from ednn_tf.cli import parse_setting
-
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     ap.add_argument("--model", help="a Potential: shipped model name (ednn-tf models, e.g. hexagonal-gfn1) or "
@@ -84,23 +84,55 @@ def parse_args(argv=None):
         ap.add_argument("--" + key.replace("_", "-"), type=int, help="override the preset")
     ap.add_argument("--workers", type=int, default=1, help="labelling processes (demo training)")
     ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def parse_args(argv=None):
+    """``(args, cfg)``: the preset of ``--preset`` with the options given, checked before any work: a
+    bad value ends the script with one line naming it and the allowed range, exit status 2 (the
+    checks that need ``--model``'s file run at the start of ``main``, also before any work)."""
+    ap = _parser()
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     cfg.update({key: getattr(args, key) for key in OVERRIDES if getattr(args, key) is not None})
+    args.out = args.out or os.path.join(REPO, "results", f"graphene-mc-{args.preset}")
+    with argument_errors(ap):
+        _check(cfg, args)
+    args.repeat = tuple(args.repeat)
+    return args, cfg
+
+
+def _check(cfg, args):
+    """ArgumentError naming the first bad value (option and allowed range); sets ``args.oracle_settings``."""
+    from ednn_tf.cli import parse_setting
+    from ednn_tf.labels import oracles
+
     try:
         args.oracle_settings = dict(map(parse_setting, args.oracle_setting))
     except ValueError as exc:
-        raise SystemExit(f"--oracle-setting: {exc}") from None
-    if args.temperature <= 0:
-        raise SystemExit(f"--temperature must be > 0 K, got {args.temperature}")
-    if min(args.repeat) < 1:
-        raise SystemExit(f"--repeat needs two integers >= 1, got {args.repeat}")
-    if cfg["md_steps"] <= cfg["md_equil"] or cfg["md_every"] < 1 or cfg["mc_sweeps"] < cfg["mc_every"]:
-        raise SystemExit(f"need md_steps > md_equil ({cfg['md_equil']}), md_every >= 1 and "
-                         f"mc_sweeps >= {cfg['mc_every']}")
-    args.repeat = tuple(args.repeat)
-    args.out = args.out or os.path.join(REPO, "results", f"graphene-mc-{args.preset}")
-    return args, cfg
+        raise ArgumentError(f"--oracle-setting: {exc}") from None
+    check_float("--temperature", args.temperature, minimum=0, strict=True)
+    for n in args.repeat:
+        check_int("--repeat", n, minimum=1)
+    check_int("--seed", args.seed, minimum=0)
+    check_int("--workers", args.workers, minimum=1)
+    for key in ("md_steps", "md_every", "mc_sweeps", "mc_every", "epochs", "n_train"):
+        check_int("--" + key.replace("_", "-"), cfg[key], minimum=1)
+    check_int("--md-equil", cfg["md_equil"], minimum=0)
+    if cfg["md_steps"] <= cfg["md_equil"]:
+        raise ArgumentError(f"--md-steps must be > --md-equil = {cfg['md_equil']}, got --md-steps={cfg['md_steps']}")
+    if cfg["mc_sweeps"] < cfg["mc_every"]:
+        raise ArgumentError(f"--mc-sweeps must be >= {cfg['mc_every']} (the preset's sweeps between samples), got "
+                            f"--mc-sweeps={cfg['mc_sweeps']}")
+    if args.model is None:   # the demo potential is trained here
+        if cfg["batch_size"] > cfg["n_train"]:
+            raise ArgumentError(f"--n-train must be >= {cfg['batch_size']} (the preset's batch size: a batch is "
+                                f"never larger than the training set), got --n-train={cfg['n_train']}")
+    if args.oracle is not None:
+        try:
+            oracles.get_oracle(args.oracle, **args.oracle_settings)
+        except ValueError as exc:
+            raise ArgumentError(f"--oracle {args.oracle} with --oracle-setting {args.oracle_settings}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,27 +344,29 @@ def main(argv=None):
     from ednn_tf.util import write_json_atomic
 
     progress = not args.no_progress
-    os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
     T = float(args.temperature)
     notes = []
     keras.utils.set_random_seed(args.seed)
     atoms0 = graphene_sheet(args.seed, args.repeat)
-    try:
-        pot = load_potential(args.model) if args.model else None
-    except ValueError as exc:
-        raise SystemExit(f"--model: {exc}") from None
-    requested = args.oracle or (pot.card.get("oracle") if pot is not None else None) or cfg["oracle"]
-    try:
-        oracle, note = oracles.first_available(requested, **args.oracle_settings)
-    except ValueError as exc:
-        raise SystemExit(f"--oracle-setting: {exc}") from None
-    notes += [note] if note else []
-    if pot is not None:      # before the MD: a tile model may not take this sheet's grid
+    with argument_errors(_parser()):   # the checks that need the model file, before any work
         try:
-            summary, model_notes = model_summary(pot, atoms0, oracle, args.model)
+            pot = load_potential(args.model) if args.model else None
         except ValueError as exc:
-            raise SystemExit(f"--model {args.model} on the {args.repeat[0]} x {args.repeat[1]} sheet: {exc}") from None
+            raise ArgumentError(f"--model: {exc}") from None
+        requested = args.oracle or (pot.card.get("oracle") if pot is not None else None) or cfg["oracle"]
+        try:
+            oracle, note = oracles.first_available(requested, **args.oracle_settings)
+        except ValueError as exc:
+            raise ArgumentError(f"--oracle-setting with --oracle {requested}: {exc}") from None
+        notes += [note] if note else []
+        if pot is not None:      # before the MD: a tile model may not take this sheet's grid
+            try:
+                summary, model_notes = model_summary(pot, atoms0, oracle, args.model)
+            except ValueError as exc:
+                raise ArgumentError(f"--model {args.model} on the {args.repeat[0]} x {args.repeat[1]} sheet "
+                                    f"(--repeat): {exc}") from None
+    os.makedirs(args.out, exist_ok=True)
     results = {"config": {**cfg, "preset": args.preset, "seed": args.seed, "temperature_K": T, "model": args.model,
                           "repeat": list(args.repeat), "n_atoms": len(atoms0)},
                "oracle": oracle.attrs(), "notes": notes, "paper_seconds": PAPER_SECONDS}

@@ -171,37 +171,83 @@ def _parser():
     return ap
 
 
+def _opt(key):
+    return "--" + key.replace("_", "-")
+
+
 def _check(cfg, args):
-    """SystemExit naming the values of the first check that fails."""
+    """ArgumentError naming the first bad value (option and allowed range); all before any work."""
+    from ednn_tf.labels import oracles
+    from ednn_tf.util import ArgumentError, check_batch_size, check_float, check_int
+
+    for k in ("n_structures", "n_train", "n_val", "focus", "grid", "dense", "epochs"):
+        check_int(_opt(k), cfg[k], minimum=1)
+    f, c = cfg["focus"], check_int("--context", cfg["context"], minimum=0)
     n_test = cfg["n_structures"] - cfg["n_train"] - cfg["n_val"]
-    sizes, counts, widths, f = cfg["transfer_sizes"], cfg["transfer_counts"], cfg["blur_widths"], cfg["focus"]
-    if f < 1 or cfg["context"] < 0:        # first: the checks below divide by the focus
-        raise SystemExit(f"need --focus >= 1 and --context >= 0, got --focus {f}, --context {cfg['context']}")
-    for bad, msg in (
-            (min(cfg["n_train"], cfg["n_val"], n_test) < 1, "need n_train, n_val >= 1 and n_structures > n_train + "
-             f"n_val, got {cfg['n_structures']}, {cfg['n_train']}, {cfg['n_val']}"),
-            (cfg["grid"] % f, f"--grid {cfg['grid']} must be a multiple of --focus {f}"),
-            (cfg["sym_stride"] < 0 or (cfg["sym_stride"] and f % cfg["sym_stride"]),
-             f"--sym-stride must be 0 or divide --focus {f}, got {cfg['sym_stride']}"),
-            (f < 1 or cfg["context"] < 0 or cfg["epochs"] < 1 or cfg["batch_size"] < 1,
-             "need focus >= 1, context >= 0, epochs >= 1, batch size >= 1"),
-            (not 0 <= cfg["warmup_epochs"] <= cfg["epochs"],
-             f"--warmup-epochs must be in 0..epochs, got {cfg['warmup_epochs']}"),
-            (len(sizes) != len(counts), f"--transfer-sizes {sizes} and --transfer-counts {counts} must have the same length"),
-            (min(sizes + cfg["timing_sizes"] + counts, default=1) < 1, "transfer/timing sizes and counts must be >= 1"),
-            (max(counts, default=0) > n_test, f"transfer counts {counts} exceed the {n_test} test structures"),
-            (any(w < 0 or w > cfg["context"] for w in widths),
-             f"--blur-widths must lie in 0..context={cfg['context']}, got {widths}"),
-            (min(args.oracle_threads, args.workers) < 1, "--workers and --oracle-threads must be >= 1")):
-        if bad:
-            raise SystemExit(msg)
+    if n_test < 1:
+        raise ArgumentError(f"--n-structures must be > --n-train + --n-val = {cfg['n_train'] + cfg['n_val']} (the rest "
+                            f"are the test cells), got --n-structures={cfg['n_structures']}")
+    if cfg["grid"] % f:
+        raise ArgumentError(f"--grid must be a multiple of --focus {f}, got --grid={cfg['grid']}")
+    check_float("--width", cfg["width"], minimum=0, strict=True)
+    check_float("--lr", cfg["lr"], minimum=0, strict=True)
+    check_batch_size("--batch-size", cfg["batch_size"], cfg["n_train"], "--n-train")
+    if not 0 <= check_int("--warmup-epochs", cfg["warmup_epochs"]) <= cfg["epochs"]:
+        raise ArgumentError(f"--warmup-epochs must be in 0..{cfg['epochs']} (--epochs), got "
+                            f"--warmup-epochs={cfg['warmup_epochs']}")
+    low, high = cfg["rattle"]
+    check_float("--rattle HIGH", high, minimum=check_float("--rattle LOW", low, minimum=0))
+    for p in cfg["moments"]:
+        check_int("--moments", p, minimum=1)
+    stride = check_int("--sym-stride", cfg["sym_stride"], minimum=0)
+    if stride and f % stride:
+        raise ArgumentError(f"--sym-stride must be 0 or divide --focus {f}, got --sym-stride={stride}")
+    sizes, counts = cfg["transfer_sizes"], cfg["transfer_counts"]
+    if len(sizes) != len(counts):
+        raise ArgumentError(f"--transfer-counts must have one count per --transfer-sizes {list(sizes)} (the same "
+                            f"length), got --transfer-counts={list(counts)}")
+    for k in sizes:
+        check_int("--transfer-sizes", k, minimum=1)
+    for n in counts:
+        if not 1 <= check_int("--transfer-counts", n) <= n_test:
+            raise ArgumentError(f"--transfer-counts must be in 1..{n_test} (the test cells), got --transfer-counts={n}")
+    for k in cfg["timing_sizes"]:
+        check_int("--timing-sizes", k, minimum=1)
+    check_float("--blur-sigma", cfg["blur_sigma"], minimum=0, strict=True)
+    for w in cfg["blur_widths"]:
+        if not 0 <= check_int("--blur-widths", w) <= c:
+            raise ArgumentError(f"--blur-widths must be in 0..{c} (--context), got --blur-widths={w}")
+    if cfg["n_blur"] is not None:
+        check_int("--n-blur", cfg["n_blur"], minimum=1)
+    for k in ("seed", "init_seed"):
+        if cfg[k] is not None:
+            check_int(_opt(k), cfg[k], minimum=0)
+    check_int("--workers", args.workers, minimum=1)
+    check_int("--oracle-threads", args.oracle_threads, minimum=1)
+    try:
+        oracles.get_oracle(cfg["oracle"], **cfg["oracle_settings"])
+    except ValueError as exc:
+        raise ArgumentError(f"--oracle {cfg['oracle']} with --oracle-setting {cfg['oracle_settings']}: {exc}") from None
+    _check_backups(args.out, cfg["epochs"])
+
+
+def _check_backups(out, epochs):
+    """ArgumentError for a model's training backup in ``out`` past ``epochs`` (a rerun with fewer --epochs)."""
+    for name in ("ednn", "cnn"):
+        backup = os.path.join(out, f"train_{name}", "backup")
+        if os.path.isdir(backup) and not os.path.exists(os.path.join(out, f"{name}.keras")):
+            from ednn_tf import training   # imports Keras: only when there is a backup
+            training.check_backup(backup, epochs)
 
 
 def parse_args(argv=None):
-    """``(args, cfg)``: the preset of ``--preset`` with the options given, checked."""
+    """``(args, cfg)``: the preset of ``--preset`` with the options given, checked before any work: a
+    bad value ends the script with one line naming it and the allowed range, exit status 2."""
     from ednn_tf.cli import parse_setting
+    from ednn_tf.util import ArgumentError, argument_errors
 
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     for k in OPTIONS:
         v = getattr(args, k)
@@ -209,16 +255,17 @@ def parse_args(argv=None):
             cfg[k] = tuple(v) if isinstance(v, list) else v
     if cfg["channels"] == "element" and args.moments is None:
         cfg["moments"] = (1,)   # per-element sums: exact element counts, unchanged by a blur
-    try:
-        settings = dict(map(parse_setting, args.oracle_setting))
-    except ValueError as exc:
-        raise SystemExit(f"--oracle-setting: {exc}") from None
-    cfg.update(seed=args.seed, init_seed=args.init_seed, preset=args.preset, oracle_settings=settings,
-               sym_mirrors=bool(cfg["sym_mirrors"]))
-    if args.blur_widths is None:   # preset widths that fit a changed --context
-        cfg["blur_widths"] = tuple(w for w in cfg["blur_widths"] if w <= cfg["context"])
-    _check(cfg, args)
     args.out = args.out or os.path.join(REPO, "results", f"hexagonal-{args.preset}")
+    with argument_errors(ap):
+        try:
+            settings = dict(map(parse_setting, args.oracle_setting))
+        except ValueError as exc:
+            raise ArgumentError(f"--oracle-setting: {exc}") from None
+        cfg.update(seed=args.seed, init_seed=args.init_seed, preset=args.preset, oracle_settings=settings,
+                   sym_mirrors=bool(cfg["sym_mirrors"]))
+        if args.blur_widths is None:   # preset widths that fit a changed --context
+            cfg["blur_widths"] = tuple(w for w in cfg["blur_widths"] if w <= cfg["context"])
+        _check(cfg, args)
     return args, cfg
 
 

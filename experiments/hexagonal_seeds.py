@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ednn_tf.metrics import combine_runs, runs_report  # noqa: E402
+from ednn_tf.util import ArgumentError, argument_errors, check_int  # noqa: E402
 
 
 def main(argv=None):
@@ -28,7 +29,12 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the numbers to this JSON file (atomically)")
     ap.add_argument("--n-boot", type=int, default=10000)
     args = ap.parse_args(argv)
-    res = combine_runs(args.runs, n_boot=args.n_boot)
+    with argument_errors(ap):   # one line naming the bad value, exit status 2
+        check_int("--n-boot", args.n_boot, minimum=1)
+        try:   # the runs' results: missing, corrupt, without predictions, tested on other cells
+            res = combine_runs(args.runs, n_boot=args.n_boot)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ArgumentError(f"runs: {exc}") from None
     print(runs_report(res))
     if args.json:
         from ednn_tf.util import write_json_atomic

@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from ednn_tf.util import ArgumentError, argument_errors, check_int  # noqa: E402
+
 _NEAR_TC = (2.15, 2.2, 2.3, 2.35)
 PRESETS = {
     # seconds: checks the script end to end
@@ -40,7 +42,7 @@ PRESETS = {
 }
 
 
-def parse_args(argv=None):
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=os.path.join("results", "ising-quick", "model_c1.keras"),
                     help="trained lattice EDNN (.keras), or 'exact' for the exact-energy sub-network")
@@ -52,17 +54,27 @@ def parse_args(argv=None):
     ap.add_argument("--burn", type=int, help="burn-in sweeps per run")
     ap.add_argument("--replicas", type=int, help="replicas per temperature")
     ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def parse_args(argv=None):
+    """``(args, cfg)``: the preset of ``--preset`` with the options given, checked before any work: a
+    bad value ends the script with one line naming it and the allowed range, exit status 2 (the model
+    file is checked at the start of ``main``, also before any work)."""
+    ap = _parser()
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     for k in ("sizes", "sweeps", "burn", "replicas"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = tuple(v) if isinstance(v, list) else v
-    if any(L < 1 for L in cfg["sizes"]):
-        raise SystemExit(f"--sizes must be >= 1, got {cfg['sizes']}")
-    if cfg["replicas"] < 1 or cfg["burn"] < 0 or cfg["sweeps"] < cfg["blocks"]:
-        raise SystemExit(f"need replicas >= 1, burn >= 0, sweeps >= {cfg['blocks']}; got replicas={cfg['replicas']}, "
-                         f"burn={cfg['burn']}, sweeps={cfg['sweeps']}")
+    with argument_errors(ap):
+        for L in cfg["sizes"]:
+            check_int("--sizes", L, minimum=1)
+        check_int("--replicas", cfg["replicas"], minimum=1)
+        check_int("--burn", cfg["burn"], minimum=0)
+        check_int("--sweeps", cfg["sweeps"], minimum=cfg["blocks"])   # one block average needs >= 1 sweep each
+        check_int("--seed", args.seed, minimum=0)
     cfg["temps"] = tuple(sorted(set(float(t) for t in cfg["temps"])))
     cfg.update(seed=args.seed, preset=args.preset, model=args.model)
     args.out = args.out or os.path.join("results", f"ising-mc-{args.preset}")
@@ -75,12 +87,13 @@ def load_model(path):
     if path == "exact":
         return EDNN(testing.exact_ising_subnet(1, 1), focus=1, context=1)
     if not os.path.exists(path):
-        raise SystemExit(f"model file {path!r} not found: train one with `python experiments/ising.py` "
-                         f"(it writes <out>/model_c1.keras) or pass --model exact")
-    import keras
-    model = keras.models.load_model(path)
-    if not hasattr(model, "focus"):
-        raise SystemExit(f"{path!r} holds a {type(model).__name__}, not an ednn_tf.EDNN")
+        raise ArgumentError(f"--model: model file {path!r} not found: train one with `python experiments/ising.py` "
+                            f"(it writes <out>/model_c1.keras) or pass --model exact")
+    from ednn_tf.model import load_ednn
+    try:
+        model = load_ednn(path)
+    except (ValueError, TypeError) as exc:
+        raise ArgumentError(f"--model: {exc}") from None
     return model
 
 
@@ -150,15 +163,17 @@ def main(argv=None):
     from ednn_tf.apply.thermo import binder_crossing, thermodynamics
     from ednn_tf.util import write_json_atomic
 
-    os.makedirs(args.out, exist_ok=True)
     progress = not args.no_progress
     t_start = time.time()
-    hamiltonians = {"ednn": load_model(args.model),
-                    "exact": EDNN(testing.exact_ising_subnet(1, 1), focus=1, context=1)}
+    with argument_errors(_parser()):   # the checks that need the model file, before any work
+        hamiltonians = {"ednn": load_model(args.model),
+                        "exact": EDNN(testing.exact_ising_subnet(1, 1), focus=1, context=1)}
+        focus = hamiltonians["ednn"].focus
+        for L in cfg["sizes"]:
+            if L % focus:
+                raise ArgumentError(f"--sizes must be multiples of the model's focus {focus}, got --sizes={L}")
     exact_model = hamiltonians["exact"]
-    for L in cfg["sizes"]:
-        if L % hamiltonians["ednn"].focus:
-            raise SystemExit(f"lattice size {L} is not a multiple of the model's focus {hamiltonians['ednn'].focus}")
+    os.makedirs(args.out, exist_ok=True)
     results = {"config": {**cfg, "sizes": list(cfg["sizes"]), "temps": list(cfg["temps"])},
                "onsager": {str(t): float(ising.onsager_energy_per_spin(t)) for t in cfg["temps"]},
                "tc_exact": float(ising.TC), "runs": {"ednn": {}, "exact": {}}, "tc_binder": {}}

@@ -21,8 +21,10 @@ from ednn_tf.apply.runs import script_environment  # noqa: E402
 
 REPO = script_environment(__name__ == "__main__")
 
+from ednn_tf.util import ArgumentError, argument_errors, check_float, check_int  # noqa: E402
 
-def parse_args(argv=None):
+
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="hexagonal-gfn1", help="Potential: shipped name or .keras path")
     ap.add_argument("--reference", default="tersoff-bnc", help="classical oracle for the integrator's own drift "
@@ -34,7 +36,30 @@ def parse_args(argv=None):
     ap.add_argument("--timestep", type=float, default=0.5, help="fs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(REPO, "results", "md-nve"))
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv=None):
+    """The options, checked before any work: a bad value ends the script with one line naming it and the
+    allowed range, exit status 2 (``--model``'s file is checked at the start of ``main``)."""
+    from ednn_tf.labels.oracles import get_oracle
+
+    ap = _parser()
+    args = ap.parse_args(argv)
+    with argument_errors(ap):
+        for n in args.cells:
+            check_int("--cells", n, minimum=1)
+        for T in args.temperatures:
+            check_float("--temperatures", T, minimum=0, strict=True)
+        check_int("--steps", args.steps, minimum=1)
+        check_float("--timestep", args.timestep, minimum=0, strict=True)
+        check_int("--seed", args.seed, minimum=0)
+        if args.reference != "none":
+            try:
+                get_oracle(args.reference)
+            except ValueError as exc:
+                raise ArgumentError(f"--reference: {exc} (or 'none')") from None
+    return args
 
 
 def main(argv=None):
@@ -48,12 +73,21 @@ def main(argv=None):
     from ednn_tf.potential import load_potential
     from ednn_tf.util import write_json_atomic
 
-    pot = load_potential(args.model)          # checked before any work
     reference = None if args.reference == "none" else get_oracle(args.reference)
     sheet = honeycomb_sheet(*args.cells)
+    with argument_errors(_parser()):   # the model file and the reference on this sheet, before any work
+        try:
+            pot = load_potential(args.model)
+        except ValueError as exc:
+            raise ArgumentError(f"--model: {exc}") from None
+        if reference is not None:
+            try:
+                reference.check(sheet)
+            except ValueError as exc:
+                raise ArgumentError(f"--reference {args.reference} on the --cells {args.cells[0]} {args.cells[1]} "
+                                    f"sheet: {exc}") from None
     calcs = {"ednn": lambda: EDNNCalculator(pot)}
     if reference is not None:
-        reference.check(sheet)
         calcs[reference.name] = reference.calculator
     os.makedirs(args.out, exist_ok=True)
     results, curves = {"model": str(args.model), "atoms": len(sheet), "cell_A": sheet.cell.lengths().round(4).tolist(),

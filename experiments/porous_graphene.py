@@ -29,6 +29,8 @@ from ednn_tf.apply.runs import script_environment  # noqa: E402
 REPO = script_environment(__name__ == "__main__")   # before numpy: single-threaded BLAS (stable render latency)
 import numpy as np  # noqa: E402
 
+from ednn_tf.util import argument_errors, check_batch_size  # noqa: E402
+
 PAPER_MEDIAN_MEV_PER_A2 = 1.685
 #: the paper's focus/context at its 384 px per cell; other grids scale them (same Angstrom)
 PAPER_PIXELS, PAPER_FOCUS, PAPER_CONTEXT = 384, 64, 32
@@ -59,7 +61,7 @@ PRESETS = {
 }
 
 
-def parse_args(argv=None):
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--out", default=None, help="output directory (default results/porous-<preset>)")
@@ -93,6 +95,13 @@ def parse_args(argv=None):
     ap.add_argument("--lr-decay", type=int, choices=(0, 1), help="cosine-decay the step 100x over training")
     ap.add_argument("--workers", type=int, default=2, help="MD worker processes")
     ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def parse_args(argv=None):
+    """``(args, cfg)``: the preset of ``--preset`` with the options given, checked before any work: a
+    bad value ends the script with one line naming it and the allowed range, exit status 2."""
+    ap = _parser()
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
     for k in cfg:
@@ -100,37 +109,70 @@ def parse_args(argv=None):
         if v is not None:
             cfg[k] = v
     cfg["augment"], cfg["lr_decay"] = bool(cfg["augment"]), bool(cfg["lr_decay"])
-    ppc = cfg["pixels_per_cell"]
-    if ppc < 1:
-        raise SystemExit(f"--pixels-per-cell must be >= 1, got {ppc}")
+    cfg.update(seed=args.seed, preset=args.preset, oracle=args.oracle)
+    args.out = args.out or os.path.join(REPO, "results", f"porous-{args.preset}")
+    with argument_errors(ap):
+        _check(cfg, args)
+    return args, cfg
+
+
+def _opt(key):
+    return "--" + key.replace("_", "-")
+
+
+def split_sizes(cfg):
+    """``(train, val, test)`` geometries of ``data.split_indices``'s split by geometry (rounded as there)."""
+    n, vf, tf_ = cfg["n_geometries"], cfg["val_fraction"], cfg["test_fraction"]
+    c1, c2 = np.round(np.cumsum(np.asarray((1 - vf - tf_, vf, tf_), float))[:-1] * n).astype(int)
+    return int(c1), int(c2 - c1), int(n - c2)
+
+
+def _check(cfg, args):
+    """ArgumentError naming the first bad value (option and allowed range); all before any work. Sets
+    ``cfg["focus"]`` / ``cfg["context"]`` from ``--pixels-per-cell`` when not given."""
+    from ednn_tf.labels import md, oracles
+    from ednn_tf.util import ArgumentError, check_batch_size, check_float, check_int
+
+    ppc = check_int("--pixels-per-cell", cfg["pixels_per_cell"], minimum=1)
     for key, paper in (("focus", PAPER_FOCUS), ("context", PAPER_CONTEXT)):
         if cfg[key] is None:
             scaled = paper * ppc / PAPER_PIXELS
             if scaled != int(scaled):
-                raise SystemExit(f"--pixels-per-cell {ppc}: the paper's {key} ({paper} px at {PAPER_PIXELS}) scales "
-                                 f"to {scaled:g} px, not an integer; use a multiple of 12 or give --{key}")
+                raise ArgumentError(f"--pixels-per-cell must be a multiple of 12 (the paper's {key} of {paper} px at "
+                                    f"{PAPER_PIXELS} px scales to {scaled:g} px), or give --{key}; got "
+                                    f"--pixels-per-cell={ppc}")
             cfg[key] = int(scaled)
-    if cfg["focus"] < 1 or cfg["context"] < 0 or ppc % cfg["focus"]:
-        raise SystemExit(f"need focus >= 1 dividing --pixels-per-cell {ppc} and context >= 0, "
-                         f"got focus={cfg['focus']}, context={cfg['context']}")
-    for key in ("n_geometries", "epochs", "batch_size", "steps", "every"):
-        if cfg[key] < 1:
-            raise SystemExit(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if cfg["equilibration"] < 0 or cfg["equilibration"] + cfg["every"] > cfg["steps"]:
-        raise SystemExit(f"no snapshots: need equilibration ({cfg['equilibration']}) + every ({cfg['every']}) "
-                         f"<= steps ({cfg['steps']})")
-    vf, tf_ = cfg["val_fraction"], cfg["test_fraction"]
-    if not (0 <= vf < 1 and 0 < tf_ < 1 and vf + tf_ < 1):
-        raise SystemExit(f"need 0 <= val fraction, 0 < test fraction and val + test < 1, got {vf}, {tf_}")
-    n_test = round(tf_ * cfg["n_geometries"])
-    if cfg["n_geometries"] < 2 or n_test < 1 or n_test >= cfg["n_geometries"]:
-        raise SystemExit(f"--n-geometries {cfg['n_geometries']} with test fraction {tf_} leaves no train or no "
-                         "test geometry")
-    if args.workers < 1:
-        raise SystemExit("--workers must be >= 1")
-    cfg.update(seed=args.seed, preset=args.preset, oracle=args.oracle)
-    args.out = args.out or os.path.join(REPO, "results", f"porous-{args.preset}")
-    return args, cfg
+    f = check_int("--focus", cfg["focus"], minimum=1)
+    check_int("--context", cfg["context"], minimum=0)
+    if ppc % f:
+        raise ArgumentError(f"--focus must divide --pixels-per-cell {ppc}, got --focus={f}")
+    for key in ("n_geometries", "epochs", "steps", "every", "dense"):
+        check_int(_opt(key), cfg[key], minimum=1)
+    check_int("--seed", cfg["seed"], minimum=0)
+    check_int("--workers", args.workers, minimum=1)
+    check_int("--equilibration", cfg["equilibration"], minimum=0)
+    if cfg["equilibration"] + cfg["every"] > cfg["steps"]:
+        raise ArgumentError(f"--steps must be >= --equilibration + --every = {cfg['equilibration'] + cfg['every']} "
+                            f"(no snapshots otherwise), got --steps={cfg['steps']}")
+    for key in ("temperature", "initial_temperature", "timestep", "friction", "width", "lr"):
+        check_float(_opt(key), cfg[key], minimum=0, strict=True)
+    vf = check_float("--val-fraction", cfg["val_fraction"], minimum=0, maximum=1)
+    tf_ = check_float("--test-fraction", cfg["test_fraction"], minimum=0, maximum=1, strict=True)
+    n_train, _, n_test = split_sizes(cfg)
+    if vf + tf_ >= 1 or n_train < 1 or n_test < 1:
+        raise ArgumentError(f"--n-geometries {cfg['n_geometries']} with --val-fraction {vf:g} and --test-fraction "
+                            f"{tf_:g} leaves {n_train} training and {n_test} test geometries: each needs >= 1")
+    per_geometry = len(md.snapshot_steps(cfg["steps"], cfg["every"], cfg["equilibration"]))
+    check_batch_size("--batch-size", cfg["batch_size"], n_train * per_geometry,
+                     f"{n_train} training geometries x {per_geometry} snapshots")
+    try:
+        oracles.get_oracle(cfg["oracle"])
+    except ValueError as exc:
+        raise ArgumentError(f"--oracle: {exc}") from None
+    backup = os.path.join(args.out, "train", "backup")
+    if os.path.isdir(backup) and not os.path.exists(os.path.join(args.out, "model.keras")):
+        from ednn_tf import training   # imports Keras: only when there is a backup
+        training.check_backup(backup, cfg["epochs"])
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -313,6 +355,8 @@ def main(argv=None):
         run_md_and_render(args, cfg, oracle, geometries, path, mdir, progress)
     # 4. split by starting geometry
     attrs, meta, (train_idx, val_idx, test_idx) = describe_dataset(path, mdir, cfg, results)
+    with argument_errors(_parser()):   # the data file's own count (e.g. one written by another version)
+        check_batch_size("--batch-size", cfg["batch_size"], len(train_idx), "the training snapshots of the split")
     save_results()
     # 5. model + training (resumable)
     base = results["baseline"] = heads.fit_baseline(image_sums(path, train_idx), meta["Y"][train_idx, 0],

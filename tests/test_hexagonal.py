@@ -417,19 +417,7 @@ def test_tiny_rerun_resumes_from_cache(tiny_run):
     assert again["train_seconds"] == res["train_seconds"]        # the first session's, from <name>.train.json
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--grid", "30"], "multiple of --focus 8"),                  # not a multiple of focus 8
-    (["--n-structures", "20"], "n_structures > n_train + n_val"),  # no test structures left
-    (["--blur-widths", "9"], "0..context=4"),                     # wider than the context
-    (["--transfer-sizes", "2"], "same length"),                   # counts do not match
-    (["--sym-stride", "3"], "divide --focus 8"),                  # does not divide focus 8
-    (["--oracle-setting", "supercell"], "KEY=VALUE"),
-    (["--focus", "0"], "need --focus >= 1 and --context >= 0, got --focus 0"),   # was a ZeroDivisionError
-])
-def test_bad_arguments(argv, message, tmp_path):
-    proc = _run(["--preset", "tiny", "--out", tmp_path / "out", *argv], ok=False)
-    assert proc.returncode == 1 and message in proc.stderr
-    assert not (tmp_path / "out").exists()
+# bad arguments of hexagonal.py (exit status 2, one line, before any work): tests/test_script_arguments.py
 
 
 def test_per_element_moment_term_is_a_per_element_reference_energy():

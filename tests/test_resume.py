@@ -1,7 +1,12 @@
-"""Issue 16, item 7 on the augmented ``tf.data`` path: the augmentation draws of ``data.h5_dataset(augment=...)``
-(``data.periodic_augment``, ``data.augment_symmetries``) are stateless, keyed on (seed, epoch, batch), so a
-training run interrupted after an epoch and rerun with the same workdir ends with the weights of an
-uninterrupted run, bit for bit."""
+"""Issue 16, item 7: a training run killed at any point and rerun with the same workdir ends with the
+weights of an uninterrupted run, bit for bit. On the augmented ``tf.data`` path the augmentation draws
+of ``data.h5_dataset(augment=...)`` (``data.periodic_augment``, ``data.augment_symmetries``) are
+stateless, keyed on (seed, epoch, batch); ``training.fit``'s backups are swapped in whole, so a kill
+while one is written leaves the previous one (``training.recover_backup``)."""
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -109,3 +114,48 @@ def test_interrupted_augmented_training_resumes_bit_identically(tmp_path, name):
         assert training.fit(again, ds, epochs=4, workdir=str(tmp_path / workdir), progress=False).epoch == [2, 3]
         same = all(np.array_equal(a, b) for a, b in zip(_weights(straight), _weights(again)))
         assert same == resume_epoch, workdir
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("cut", ["between the renames", "after the renames", "while writing the new one"])
+def test_a_kill_while_a_backup_is_written_leaves_a_whole_one(tmp_path, cut):
+    """The three states a kill inside ``_Backup._save_model`` can leave (after epoch 1's backup, while
+    writing epoch 2's): ``recover_backup`` (run by ``check_backup`` and ``fit``) restores a whole backup,
+    and the rerun ends with an uninterrupted run's weights."""
+    path = _file(tmp_path)
+
+    def stream():
+        return data.h5_dataset(path, batch_size=8, shuffle=True, seed=2, drop_remainder=True,
+                               augment=data.periodic_augment)
+
+    straight = _model()
+    training.fit(straight, stream(), epochs=4, workdir=str(tmp_path / "a"), progress=False)
+    workdir = tmp_path / "b"
+    with pytest.raises(Interrupt):
+        training.fit(_model(), stream(), epochs=4, workdir=str(workdir), progress=False, callbacks=[stop_after(0)])
+    backup = str(workdir / "backup")
+    tmp = f"{backup}.tmp-{_dead_pid()}"
+    if cut == "between the renames":        # the backup moved to .old, the new one not yet in place
+        os.rename(backup, backup + ".old")
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, "latest.weights.h5"), "wb") as fh:
+            fh.write(b"\x89HDF\r\n")            # a truncated file of the next epoch
+    elif cut == "after the renames":        # the new one in place, the old not yet removed
+        os.makedirs(backup + ".old")
+    else:                                   # killed while the new folder was written
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, "training_metadata.json"), "w") as fh:
+            fh.write('{"epo')
+    assert training.check_backup(backup, 4) == 1
+    assert sorted(os.listdir(workdir)) == ["backup", "log.csv"] and sorted(os.listdir(backup)) == [
+        "latest.weights.h5", "training_metadata.json"]
+    again = _model()
+    assert training.fit(again, stream(), epochs=4, workdir=str(workdir), progress=False).epoch == [1, 2, 3]
+    for a, b in zip(_weights(straight), _weights(again)):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(os.listdir(workdir)) == ["log.csv"]      # removed when training completes
