@@ -206,10 +206,18 @@ class EDNN(keras.Model):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
 
+    #: Most tile values (tiles x tile pixels x channels) ``predict_total`` and ``predict_symmetrised``
+    #: cut per sub-network call: 2^20, 4 MB of float32 tiles (128 MB of the Ising dense net's widest
+    #: layer, 32 values per tile pixel). A call's memory grows with the tiles it holds, and TensorFlow's
+    #: oneDNN kernels keep per-shape buffers of that size after the call; a budget in configurations
+    #: alone let 4096 8x8 lattices (262,144 c=3 tiles) hold 1.6 GB per layer (issue 15).
+    max_call_elements = 1 << 20
+
     def predict_total(self, x, batch_size=32):
         """Totals for a numpy batch ``x``, float64 ``(batch,)`` accumulated in float64, ``batch_size``
-        configurations per subnet call. Raises ValueError for a wrong rank, a size that is not a
-        multiple of ``focus`` or non-finite values."""
+        configurations per subnet call, fewer where their tiles would exceed ``max_call_elements``
+        values (at least one configuration per call). Raises ValueError for a wrong rank, a size that
+        is not a multiple of ``focus`` or non-finite values."""
         x = self._validated(x)
         return self._totals(x, check_int("batch_size", batch_size, minimum=1))
 
@@ -226,6 +234,9 @@ class EDNN(keras.Model):
     def _totals(self, x, batch_size):
         """``predict_total`` without the checks (``x`` already validated)."""
         out = np.empty(len(x), dtype=np.float64)
+        tiles = int(np.prod([n // self.focus for n in x.shape[1:-1]]))
+        per_config = tiles * self.tile_size ** (x.ndim - 2) * x.shape[-1]   # tile values of one configuration
+        batch_size = max(1, min(batch_size, int(self.max_call_elements) // max(1, per_config)))
         for lo in range(0, len(x), batch_size):
             contrib = self.tile_contributions(keras.ops.convert_to_tensor(x[lo:lo + batch_size], self.compute_dtype))
             c = keras.ops.convert_to_numpy(contrib)

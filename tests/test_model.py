@@ -251,3 +251,27 @@ def test_normalise_to_data_gives_unit_std_on_real_inputs():
         networks.normalise_to_data(cnn, np.zeros((4, 16, 16, 1)))
     with pytest.raises(ValueError, match="constant output"):
         networks.normalise_to_data(cnn, np.zeros((4, 32, 32, 1)))
+
+
+def test_predict_total_bounds_tiles_per_subnet_call(trained_f2c1, monkeypatch):
+    """``predict_total`` cuts at most ``max_call_elements`` tile values per sub-network call, whatever
+    ``batch_size`` asks (a 4096-lattice batch once held 1.6 GB per layer, issue 15), at least one
+    configuration per call, and gives the same totals as one call for the whole batch."""
+    model = trained_f2c1
+    x = _spins(np.random.default_rng(7), 23, 8, 12)              # 4 x 6 tiles of 4 x 4 values each
+    per_config = 4 * 6 * 4 * 4
+    whole = model.predict_total(x, batch_size=64)                 # default budget: one call
+    calls = []
+    real = EDNN.tile_contributions
+    monkeypatch.setattr(EDNN, "tile_contributions", lambda self, t, training=False: (calls.append(len(t)),
+                                                                                      real(self, t, training))[1])
+    monkeypatch.setattr(model, "max_call_elements", 5 * per_config + 3)
+    chunked = model.predict_total(x, batch_size=64)
+    assert calls == [5, 5, 5, 5, 3]
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)         # per-tile values: independent of the batch
+    calls.clear()
+    assert model.predict_total(x, batch_size=2).shape == (23,) and max(calls) == 2   # a smaller batch_size wins
+    calls.clear()
+    monkeypatch.setattr(model, "max_call_elements", 1)            # below one configuration: one per call
+    np.testing.assert_allclose(model.predict_total(x[:3], batch_size=64), whole[:3], rtol=1e-6)
+    assert calls == [1, 1, 1]
