@@ -417,6 +417,43 @@ def test_tiny_rerun_resumes_from_cache(tiny_run):
     assert again["train_seconds"] == res["train_seconds"]        # the first session's, from <name>.train.json
 
 
+def _without_seconds(x):
+    """``x`` (parsed JSON) without its wall-clock entries (keys holding "seconds")."""
+    if isinstance(x, dict):
+        return {k: _without_seconds(v) for k, v in x.items() if "seconds" not in k}
+    return [_without_seconds(v) for v in x] if isinstance(x, list) else x
+
+
+@pytest.mark.parametrize("model", ["ednn", "cnn"])
+def test_kill_9_mid_training_then_rerun_gives_the_uninterrupted_results(tiny_run, tmp_path, model):
+    """Issue 16, item 7 on an atoms experiment: ``kill -9`` once ``model``'s first epoch is backed up (EDNN:
+    nothing saved yet; CNN: the EDNN already saved), then the same command again: results.json equals
+    the uninterrupted tiny run's (same data folder) in every number but the wall-clock times. Shuffle
+    and augmentation are keyed on (seed, epoch, batch), the backup holds weights and optimiser state."""
+    import signal
+    import time
+
+    root, argv, res = tiny_run
+    out = tmp_path / "out"
+    cmd = ["--preset", "tiny", "--out", str(out), "--data-dir", str(root / "data"), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, str(EXPERIMENTS / "hexagonal.py"), *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    meta, t0 = out / f"train_{model}" / "backup" / "training_metadata.json", time.time()
+    while not meta.exists():
+        assert proc.poll() is None and time.time() - t0 < 600, "the run ended before the first backup"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / f"{model}.keras").exists() and (out / "ednn.keras").exists() == (model == "cnn")
+    again, stdout = _main(cmd)
+    assert stdout.count("reusing") == (model == "cnn")
+    assert again["test"]["ednn"]["meV_per_A2"]["mean_abs_error"] == res["test"]["ednn"]["meV_per_A2"]["mean_abs_error"]
+    timing = ("ednn_time_exponent", "ednn_time_exponent_largest3")        # fitted to wall-clock times
+    strip = lambda r: _without_seconds({**r, "potential": None, "transfer": {  # noqa: E731
+        k: v for k, v in r["transfer"].items() if k not in timing}})
+    assert strip(again) == strip(res)
+
+
 # bad arguments of hexagonal.py (exit status 2, one line, before any work): tests/test_script_arguments.py
 
 
