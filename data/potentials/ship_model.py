@@ -1,0 +1,71 @@
+"""Write the shipped ``ednn_tf/models/hexagonal-gfn1.keras`` from a trained potential: the model
+unchanged, its card completed with the data, the command, the validation errors by kind, the
+errors on cells of other sizes and the NVE drift. Run from the repository root:
+
+    python data/potentials/ship_model.py results/potentials/hexagonal-gfn1-EF.keras \
+        --md results/md-nve-EF/results.json
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+OTHER = "data/potentials/hexagonal_othersizes_gfn1_sc2.extxyz"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--md", help="results.json of experiments/md_nve.py with this model")
+    ap.add_argument("--out", default="ednn_tf/models/hexagonal-gfn1.keras")
+    args = ap.parse_args()
+
+    import ase.io
+    import numpy as np
+
+    from ednn_tf.apply.fit import evaluate, labelled_energies, labelled_forces
+    from ednn_tf.potential import load_potential
+    from ednn_tf.util import atomic_path
+
+    pot = load_potential(args.model)
+    card = pot.card
+    cells = ase.io.read(OTHER, ":")
+    forces = labelled_forces(cells, "forces")
+    r = evaluate(pot, cells, labelled_energies(cells, "energy"), forces)
+    val = card["metrics"]["val"]
+    card.update({
+        "name": "hexagonal-gfn1",
+        "data": ("data/potentials/hexagonal_varied_chunk{0,1,2}.extxyz: 1,500 varied_hexagonal_cell cells (24-72 atoms, "
+                 "8 sizes, own lattice constants, +-2% strain, 0-2 vacancies, rattle 0.03-0.10 A), labelled with "
+                 "energies and forces by `bash data/potentials/label.sh 0 1 2` (ednn-tf label --oracle gfn1-xtb "
+                 "--oracle-setting supercell=2)"),
+        "command": ("ednn-tf train data/potentials/hexagonal_varied_c012_gfn1_sc2.extxyz --forces-key forces "
+                    "--force-weight 10 --epochs 90 --out results/potentials/hexagonal-gfn1-EF.keras "
+                    "--workdir data/potentials/train/hexagonal-gfn1-EF"),
+        "training": ("energy + forces (w_E 1, w_F 10), 90 epochs, Adam 3e-3 cosine, batch 8 by grid shape, "
+                     "mirror/x<->y augmentation, one CPU thread, about 1 h 50 min in all"),
+        "val_by_kind": {k: round(v["energy_mae_meV_per_atom"], 2) for k, v in val["by_kind"].items()},
+        "other_sizes_test": {
+            "data": (f"{OTHER}: 4 graphene 12.30 x 12.78 A cells at a = 2.46 A (60 atoms) and 4 varied cells of "
+                     "7 x 4 rectangular cells (109-112 atoms, ~17.5 x 17.2 A), GFN1-xTB supercell=2"),
+            **{k: r[k] for k in ("n", "energy_mae_meV_per_atom", "energy_rmse_meV_per_atom", "force_mae_eV_per_A",
+                                 "force_rmse_eV_per_A", "force_mae_xy_eV_per_A", "force_rmse_xy_eV_per_A")},
+            "label_force_mean_abs_eV_per_A": round(float(np.mean(np.abs(np.concatenate(forces)))), 3),
+        },
+    })
+    if args.md:
+        with open(args.md) as fh:
+            md = json.load(fh)
+        card["nve_md"] = {"command": "python experiments/md_nve.py", "atoms": md["atoms"],
+                          **{k: {q: v[q] for q in ("drift_meV_per_atom_per_ps", "net_force_mean_eV_per_A")}
+                             for k, v in md["runs"].items()}}
+    pot.card = card
+    with atomic_path(args.out) as tmp:      # same extension: .keras
+        pot.save(tmp)
+    print(f"{args.out}: other sizes {r['energy_mae_meV_per_atom']:.2f} meV/atom, forces {r['force_mae_eV_per_A']:.3f} eV/A")
+
+
+if __name__ == "__main__":
+    main()
