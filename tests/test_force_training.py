@@ -245,3 +245,107 @@ def test_two_horovod_ranks_train_on_forces_in_step(tmp_path):
     assert logs[0]["steps"] == logs[1]["steps"] > 0
     assert logs[0]["history"] == logs[1]["history"]          # epoch metrics averaged over ranks
     assert all(np.isfinite(v) for v in logs[0]["history"]["loss"])
+
+
+def _trainer_loss(trainer, x, y):
+    return float(trainer._loss(x, y, training=False)[0])
+
+
+def _same_grid_pair(pot, cells):
+    """Two cells on one grid with different atom counts (vacancies), or fail."""
+    by_grid = {}
+    for i, a in enumerate(cells):
+        by_grid.setdefault(tuple(pot.grid(a.cell.lengths()[:2])[0]), []).append(i)
+    for idx in by_grid.values():
+        for i in idx:
+            for j in idx:
+                if len(cells[i]) < len(cells[j]):
+                    return i, j
+    raise AssertionError("no two cells of one grid with different atom counts")
+
+
+def test_a_mixed_size_batch_gives_the_loss_of_its_structures_one_at_a_time(teacher_data):
+    """Padded atoms add nothing: the energy term is the mean of the structures' own terms and the
+    force term their atom-weighted mean (every force component counts once); the smaller structure
+    gets padding rows in the batch."""
+    cells, energies, forces = teacher_data
+    pot = _potential(seed=3)
+    i, j = _same_grid_pair(pot, cells)
+    pair, e2, f2 = [cells[i], cells[j]], [energies[i], energies[j]], [forces[i], forces[j]]
+    assert len(pair[0]) < len(pair[1])
+    both = StructureBatches(pot, pair, e2, f2, batch_size=2, shuffle=False)
+    assert len(both) == 1 and both[0][0]["mask"].sum() == len(pair[0]) + len(pair[1])
+    assert both[0][0]["positions"].shape[1] == len(pair[1]) > len(pair[0])      # padding rows in row 0
+    singles = [StructureBatches(pot, [a], [e], [f], batch_size=1, shuffle=False)[0] for a, e, f in zip(pair, e2, f2)]
+    n = np.array([len(a) for a in pair], float)
+    for w_e, w_f in ((1.0, 0.0), (0.0, 1.0), (1.0, 10.0)):
+        tr = ForceTrainer(pot, w_e, w_f, energy_unit=0.05, force_unit=0.5)
+        one = np.array([_trainer_loss(tr, *b) for b in singles])
+        want = (w_e * np.mean([_trainer_loss(ForceTrainer(pot, 1.0, 0.0, 0.05, 0.5), *b) for b in singles])
+                + w_f * np.sum(n * [_trainer_loss(ForceTrainer(pot, 0.0, 1.0, 0.05, 0.5), *b) for b in singles]) / n.sum())
+        got = _trainer_loss(tr, *both[0])
+        assert got == pytest.approx(want, rel=1e-5) and got > 0
+        if not w_e:
+            assert got == pytest.approx(np.sum(n * one) / n.sum(), rel=1e-5)
+
+
+def test_gradient_of_the_force_loss_equals_finite_differences(teacher_data):
+    """The second-order gradient d(loss)/d(weights) of the force term, on a tiny network, against
+    central differences of the loss in the weights (float32 network: h = 1e-3 relative)."""
+    import tensorflow as tf
+
+    cells, energies, forces = teacher_data
+    pot = _potential(seed=7, filters=3)
+    x, y = StructureBatches(pot, cells[:2], energies[:2], forces[:2], batch_size=2, shuffle=False)[0]
+    tr = ForceTrainer(pot, 0.0, 1.0, energy_unit=0.05, force_unit=0.5)
+    with tf.GradientTape() as tape:
+        loss = tr._loss(x, y, training=False)[0]
+    weights = pot.trainable_weights
+    grads = tape.gradient(loss, weights)
+    rng = np.random.default_rng(0)
+    checked = []
+    for w, g in zip(weights, grads):
+        if g is None or len(w.shape) < 2:
+            continue
+        g = g.numpy()
+        flat = int(np.argmax(np.abs(g)))                  # the strongest entry and one at random
+        for k in (flat, int(rng.integers(g.size))):
+            idx = np.unravel_index(k, g.shape)
+            old = w.numpy()
+            h = 1e-3 * max(1.0, abs(float(old[idx])))
+            vals = []
+            for s in (1, -1):
+                new = old.copy()
+                new[idx] += s * h
+                w.assign(new)
+                vals.append(_trainer_loss(tr, x, y))
+            w.assign(old)
+            checked.append((float(g[idx]), (vals[0] - vals[1]) / (2 * h)))
+    ad, fd = np.array(checked).T
+    assert len(ad) >= 4 and np.abs(ad).max() > 1e-2
+    np.testing.assert_allclose(ad, fd, rtol=2e-2, atol=2e-3 * np.abs(ad).max())
+
+
+def test_forces_of_a_force_trained_model_are_minus_the_energy_gradient(teacher_data, tmp_path):
+    """After force training (saved and reloaded), the calculator's forces are -dE/dr of its own
+    energy, by central differences (float32 network: h = 2e-3 A)."""
+    cells, energies, forces = teacher_data
+    train_potential(cells, energies, tmp_path / "f.keras", forces=forces, force_weight=10.0, pixel_size=0.45,
+                    gamma=0.45, context=2, filters=6, epochs=2, batch_size=4, lr=1e-2, val_fraction=0.25,
+                    progress=False, augment=False)
+    calc = EDNNCalculator(os.fspath(tmp_path / "f.keras"))
+    a = cells[3].copy()
+    f = calc.get_forces(a)
+    h, ad, fd = 2e-3, [], []
+    for i in (0, 7, 15):
+        for axis in (0, 1):
+            e = []
+            for s in (1, -1):
+                b = a.copy()
+                b.positions[i, axis] += s * h
+                e.append(calc.get_potential_energy(b))
+            ad.append(f[i, axis])
+            fd.append(-(e[0] - e[1]) / (2 * h))
+    ad, fd = np.array(ad), np.array(fd)
+    assert np.linalg.norm(ad) > 1e-2
+    assert np.linalg.norm(ad - fd) <= 2e-2 * np.linalg.norm(ad), (ad, fd)
