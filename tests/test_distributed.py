@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import requires_horovod
 from ednn_tf import distributed as dist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,16 +286,6 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _horovod_available():
-    try:
-        import horovod.tensorflow as hvd  # noqa: F401
-    except Exception as exc:  # ImportError, or a library built against another TF
-        return False, f"horovod.tensorflow not importable ({exc}); see scripts/install_horovod.sh"
-    if shutil.which("horovodrun") is None:
-        return False, "horovodrun not on PATH"
-    return True, ""
-
-
 def _env():
     env = dict(os.environ)
     for key in dist._LAUNCHER_ENV + ("EDNN_HOROVOD",):
@@ -313,10 +304,8 @@ def _horovodrun(np_, script, *args, timeout=120, extra_env=None):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@requires_horovod
 def test_two_ranks_match_one_rank(tmp_path, monkeypatch):
-    ok, why = _horovod_available()
-    if not ok:
-        pytest.skip(why)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     B, epochs = 16, 3
@@ -380,10 +369,8 @@ DYING_WORKER = textwrap.dedent('''
 ''')
 
 
+@requires_horovod
 def test_vanished_rank_makes_survivors_fail_instead_of_hanging(tmp_path):
-    ok, why = _horovod_available()
-    if not ok:
-        pytest.skip(why)
     script = tmp_path / "dying.py"
     script.write_text(DYING_WORKER)
     res = _horovodrun(2, script, timeout=90)  # a hang would raise TimeoutExpired
@@ -392,11 +379,9 @@ def test_vanished_rank_makes_survivors_fail_instead_of_hanging(tmp_path):
     assert "Connection closed by peer" in out or "Horovod has been shut down" in out, out[-3000:]
 
 
+@requires_horovod
 def test_sharded_sheet_two_ranks_equal_one_rank(tmp_path):
     """experiments/large_sheet.py: 2 ranks (5 tile rows: uneven stripes) == 1 rank == whole-sheet EDNN."""
-    ok, why = _horovod_available()
-    if not ok:
-        pytest.skip(why)
     import json
 
     script = REPO / "experiments" / "large_sheet.py"

