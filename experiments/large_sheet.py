@@ -52,10 +52,25 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="results/large_sheet")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.pixels_per_cell < 1:
-        raise SystemExit(f"--repeats and --pixels-per-cell must be >= 1, got {args.repeats}, {args.pixels_per_cell}")
-    if args.record and not os.path.isdir(os.path.dirname(os.path.abspath(args.record))):
-        raise SystemExit(f"--record: the folder of {args.record!r} does not exist")
+    from ednn_tf.util import ArgumentError, argument_errors, check_float, check_int
+
+    with argument_errors(ap):   # every argument, before any work: one line, exit status 2
+        for name in ("repeats", "pixels_per_cell", "focus", "tile_rows_per_chunk", "batch_tiles"):
+            check_int(f"--{name.replace('_', '-')}", getattr(args, name), minimum=1)
+        for name in ("context", "seed", "threads"):
+            check_int(f"--{name}", getattr(args, name), minimum=0)
+        check_float("--width", args.width, minimum=0.0, strict=True)
+        if args.tile_cols_per_block is not None:
+            check_int("--tile-cols-per-block", args.tile_cols_per_block, minimum=0)
+        if args.sample_tile_rows is not None:
+            check_int("--sample-tile-rows", args.sample_tile_rows, minimum=1)
+        if args.record and not os.path.isdir(os.path.dirname(os.path.abspath(args.record))):
+            raise ArgumentError(f"--record: the folder of {args.record!r} does not exist")
+        if args.model and not os.path.isfile(args.model):
+            raise ArgumentError(f"--model: no such file {args.model!r}")
+        if (args.pixels_per_cell * args.repeats) % args.focus and not args.model:
+            raise ArgumentError(f"--pixels-per-cell x --repeats = {args.pixels_per_cell * args.repeats} px is not a "
+                                f"multiple of --focus {args.focus}")
     return args
 
 

@@ -81,6 +81,14 @@ CASES = [
     # hexagonal_seeds.py (no --out: it writes only --json)
     ("hexagonal_seeds", ["/nonexistent-run"], "runs: no results.json for run '/nonexistent-run'"),
     ("hexagonal_seeds", ["--n-boot", "0", "/nonexistent-run"], "--n-boot must be an integer >= 1, got --n-boot=0"),
+    # large_sheet.py
+    ("large_sheet", ["--repeats", "0"], "--repeats must be an integer >= 1, got --repeats=0"),
+    ("large_sheet", ["--width", "-1"], "--width must be > 0.0, got --width=-1.0"),
+    ("large_sheet", ["--batch-tiles", "0"], "--batch-tiles must be an integer >= 1, got --batch-tiles=0"),
+    ("large_sheet", ["--pixels-per-cell", "100", "--repeats", "1"],
+     "--pixels-per-cell x --repeats = 100 px is not a multiple of --focus 64"),
+    ("large_sheet", ["--record", "/nonexistent-dir/x.json"], "--record: the folder of '/nonexistent-dir/x.json' does not exist"),
+    ("large_sheet", ["--model", "/nonexistent.keras"], "--model: no such file '/nonexistent.keras'"),
 ]
 PRESET = {"hexagonal": ["--preset", "tiny"], "porous_graphene": ["--preset", "tiny"],
           "graphene_mc": ["--preset", "tiny"], "ising_mc": ["--preset", "tiny"]}
