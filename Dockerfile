@@ -53,6 +53,9 @@ RUN python -m pip install -q --no-deps -e . && ednn-tf models >/dev/null
 CMD ["python", "experiments/ising.py"]
 
 FROM base AS full
+# tblite's C extension needs GNU OpenMP (the build stage has it through g++)
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libgomp1 >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 COPY . /app
 RUN python -m pip install -q --no-deps -e . && ednn-tf models >/dev/null

@@ -272,11 +272,16 @@ def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     stale = tmp_path / f"results.tmp-{dead}.json"
-    live = tmp_path / "results.tmp-1.json"          # pid 1 is always running
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # not pid 1: in a
+    live = tmp_path / f"results.tmp-{running.pid}.json"   # container pytest may be pid 1, the writer itself
     other = tmp_path / f"other.tmp-{dead}.json"
     for p in (stale, live, other):
         p.write_text("{partial")
-    util.write_json_atomic({"a": 1}, tmp_path / "results.json")
+    try:
+        util.write_json_atomic({"a": 1}, tmp_path / "results.json")
+    finally:
+        running.kill()
+        running.wait()
     assert not stale.exists() and live.exists() and other.exists()
     assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}
     assert util.remove_stale_temps(tmp_path / "other.json") == [str(other)]
