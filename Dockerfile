@@ -43,7 +43,7 @@ COPY scripts/install_horovod.sh /app/scripts/
 RUN HOROVOD_BUILD_JOBS=$(nproc) bash scripts/install_horovod.sh \
  && python -m pip uninstall -y -q cmake
 
-# Core + pytest, no oracles, no Horovod (~1/3 the size): trains, evaluates and predicts with
+# Core + pytest, no oracles, no Horovod (2.07 GB vs 3.5 GB): trains, evaluates and predicts with
 # EDNNs (Ising experiments, `ednn-tf train/eval/predict/info/models`, the `lj` oracle); the
 # oracle and Horovod tests skip with their reason, which is how CI-less users check the guards.
 FROM base AS slim
@@ -55,7 +55,7 @@ CMD ["python", "experiments/ising.py"]
 FROM base AS full
 # tblite's C extension needs GNU OpenMP (the build stage has it through g++)
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libgomp1 >/dev/null \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 COPY --from=build /opt/venv /opt/venv
 COPY . /app
 RUN python -m pip install -q --no-deps -e . && ednn-tf models >/dev/null
