@@ -125,12 +125,9 @@ def rerender_dataset(source, path, shape, gamma, channels, progress=False):
     from .. import data
     from . import render
 
-    import h5py
-
-    structs = load_structures(source)
+    structs = load_structures(source)     # with the file's force labels on SinglePointCalculators, if any
     energies = data.read_arrays(source, ["Y"])["Y"][:, 0]
-    with h5py.File(source, "r") as fh:
-        forces = load_forces(source) if "forces" in fh else None
+    forces = [a.calc.get_forces() for a in structs] if structs and structs[0].calc is not None else None
     cell = structs[0].cell.lengths()[:2]
     attrs = {**data.read_attrs(source), "grid": list(shape), "gamma_A": gamma, "cutoff_gamma": render.DEFAULT_CUTOFF,
              "pixel_size_A": [cell[0] / shape[0], cell[1] / shape[1]],
