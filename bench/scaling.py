@@ -81,10 +81,17 @@ def main():
                 if len(np.unique(atoms[big])) >= 2 else None)
     summary = {"width": args.width, "rows": rows, "exponent_all": expo_all, "exponent_ge_1e5": expo_big,
                "memory_ratio_largest_smallest": float(mem[-1] / mem[0]), "atoms_ratio": float(atoms[-1] / atoms[0])}
+    if big.any():                                  # the figure: largest sheet vs the first >= 1e5 atoms
+        i = int(np.argmax(big))
+        summary["memory_ratio_largest_to_ge_1e5"] = float(mem[-1] / mem[i])
+        summary["memory_ratio_reference_atoms"] = int(atoms[i])
     if several:
         print(f"time ~ atoms^{expo_all:.3f} (all sizes)" + (f", ^{expo_big:.3f} (>= 1e5 atoms)" if expo_big else ""))
         print(f"peak memory: {mem[0]:.0f} MB -> {mem[-1]:.0f} MB (x{mem[-1] / mem[0]:.2f}) "
               f"for x{atoms[-1] / atoms[0]:.0f} atoms")
+        if big.any():
+            print(f"peak memory, largest vs {int(atoms[i]):,} atoms (first >= 1e5): "
+                  f"x{summary['memory_ratio_largest_to_ge_1e5']:.2f}")
 
     rank_rows = []
     for n in args.ranks:
