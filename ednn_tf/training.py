@@ -143,6 +143,30 @@ def cosine_schedule(lr, total_steps, decay=True, alpha=0.01, warmup_steps=0):
                                                   warmup_steps=warmup_steps)
 
 
+def _trim_log(path, epochs_done):
+    """Keep only the rows of the CSV training log ``path`` for epochs ``< epochs_done`` (those the
+    backup resumes after; all rows are dropped when training starts afresh), atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        lines = fh.read().splitlines(keepends=True)
+    if not lines:
+        return
+    keep = [lines[0]]
+    for line in lines[1:]:
+        try:
+            if int(float(line.split(",", 1)[0])) < epochs_done:
+                keep.append(line)
+        except ValueError:          # a torn last line of a killed write
+            continue
+    if len(keep) == len(lines):
+        return
+    if len(keep) == 1:              # no epoch kept: CSVLogger writes its header again
+        keep = []
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.writelines(keep)
+
+
 def read_log(workdir):
     """The per-epoch columns of ``workdir/log.csv`` written by ``fit`` (``{}`` if there is none)."""
     import numpy as np
@@ -266,9 +290,15 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
         fit_kwargs.setdefault("shuffle", False)
     if hasattr(x, "set_epoch"):   # e.g. data.ArrayBatches: continue its (seed, epoch) sequence
         x.set_epoch(done)
-    cbs = [_FiniteLoss(), _Backup(backup, save_freq="epoch", delete_checkpoint=True)]
+    cbs = [_FiniteLoss()]
     if rank == 0:
-        cbs.append(keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True))
+        # the log line before the backup: a run killed between the two redoes that epoch, and
+        # _trim_log drops the rows the backup does not hold, so log.csv has every epoch once
+        log_path = os.path.join(workdir, "log.csv")
+        _trim_log(log_path, done)
+        cbs.append(keras.callbacks.CSVLogger(log_path, append=True))
+    cbs.append(_Backup(backup, save_freq="epoch", delete_checkpoint=True))
+    if rank == 0:
         if progress:
             cbs.append(EpochProgress(epochs, desc=desc))
     cbs.extend(callbacks)

@@ -159,3 +159,24 @@ def test_a_kill_while_a_backup_is_written_leaves_a_whole_one(tmp_path, cut):
     for a, b in zip(_weights(straight), _weights(again)):
         np.testing.assert_array_equal(a, b)
     assert sorted(os.listdir(workdir)) == ["log.csv"]      # removed when training completes
+
+
+def test_log_has_every_epoch_once_after_a_kill_between_the_log_line_and_the_backup(tmp_path):
+    """The epoch's log line is written before its backup; a run killed between the two redoes that
+    epoch on the rerun, and ``fit`` drops the log rows the backup does not hold (and a torn last line),
+    so ``log.csv`` ends with epochs 0..3 once each, the first two rows those of the killed run."""
+    path = _file(tmp_path)
+    stream = lambda: data.h5_dataset(path, batch_size=8, shuffle=True, seed=2, drop_remainder=True)  # noqa: E731
+    workdir = tmp_path / "w"
+    with pytest.raises(Interrupt):
+        training.fit(_model(), stream(), epochs=4, workdir=str(workdir), progress=False, callbacks=[stop_after(1)])
+    log = workdir / "log.csv"
+    kept = log.read_text().splitlines()
+    assert [r.split(",")[0] for r in kept[1:]] == ["0", "1"]
+    with open(log, "a") as fh:        # epoch 2's line written, its backup not (killed), then a torn line
+        fh.write("2,0.5\n3,0.")
+    training.fit(_model(), stream(), epochs=4, workdir=str(workdir), progress=False)
+    rows = log.read_text().splitlines()
+    assert rows[:3] == kept
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
+    assert training.read_log(str(workdir))["loss"][2] != 0.5
