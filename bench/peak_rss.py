@@ -4,6 +4,7 @@
     python bench/peak_rss.py --runs ising             # any of: ising, pytest, pytest-files, hexagonal, porous
     python bench/peak_rss.py --runs pytest-files      # every tests/test_*.py in its own process
     python bench/peak_rss.py --runs ising hexagonal porous     # the cpu presets are long (~1 h each): opt-in
+    python bench/peak_rss.py --runs pytest --per-test # also: which tests raise the suite's peak most
 
 Each run is started as ``python bench/peak_rss.py --child REPORT -- TARGET ARGS``: the child runs the
 script (``runpy``, as ``python TARGET ARGS`` would, with the script's folder first on ``sys.path``)
@@ -65,16 +66,34 @@ def _child(report, target, args):
         runpy.run_path(target, run_name="__main__")
 
 
-def measure(name, target, args, log_dir):
+def _per_test(path, top=12):
+    """The tests after which the process's peak RSS rose most (from ``tests/conftest.py``'s
+    ``EDNN_TEST_RSS_LOG`` lines "nodeid current_MB peak_MB"): ``[(nodeid, rise_MB, peak_MB)]``."""
+    rows, last = [], 0.0
+    with open(path) as fh:
+        for line in fh:
+            nodeid, _cur, peak = line.rsplit(" ", 2)
+            rows.append((nodeid, float(peak) - last, float(peak)))
+            last = float(peak)
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def measure(name, target, args, log_dir, per_test=False):
     """Run one measurement; returns its record (MB are MiB: ru_maxrss / 1024)."""
     report = os.path.join(log_dir, f"{name}.rss.json")
+    env = None
+    if per_test and target == "-m pytest":
+        per_test_log = os.path.join(log_dir, f"{name}.per_test.txt")
+        if os.path.exists(per_test_log):
+            os.remove(per_test_log)
+        env = dict(os.environ, EDNN_TEST_RSS_LOG=per_test_log)
     log = os.path.join(log_dir, f"{name}.log")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", report, "--", target, *args]
     shown = ("python -m pytest " if target == "-m pytest" else f"python {target} ") + " ".join(args)
     print(f"running {name}: {shown} (log {log})", flush=True)
     t0 = time.time()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     rc = os.waitstatus_to_exitcode(status)
     rec = {"command": shown, "rc": rc, "wall_s": round(time.time() - t0, 1),
@@ -85,6 +104,12 @@ def measure(name, target, args, log_dir):
         rec.update(peak_mb=round(r["self_kb"] / 1024, 1), subprocess_peak_mb=round(r["children_kb"] / 1024, 1))
     else:   # the child died before atexit (killed): only the tree's figure
         rec.update(peak_mb=None, subprocess_peak_mb=None)
+    if env is not None and os.path.exists(per_test_log):
+        rec["largest_peak_rises"] = _per_test(per_test_log)
+        rec["per_test_log"] = per_test_log
+        print("tests after which the peak rose most (MB rise, peak MB):")
+        for nodeid, rise, peak in rec["largest_peak_rises"]:
+            print(f"  {rise:7.0f} {peak:7.0f}  {nodeid}")
     worst = max(v for v in (rec["peak_mb"], rec["tree_peak_mb"]) if v is not None)
     rec["within_target"] = worst <= TARGET_MB
     return rec
@@ -123,6 +148,8 @@ def main(argv=None):
     ap.add_argument("--pytest-files", nargs="+", help="the test files of pytest-files (default tests/test_*.py)")
     ap.add_argument("--json", default=os.path.join(REPO, "results", "peak_rss.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary output folders (printed)")
+    ap.add_argument("--per-test", action="store_true",
+                    help="pytest runs: log RSS after every test and print the tests that raised the peak most")
     args = ap.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="peak_rss_")
@@ -136,10 +163,10 @@ def main(argv=None):
             files = args.pytest_files or sorted(f"tests/{f}" for f in os.listdir(os.path.join(REPO, "tests"))
                                                 if f.startswith("test_") and f.endswith(".py"))
             for f in files:
-                records[f] = measure(os.path.basename(f)[:-3], target, extra + [f], logs)
+                records[f] = measure(os.path.basename(f)[:-3], target, extra + [f], logs, args.per_test)
                 print(_table({f: records[f]}).splitlines()[1], flush=True)
             continue
-        records[name] = measure(name, target, extra, logs)
+        records[name] = measure(name, target, extra, logs, args.per_test)
         if name == "ising":
             records[name]["figures"] = _ising_figures(os.path.join(tmp, "ising", "results.json"))
         print(_table({name: records[name]}).splitlines()[1], flush=True)

@@ -92,6 +92,22 @@ def pytest_runtest_setup(item):
         skip_without(*mark.args)
 
 
+#: ``EDNN_TEST_RSS_LOG=path``: after each test, append "nodeid current_MB peak_MB" (this process) to
+#: ``path`` -- where the suite's memory grows (``bench/peak_rss.py --runs pytest --per-test``)
+_RSS_LOG = os.environ.get("EDNN_TEST_RSS_LOG")
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if not _RSS_LOG:
+        return
+    import resource
+    with open("/proc/self/statm") as fh:
+        current_mb = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open(_RSS_LOG, "a") as fh:
+        fh.write(f"{item.nodeid} {current_mb:.0f} {peak_mb:.0f}\n")
+
+
 class Interrupt(Exception):
     """Raised by :func:`stop_after`: a training run killed part way."""
 
