@@ -298,9 +298,8 @@ def fit(model, x, y=None, *, epochs, workdir, batch_size=None, validation_data=N
         _trim_log(log_path, done)
         cbs.append(keras.callbacks.CSVLogger(log_path, append=True))
     cbs.append(_Backup(backup, save_freq="epoch", delete_checkpoint=True))
-    if rank == 0:
-        if progress:
-            cbs.append(EpochProgress(epochs, desc=desc))
+    if rank == 0 and progress:
+        cbs.append(EpochProgress(epochs, desc=desc))
     cbs.extend(callbacks)
     return model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
                      callbacks=cbs, verbose=0, **fit_kwargs)
