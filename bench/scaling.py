@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from any folder or worktree
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -108,9 +109,9 @@ def main():
     from ednn_tf import plots
     from ednn_tf.util import write_json_atomic
 
+    write_json_atomic(summary, os.path.join(args.out, "scaling.json"))   # the figures first: a plot failure keeps them
     plots.scaling(atoms, secs, mem, os.path.join(args.out, "scaling.png"), exponent=expo_big or expo_all,
                   ranks=[(r["ranks"], r["wall_seconds"]) for r in rank_rows])
-    write_json_atomic(summary, os.path.join(args.out, "scaling.json"))
     print(f"wrote {args.out}/scaling.json and scaling.png")
 
 

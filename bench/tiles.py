@@ -33,8 +33,10 @@ and the ratios density / tile CNN (pixels/s) of each.
 import argparse
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from any folder or worktree
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
