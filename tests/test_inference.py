@@ -36,6 +36,23 @@ def test_streaming_equals_whole_grid(cnn_model, chunk, batch, cols):
     np.testing.assert_allclose(res["tile_map"], cnn_model.tile_contributions(grid[None]).numpy()[0], rtol=1e-5, atol=1e-6)
 
 
+def test_rows_only_source_equals_block_source(cnn_model):
+    """A source without ``columns`` (asked for whole stripes, padded and sliced here) gives the same
+    tile map as the block source over the same grid, for whole-width and blocked cuts."""
+    grid = np.random.default_rng(4).normal(size=(40, 24, 2)).astype(np.float32)
+    blocks = ArraySource(grid)
+
+    def rows_only(r0, r1):
+        return np.take(grid, np.arange(r0, r1) % 40, axis=0)
+
+    for cols in (None, 1, 2):
+        a = evaluate_streaming(cnn_model, blocks, (40, 24), tile_cols_per_block=cols, keep_map=True)
+        b = evaluate_streaming(cnn_model, rows_only, (40, 24), tile_cols_per_block=cols, keep_map=True)
+        np.testing.assert_array_equal(a["tile_map"], b["tile_map"])
+    with pytest.raises(ValueError, match=r"block of shape \(17, 24, 2\) for tile rows 0..0, expected \(16, 24, 2\)"):
+        evaluate_streaming(cnn_model, lambda r0, r1: rows_only(r0, r1 + 1), (40, 24))
+
+
 @pytest.mark.parametrize("size", [2, 3, 4])
 def test_uneven_stripes_sum_to_whole(cnn_model, size):
     """5 tile rows over 2, 3 or 4 'ranks': per-rank partial sums add up to the single-process total."""

@@ -5,7 +5,9 @@ periodic wrap), e.g. by rendering only the atoms near a stripe of a procedurally
 Each chunk of tile rows is requested with its ``c``-wide halo, padded periodically along the
 columns, cut a block of tile columns at a time by ``tiling.tiles_from_padded`` (as the Keras
 layer) and evaluated by ``EDNN.tile_values`` in batches; sums are float64 (``model.sum_tiles``).
-Peak memory (one stripe plus one block of tiles) grows with neither the grid's height nor its width.
+A source that can render a block of columns alone (``columns = True``) is asked for one block at a
+time, so peak memory (one block of the grid plus its tiles) grows with neither the grid's height
+nor its width; for a rows-only source the stripe is the whole width.
 
 With Horovod each rank takes a contiguous block of tile rows (``shard_rows``) and the float64
 partial sums are combined by one allreduce at the end.
@@ -25,7 +27,10 @@ __all__ = ["ArraySource", "shard_rows", "evaluate_streaming", "evaluate_sharded"
 
 
 class ArraySource:
-    """Row source over an in-memory grid ``(H, W, C)`` (or ``(H, W)``), with periodic wrap of rows."""
+    """Block source over an in-memory grid ``(H, W, C)`` (or ``(H, W)``): ``source(r0, r1, c0=0,
+    c1=W)`` with periodic wrap of rows and columns."""
+
+    columns = True
 
     def __init__(self, grid):
         grid = np.asarray(grid)
@@ -34,8 +39,11 @@ class ArraySource:
             raise ValueError(f"grid must be (H, W) or (H, W, C), got shape {grid.shape}")
         self.shape = self.grid.shape
 
-    def __call__(self, r0, r1):
-        return np.take(self.grid, np.arange(r0, r1) % self.shape[0], axis=0)
+    def __call__(self, r0, r1, c0=0, c1=None):
+        rows = np.take(self.grid, np.arange(r0, r1) % self.shape[0], axis=0)
+        if (c0, c1) in ((0, None), (0, self.shape[1])):
+            return rows
+        return np.take(rows, np.arange(c0, c1) % self.shape[1], axis=1)
 
 
 def shard_rows(n_rows: int, rank: int, size: int):
@@ -88,30 +96,49 @@ def _stream_plan(model, grid_shape, row_range, tile_rows_per_chunk, batch_tiles,
     return W, n_cols, start, stop, min(cols, n_cols)
 
 
-def _stripe(source, r, r_end, f, c, W):
-    """Grid rows of tile rows ``r .. r_end-1`` plus the ``c``-wide halo, checked, ``(rows, W, C)``."""
-    stripe = np.asarray(source(r * f - c, r_end * f + c), dtype=np.float32)
-    stripe = stripe[..., None] if stripe.ndim == 2 else stripe
-    want = ((r_end - r) * f + 2 * c, W)
-    if stripe.shape[:2] != want:
-        raise ValueError(f"source returned rows of shape {stripe.shape}, expected {want + stripe.shape[2:]}")
-    if not np.all(np.isfinite(stripe)):
-        raise ValueError(f"source returned non-finite values for tile rows {r}..{r_end - 1}")
-    return stripe
+def _checked(block, want, where):
+    """``block`` as float32 ``(rows, cols, C)``, checked against the expected ``want = (rows, cols)``."""
+    block = np.asarray(block, dtype=np.float32)
+    block = block[..., None] if block.ndim == 2 else block
+    if block.shape[:2] != want:
+        raise ValueError(f"source returned a block of shape {block.shape} for {where}, expected {want + block.shape[2:]}")
+    if not np.all(np.isfinite(block)):
+        raise ValueError(f"source returned non-finite values for {where}")
+    return block
 
 
-def _stripe_values(model, run, stripe, n_cols, cols, batch):
-    """Per-tile values ``(rows, n_cols)`` of one stripe: ``cols`` tile columns, ``batch`` tiles a call."""
+def _block_fetcher(source, r, r_end, f, c, W):
+    """``fetch(q, q_end)``: the padded block ``(1, (r_end - r) f + 2c, (q_end - q) f + 2c, C)`` of tile rows
+    ``r .. r_end-1`` and tile columns ``q .. q_end-1`` with its ``c``-wide halo. A source with
+    ``columns = True`` is asked for each block alone (memory independent of the grid's width); any
+    other source for the whole stripe once, padded periodically along the columns and sliced."""
+    rows = (r_end - r) * f + 2 * c
+    where = f"tile rows {r}..{r_end - 1}"
+    if getattr(source, "columns", False):
+        def fetch(q, q_end):
+            want = (rows, (q_end - q) * f + 2 * c)
+            return _checked(source(r * f - c, r_end * f + c, q * f - c, q_end * f + c), want,
+                            f"{where}, tile columns {q}..{q_end - 1}")[None]
+        return fetch
+    stripe = _checked(source(r * f - c, r_end * f + c), (rows, W), where)
+    padded = tiling.periodic_pad(stripe[None], c, axes=(2,))            # (1, rows, W + 2c, C)
+    return lambda q, q_end: padded[:, :, q * f:q_end * f + 2 * c]
+
+
+def _stripe_values(model, run, fetch, n_rows, n_cols, cols, batch):
+    """``(values, run)``: per-tile values ``(n_rows, n_cols)`` of one stripe, ``cols`` tile columns (one
+    ``fetch``) at a time, ``batch`` tiles a sub-network call; ``run`` (the traced sub-network) is
+    made on the first block when None."""
     f, c = model.focus, model.context
-    padded = tiling.periodic_pad(stripe[None], c, axes=(2,))            # (1, rows f + 2c, W + 2c, C)
-    block = np.empty(((len(stripe) - 2 * c) // f, n_cols), np.float32)
+    block = np.empty((n_rows, n_cols), np.float32)
     for q in range(0, n_cols, cols):
         q_end = min(n_cols, q + cols)
-        tiles = tiling.tiles_from_padded(padded[:, :, q * f:q_end * f + 2 * c], f, c)   # (1, rows, q_end-q, t, t, C)
+        tiles = tiling.tiles_from_padded(fetch(q, q_end), f, c)          # (1, n_rows, q_end - q, t, t, C)
         flat, _ = tiling.fold_tiles(tiles, 2)
+        run = run or _tile_runner(model, int(flat.shape[-1]))
         out = np.concatenate([run(flat[lo:lo + batch]).numpy() for lo in range(0, int(flat.shape[0]), batch)])
-        block[:, q:q_end] = out.reshape(len(block), q_end - q)
-    return block
+        block[:, q:q_end] = out.reshape(n_rows, q_end - q)
+    return block, run
 
 
 def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_per_chunk=1, batch_tiles=256,
@@ -120,7 +147,9 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
     """Evaluate ``model`` (an ``EDNN``) over tile rows ``row_range`` of a 2D grid, streaming.
 
     ``source(r0, r1)`` returns grid rows ``r0 .. r1-1`` as ``(r1 - r0, W, C)``, wrapping rows outside
-    ``[0, H)`` periodically; ``grid_shape`` is ``(H, W)`` (multiples of ``focus``); ``row_range``
+    ``[0, H)`` periodically; a source with the attribute ``columns = True`` is instead called as
+    ``source(r0, r1, c0, c1)`` for each block of columns (``c0 < 0``, ``c1 > W`` wrap), so the memory
+    grows with neither the grid's height nor its width (``ArraySource``, ``PorousSheet.row_source``); ``grid_shape`` is ``(H, W)`` (multiples of ``focus``); ``row_range``
     ``(start, stop)`` the tile rows (default all ``H / f``). Memory knobs: ``tile_rows_per_chunk``
     rows per ``source`` call, ``batch_tiles`` tiles per sub-network call (traced once for any
     batch), ``tile_cols_per_block`` tile columns cut at a time (``"auto"``: enough to fill four
@@ -139,10 +168,8 @@ def evaluate_streaming(model, source, grid_shape, *, row_range=None, tile_rows_p
     t0 = time.perf_counter()
     for r in range(start, stop, tile_rows_per_chunk):
         r_end = min(stop, r + tile_rows_per_chunk)
-        stripe = _stripe(source, r, r_end, f, c, W)
-        if run is None:
-            run = _tile_runner(model, stripe.shape[-1])
-        block = _stripe_values(model, run, stripe, n_cols, cols, int(batch_tiles))
+        block, run = _stripe_values(model, run, _block_fetcher(source, r, r_end, f, c, W), r_end - r, n_cols, cols,
+                                    int(batch_tiles))
         partials.append(sum_tiles(block))
         if keep_map:
             tile_map.append(block)

@@ -9,8 +9,9 @@ by any process, in any order, identically. An atom is removed when it lies withi
 (periodic distance) of any pore centre. Unlike ``structures.porous_graphene`` no dangling-atom
 pruning is done (it would need global neighbour information).
 
-``row_source`` turns the sheet into a row source for ``ednn_tf.apply.inference``: rows are the x axis
-(the renderer's convention), so horizontal stripes of the image are bands of constant x.
+``row_source`` turns the sheet into a block source for ``ednn_tf.apply.inference``: rows are the x axis
+(the renderer's convention), so horizontal stripes of the image are bands of constant x, and a
+block of a stripe is a box of the sheet.
 """
 from __future__ import annotations
 
@@ -56,12 +57,13 @@ class PorousSheet:
         """Sheet area in A^2."""
         return self.Lx * self.Ly
 
-    def _pores_of_block_row(self, bi):
-        """Pores (cx, cy, r) of block row ``bi`` (unwrapped index: centres shifted by whole periods)."""
+    def _pores(self, bi, bj0, bj1):
+        """Pores ``(cx, cy, r)`` of blocks ``(bi, bj0 .. bj1)`` (unwrapped indices: centres shifted by
+        whole periods, so no minimum-image wrap is needed)."""
         bim = bi % self.nbx
         out = []
-        for bj in range(self.nby):
-            rng = np.random.default_rng([self.seed, bim, bj])
+        for bj in range(bj0, bj1 + 1):
+            rng = np.random.default_rng([self.seed, bim, bj % self.nby])
             n = int(rng.integers(self.pores_per_block[0], self.pores_per_block[1] + 1))
             c = rng.uniform(0.0, 1.0, (n, 2)) * (self.bx, self.by) + (bi * self.bx, bj * self.by)
             r = rng.uniform(*self.radius_range, n)
@@ -69,30 +71,34 @@ class PorousSheet:
         return np.concatenate(out) if out else np.zeros((0, 3))
 
     def atoms_in_x_range(self, x0, x1):
-        """Carbon positions ``(N, 2)`` with ``x0 <= x < x1`` in the *unwrapped* frame (x may be
-        negative or beyond ``Lx``: positions are the periodic images there), pores removed."""
+        """Carbon positions ``(N, 2)`` with ``x0 <= x < x1`` and ``0 <= y < Ly``, pores removed
+        (``atoms_in_box`` over the whole width)."""
+        return self.atoms_in_box(x0, x1, 0.0, self.Ly)
+
+    def atoms_in_box(self, x0, x1, y0, y1):
+        """Carbon positions ``(N, 2)`` with ``x0 <= x < x1`` and ``y0 <= y < y1`` in the *unwrapped*
+        frame (coordinates may be negative or beyond ``Lx`` / ``Ly``: the periodic images there), pores
+        removed. Work and memory grow with the box's area only."""
         a, b = self.a, self.b
         i0, i1 = math.floor(x0 / a) - 1, math.floor(x1 / a) + 1
-        ix = np.arange(i0, i1 + 1)
+        j0, j1 = math.floor(y0 / b) - 1, math.floor(y1 / b) + 1
         fx, fy = FRACTIONAL[:, 0], FRACTIONAL[:, 1]
-        X = (ix[:, None, None] + fx[None, None, :]) * a + np.zeros((1, self.ny, 1))
-        Y = (np.arange(self.ny)[None, :, None] + fy[None, None, :]) * b + np.zeros((len(ix), 1, 1))
-        keep = (X >= x0) & (X < x1)
+        X = (np.arange(i0, i1 + 1)[:, None, None] + fx[None, None, :]) * a + np.zeros((1, j1 - j0 + 1, 1))
+        Y = (np.arange(j0, j1 + 1)[None, :, None] + fy[None, None, :]) * b + np.zeros((i1 - i0 + 1, 1, 1))
+        keep = (X >= x0) & (X < x1) & (Y >= y0) & (Y < y1)
         rmax = self.radius_range[1]
+        bj0, bj1 = math.floor((y0 - rmax) / self.by), math.floor((y1 + rmax) / self.by)
         for bi in range(math.floor((x0 - rmax) / self.bx), math.floor((x1 + rmax) / self.bx) + 1):
-            for cx, cy, r in self._pores_of_block_row(bi):
+            for cx, cy, r in self._pores(bi, bj0, bj1):
                 ka = np.arange(math.floor((cx - r) / a) - 1, math.floor((cx + r) / a) + 2) - i0
-                ka = ka[(ka >= 0) & (ka < len(ix))]
-                if not ka.size:
+                kb = np.arange(math.floor((cy - r) / b) - 1, math.floor((cy + r) / b) + 2) - j0
+                ka, kb = ka[(ka >= 0) & (ka < X.shape[0])], kb[(kb >= 0) & (kb < X.shape[1])]
+                if not (ka.size and kb.size):
                     continue
-                kb = np.arange(math.floor((cy - r) / b) - 1, math.floor((cy + r) / b) + 2) % self.ny
                 sub = np.ix_(ka, kb)
-                dx = X[sub] - cx
-                dy = Y[sub] - cy
-                dy -= self.Ly * np.round(dy / self.Ly)
-                hole = dx * dx + dy * dy < r * r
+                dx, dy = X[sub] - cx, Y[sub] - cy
                 k = keep[sub]
-                k[hole] = False
+                k[dx * dx + dy * dy < r * r] = False
                 keep[sub] = k
         return np.column_stack([X[keep], Y[keep]])
 
@@ -112,27 +118,33 @@ class PorousSheet:
         return Atoms("C" * len(xy), positions=pos, cell=[self.Lx, self.Ly, 20.0], pbc=(True, True, False))
 
     def row_source(self, shape, gamma=_render.DEFAULT_GAMMA, cutoff=_render.DEFAULT_CUTOFF):
-        """A row source ``source(r0, r1) -> (r1 - r0, W, 1)`` for ``inference.evaluate_streaming``.
+        """A block source ``source(r0, r1, c0=0, c1=W) -> (r1 - r0, c1 - c0, 1)`` for
+        ``inference.evaluate_streaming`` (rows and columns outside the image wrap periodically).
 
-        ``shape = (H, W)`` is the image of the whole sheet (pixel ``k`` along x at ``k Lx / H``).
-        Each call renders only the atoms within the Gaussian cutoff of rows ``r0 .. r1-1`` into a
-        band with ``m`` margin rows on each side (so the renderer's periodic wrap only touches the
-        margin), then crops: identical to the corresponding rows of the whole-sheet image.
+        ``shape = (H, W)`` is the image of the whole sheet (pixel ``(k, l)`` at ``(k Lx / H, l Ly / W)``).
+        Each call renders only the atoms within the Gaussian cutoff of the block into an image with
+        ``m`` margin pixels on each side (so the renderer's periodic wrap only touches the margin; no
+        column margin when the block is the whole width), then crops: equal to that block of the
+        whole-sheet image. Memory grows with the block, not with the sheet.
         """
         H, W = (int(s) for s in shape)
-        px = self.Lx / H
-        m = int(math.ceil(cutoff * gamma / px)) + 1
+        px, py = self.Lx / H, self.Ly / W
+        R = cutoff * gamma
+        mx, my = int(math.ceil(R / px)) + 1, int(math.ceil(R / py)) + 1
 
-        def source(r0, r1):
-            n_ext = (r1 - r0) + 2 * m
-            x0 = (r0 - m) * px
-            xy = self.atoms_in_x_range(x0, x0 + n_ext * px)
-            xy[:, 0] -= x0
-            img = _render.render(xy, np.full(len(xy), 6), cell=(n_ext * px, self.Ly), shape=(n_ext, W),
-                                 gamma=gamma, cutoff=cutoff) if len(xy) else np.zeros((n_ext, W, 1), np.float32)
-            return img[m:m + (r1 - r0)]
+        def source(r0, r1, c0=0, c1=W):
+            whole = (c0, c1) == (0, W)   # the sheet's own periodic width
+            m_y = 0 if whole else my
+            nx, ny = (r1 - r0) + 2 * mx, (c1 - c0) + 2 * m_y
+            x0, y0 = (r0 - mx) * px, (c0 - m_y) * py
+            xy = self.atoms_in_box(x0, x0 + nx * px, y0, y0 + ny * py)
+            xy -= (x0, y0)
+            img = _render.render(xy, np.full(len(xy), 6), cell=(nx * px, ny * py), shape=(nx, ny), gamma=gamma,
+                                 cutoff=cutoff) if len(xy) else np.zeros((nx, ny, 1), np.float32)
+            return img[mx:mx + (r1 - r0), m_y:m_y + (c1 - c0)]
 
         source.atoms_per_row = self.count_atoms_estimate() / H
+        source.columns = True   # evaluate_streaming may ask for blocks of columns
         return source
 
     def count_atoms_estimate(self):
