@@ -45,18 +45,18 @@ PRESETS = {
     # gives ~565k snapshots (paper: 501,473 + 60,744). X alone is then ~330 GB (float32) and the MD
     # ~6.3 M REBO steps (~10 core-hours): for a GPU node with the disk for it.
     "paper": dict(_COMMON, n_geometries=3137, val_fraction=0.0, test_fraction=349 / 3137, pixels_per_cell=384,
-                  width=1.0, dense=1024, batch_size=64, lr=1e-6, lr_decay=False, epochs=500, equilibration=200,
+                  width=1.0, dense=1024, batch_size=64, lr=1e-6, lr_decay=False, warmup_epochs=0, epochs=500, equilibration=200,
                   steps=2000, every=10, baseline="none", augment=False),
     # 2 shared CPU cores, ~20-30 min: 400 geometries x 10 snapshots (unseen geometries are what the test
     # measures, so geometries beat snapshots), 96 px per cell (0.36 A/px; f=16, c=8 = the paper's
     # 5.7 A / 2.9 A), the same 13-conv + 2-dense CNN at a quarter of the filters and dense 256,
     # cosine-decayed Adam, the linear atom-count baseline, exact-symmetry augmentation.
     "cpu": dict(_COMMON, n_geometries=400, val_fraction=0.09, test_fraction=0.11, pixels_per_cell=96, width=0.25,
-                dense=256, batch_size=16, lr=1e-3, lr_decay=True, epochs=40, equilibration=100, steps=300, every=20,
+                dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=0, epochs=40, equilibration=100, steps=300, every=20,
                 baseline="linear", augment=True),
     # seconds, for tests of the script itself
     "tiny": dict(_COMMON, n_geometries=6, val_fraction=0.17, test_fraction=0.33, pixels_per_cell=24, width=0.125,
-                 dense=16, batch_size=4, lr=1e-3, lr_decay=False, epochs=2, equilibration=10, steps=40, every=10,
+                 dense=16, batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=0, epochs=2, equilibration=10, steps=40, every=10,
                  baseline="linear", augment=True),
 }
 
@@ -93,6 +93,7 @@ def _parser():
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--lr-decay", type=int, choices=(0, 1), help="cosine-decay the step 100x over training")
+    ap.add_argument("--warmup-epochs", type=int, help="linear warm-up of the step from lr/100 over these epochs")
     ap.add_argument("--workers", type=int, default=2, help="MD worker processes")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -151,6 +152,9 @@ def _check(cfg, args):
     check_int("--seed", cfg["seed"], minimum=0)
     check_int("--workers", args.workers, minimum=1)
     check_int("--equilibration", cfg["equilibration"], minimum=0)
+    if not 0 <= check_int("--warmup-epochs", cfg["warmup_epochs"]) <= cfg["epochs"]:
+        raise ArgumentError(f"--warmup-epochs must be in 0..{cfg['epochs']} (--epochs), got "
+                            f"--warmup-epochs={cfg['warmup_epochs']}")
     if cfg["equilibration"] + cfg["every"] > cfg["steps"]:
         raise ArgumentError(f"--steps must be >= --equilibration + --every = {cfg['equilibration'] + cfg['every']} "
                             f"(no snapshots otherwise), got --steps={cfg['steps']}")
@@ -232,8 +236,9 @@ def train(args, cfg, path, split, base, progress):
         val = data.h5_dataset(path, batch_size=64, indices=val_idx) if len(val_idx) else None
         return ds, None, {"validation_data": val}
 
-    steps = cfg["epochs"] * -(-len(train_idx) // cfg["batch_size"])
-    lr = training.cosine_schedule(cfg["lr"], steps, decay=cfg["lr_decay"], alpha=0.01)
+    per_epoch = -(-len(train_idx) // cfg["batch_size"])
+    lr = training.cosine_schedule(cfg["lr"], cfg["epochs"] * per_epoch, decay=cfg["lr_decay"], alpha=0.01,
+                                  warmup_steps=cfg["warmup_epochs"] * per_epoch)
     f, c = cfg["focus"], cfg["context"]
 
     def build():   # He-normal kernels with --init he: with Glorot ones training stays on the constant plateau
