@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 __all__ = ["extensive_errors", "energy_errors", "error_ratio_ci", "ratio_entries", "ratio_summary", "fit_exponent",
-           "combine_runs", "runs_report"]
+           "combine_runs", "runs_report", "no_better_than"]
 
 #: The prediction kinds of a hexagonal run that :func:`combine_runs` compares.
 RUN_KINDS = ("plain", "symmetrised")
@@ -45,6 +45,23 @@ def energy_errors(true_ev, pred_ev, n_atoms, areas):
     return {"eV": extensive_errors(true_ev, pred_ev),
             "meV_per_A2": extensive_errors(1e3 * true_ev / areas, 1e3 * pred_ev / areas),
             "meV_per_atom": extensive_errors(1e3 * true_ev / n_atoms, 1e3 * pred_ev / n_atoms)}
+
+
+def no_better_than(model_error, reference_error, reference="the baseline alone", fraction=0.9):
+    """A warning (``str``; ``""`` when none is due) when a trained model's test error ``model_error``
+    is at least ``fraction`` of ``reference_error``, the error of the fixed part it was trained on
+    top of (same unit). Such a run learned (almost) nothing: typically training sat at the
+    constant-predictor plateau. Both errors must be finite and >= 0."""
+    model_error, reference_error = float(model_error), float(reference_error)
+    if not (np.isfinite(model_error) and np.isfinite(reference_error)) or min(model_error, reference_error) < 0:
+        raise ValueError(f"errors must be finite and >= 0, got model_error={model_error!r}, "
+                         f"reference_error={reference_error!r}")
+    if model_error < fraction * reference_error:
+        return ""
+    return (f"the trained model's test error {model_error:.4g} is {model_error / max(reference_error, 1e-300):.2f}x "
+            f"that of {reference} ({reference_error:.4g}): the network learned (almost) nothing. A loss "
+            f"flat from the first epochs is the constant-predictor plateau: try more --warmup-epochs, a "
+            f"smaller --lr or another --seed")
 
 
 def error_ratio_ci(true, pred_a, pred_b, stat="mean", level=0.95, n_boot=10000, seed=0):

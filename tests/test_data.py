@@ -225,3 +225,16 @@ def test_corrupted_payload_is_detected(tmp_path):
     with pytest.raises(Exception, match="is corrupt"):
         for _ in data.h5_dataset(path, batch_size=100):
             pass
+
+
+def test_no_better_than_warns_only_at_the_baseline_plateau():
+    from ednn_tf.metrics import no_better_than
+    # the porous cpu-preset runs of 2026-12-04: warm-up 1.546 vs baseline 8.237 meV/A^2 (learned);
+    # the plateaued run of 2026-12-03: 8.24 vs 8.24 (learned nothing)
+    assert no_better_than(1.546, 8.237) == ""
+    msg = no_better_than(8.24, 8.237, "the atom-count baseline alone")
+    assert "1.00x" in msg and "atom-count baseline" in msg and "--warmup-epochs" in msg
+    assert no_better_than(7.40, 8.2) != "" and no_better_than(7.37, 8.2) == ""   # the 0.9 threshold
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="got model_error"):
+            no_better_than(bad, 1.0)
