@@ -140,3 +140,26 @@ def test_rerun_with_fewer_epochs_than_its_backup_is_refused(script, workdir, tmp
                         f"epochs >= 5 to finish the run it belongs to, or delete '{backup}' to train 2 epochs from "
                         "the start")
     assert not (tmp_path / "data").exists() and sorted(os.listdir(tmp_path / "out")) == [workdir]
+
+
+def test_run_tests_runs_each_file_in_its_own_process_and_sums_the_counts(tmp_path):
+    """``scripts/run_tests.py`` (the README's test command): one pytest process per file, summed
+    counts, exit status 1 naming the failing file; a node id selects within its file."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    good, bad = tmp_path / "test_good.py", tmp_path / "test_bad.py"
+    good.write_text("import os\n"
+                    "def test_a(): print('pid', os.getpid())\n"
+                    "def test_b(): pass\n"
+                    "import pytest\n@pytest.mark.skip(reason='by design')\ndef test_c(): pass\n")
+    bad.write_text("import os\ndef test_d(): print('pid', os.getpid())\ndef test_e(): assert 1 == 2\n")
+    runner = [sys.executable, os.path.join(repo, "scripts", "run_tests.py")]
+    out = subprocess.run(runner + ["-s", str(good), str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout
+    assert "=== suite: 3 passed, 1 failed, 1 skipped in 2 files" in out.stdout
+    assert re.search(r"=== FAILED: \S*test_bad\.py \(pytest exit status 1\)", out.stdout)
+    pids = set(re.findall(r"^pid (\d+)", out.stdout, re.M))
+    assert len(pids) == 2, out.stdout                     # test_a and test_d: two processes
+    one = subprocess.run(runner + [f"{good}::test_b"], capture_output=True, text=True, cwd=tmp_path)
+    assert one.returncode == 0 and "=== suite: 1 passed in 1 file," in one.stdout, one.stdout
