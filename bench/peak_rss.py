@@ -9,7 +9,9 @@
 Each run is started as ``python bench/peak_rss.py --child REPORT -- TARGET ARGS``: the child runs the
 script (``runpy``, as ``python TARGET ARGS`` would, with the script's folder first on ``sys.path``)
 or ``pytest`` in-process and, at exit, writes its own ``getrusage(RUSAGE_SELF).ru_maxrss`` and that of
-the processes it started and waited for (``RUSAGE_CHILDREN``: the largest one). The parent also keeps
+the processes it started and waited for (``RUSAGE_CHILDREN``: the largest one; Linux counts a forked
+child's resident size at the fork, so a subprocess started by a large process reports at least that
+process's size then, an upper bound, not what the child used). The parent also keeps
 ``os.wait4``'s figure for the whole tree. Experiments write to a fresh temporary ``--out`` (a rerun
 would reuse the models instead of training them); the Ising run also gets a fresh ``--data-dir``, so
 its figure includes generating the data as a first run does. Threads, environment: as inherited (set
