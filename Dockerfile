@@ -4,7 +4,7 @@
 #
 #   docker build -t ednn_tf .                                   # full image (default target)
 #   docker run --rm -v $PWD/results:/app/results ednn_tf        # Ising quick preset -> results/ising-quick/
-#   docker run --rm ednn_tf python -m pytest -q                 # the test suite
+#   docker run --rm ednn_tf python scripts/run_tests.py         # the test suite (one process per file)
 #   docker build --target slim -t ednn_tf:slim .                # core + pytest only (see below)
 #
 # scripts/check_docker.sh builds and checks all of this with podman (README, Development).
