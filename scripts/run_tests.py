@@ -7,8 +7,8 @@
 
 Why not one ``python -m pytest``: TensorFlow's oneDNN keeps buffers for every input shape and
 network it has run until the process ends (``keras.backend.clear_session``, ``gc``,
-``malloc_trim`` and ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` do not free them; only
-``TF_ENABLE_ONEDNN_OPTS=0``, which changes float32 round-off, does). Over the whole suite one
+``malloc_trim``, ``MALLOC_ARENA_MAX`` and ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` do not free them;
+``TF_ENABLE_ONEDNN_OPTS=0``, which changes float32 round-off, frees a part). Over the whole suite one
 process grows to about 1.9 GB peak resident memory; with a process per file the largest peak is
 that of the heaviest file (``python bench/peak_rss.py --runs pytest-files``; figures in
 docs/results.md). ``python -m pytest -q`` still runs the same tests with the same results, in
@@ -20,6 +20,7 @@ Ctrl-C.
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -34,11 +35,15 @@ OK_STATUS = (0, 5)
 
 def split_args(argv):
     """``(files, options)``: arguments naming an existing test file or node (``path::name``) are files,
-    grouped by file in the order given; everything else is passed to every pytest process."""
+    grouped by file in the order given, and a folder stands for its ``test_*.py`` files; everything
+    else is passed to every pytest process."""
     files, options = {}, []
     for arg in argv:
         path = arg.split("::", 1)[0]
-        if not arg.startswith("-") and path.endswith(".py") and os.path.isfile(path):
+        if not arg.startswith("-") and os.path.isdir(arg):
+            for f in sorted(glob.glob(os.path.join(arg, "**", "test_*.py"), recursive=True)):
+                files.setdefault(f, [os.path.abspath(f)])
+        elif not arg.startswith("-") and path.endswith(".py") and os.path.isfile(path):
             files.setdefault(path, []).append(os.path.abspath(path) + arg[len(path):])
         else:
             options.append(arg)

@@ -163,3 +163,6 @@ def test_run_tests_runs_each_file_in_its_own_process_and_sums_the_counts(tmp_pat
     assert len(pids) == 2, out.stdout                     # test_a and test_d: two processes
     one = subprocess.run(runner + [f"{good}::test_b"], capture_output=True, text=True, cwd=tmp_path)
     assert one.returncode == 0 and "=== suite: 1 passed in 1 file," in one.stdout, one.stdout
+    folder = subprocess.run(runner + [str(tmp_path), "-k", "test_a or test_d"], capture_output=True, text=True)
+    assert folder.returncode == 0, folder.stdout   # a folder: each of its test files once, filter applied
+    assert "=== suite: 2 passed, 3 deselected in 2 files" in folder.stdout, folder.stdout
