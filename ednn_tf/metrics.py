@@ -59,9 +59,9 @@ def no_better_than(model_error, reference_error, reference="the baseline alone",
     if model_error < fraction * reference_error:
         return ""
     return (f"the trained model's test error {model_error:.4g} is {model_error / max(reference_error, 1e-300):.2f}x "
-            f"that of {reference} ({reference_error:.4g}): the network learned (almost) nothing. A loss "
-            f"flat from the first epochs is the constant-predictor plateau: try more --warmup-epochs, a "
-            f"smaller --lr or another --seed")
+            f"that of {reference} ({reference_error:.4g}): the network learned (almost) nothing. Too few "
+            f"epochs, or a loss flat from the first ones (the constant-predictor plateau): try more --epochs "
+            f"or --warmup-epochs, a smaller --lr or another --seed")
 
 
 def error_ratio_ci(true, pred_a, pred_b, stat="mean", level=0.95, n_boot=10000, seed=0):

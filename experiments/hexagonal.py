@@ -275,6 +275,7 @@ def train_and_test(args, cfg, d, tag, results, save):
     from ednn_tf import plots
     from ednn_tf.apply import studies
     from ednn_tf.atoms import targets
+    from ednn_tf.metrics import no_better_than
 
     y, a, preds = d["y"], d["areas"], d.setdefault("preds", {})
 
@@ -299,6 +300,12 @@ def train_and_test(args, cfg, d, tag, results, save):
         plots.parity_and_error(1e3 * y / a, 1e3 * preds[name] / a, os.path.join(args.out, f"fig5_{name}_parity.png"),
                                quantity="E / A", unit="meV/A^2", color=d["carbon"], label="carbon fraction",
                                title=f"{label[name]}, {tag} test set: MAE {mae:.3f} meV/A^2")
+        composition = results.get("baselines", {}).get("composition_linear")
+        warning = composition and no_better_than(mae, composition["meV_per_A2"]["mean_abs_error"],
+                                                 "a linear fit on the element counts alone")
+        if warning:
+            results.setdefault("warnings", []).append(f"{name}: {warning}")
+            print(f"WARNING: {label[name]}: {warning}", file=sys.stderr)
     if histories:
         plots.training_curves(histories, os.path.join(args.out, "training_loss.png"), key="loss [eV^2]")
     save()
