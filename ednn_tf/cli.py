@@ -112,7 +112,8 @@ def _train(args):
                                  context=args.context, filters=args.filters, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                                  seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures),
-                                 augment=not args.no_augment, workdir=args.workdir)
+                                 augment=not args.no_augment, workdir=args.workdir, readout=args.readout,
+                                 init_from=args.init_from)
     stem = os.path.splitext(args.out)[0]
     write_json_atomic(metrics, stem + ".metrics.json")
     val = metrics["val_indices"]
@@ -224,7 +225,12 @@ def _parser():
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="seeded random validation fraction, never trained on (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", action="store_true", help="no mirror / x<->y augmentation")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no augmentation (atoms readout: random rotations, mirrors, sub-pixel shifts; cell: mirrors, x<->y)")
+    p.add_argument("--readout", default="atoms", choices=["atoms", "cell"],
+                   help="atoms (default): space frame, any cell, per-atom energies, stress; cell: the first form")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from the network weights of MODEL (a .keras path or shipped name; same architecture)")
     p.add_argument("--workdir", default=None,
                    help="training backup and log.csv (default OUT.train); a rerun with the same one resumes")
     p.set_defaults(run=_train)

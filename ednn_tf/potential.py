@@ -29,10 +29,15 @@ import keras
 import numpy as np
 
 from .model import load_ednn
-from .util import check_float, check_model_file, check_positive, check_positive_axes, to_jsonable
+from .util import check_choice, check_float, check_model_file, check_positive, check_positive_axes, to_jsonable
 
-__all__ = ["Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card",
+__all__ = ["READOUTS", "Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card",
            "resolve_model_path", "MODELS_DIR"]
+
+#: How a potential reads its energy out: ``"atoms"``, the space frame (any cell and orientation, per-atom
+#: energies, stress; :mod:`ednn_tf.atoms.frames`), or ``"cell"``, the first form (the image stretched
+#: onto ``round(L / p)`` pixels of an orthorhombic cell, summed per pixel; kept for older files).
+READOUTS = ("atoms", "cell")
 
 #: Folder of the models shipped inside the package (``<name>.keras``).
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -47,7 +52,7 @@ class Potential(keras.Model):
     """
 
     def __init__(self, ednn, pixel_size, gamma=0.2, cutoff=None, channels=None, e0=None, scale=1.0, card=None,
-                 **kwargs):
+                 readout="cell", max_height=None, min_vacuum=None, **kwargs):
         super().__init__(**kwargs)
         self.ednn = load_ednn(ednn)
         self.pixel_size = check_positive_axes("pixel_size", pixel_size)
@@ -57,6 +62,13 @@ class Potential(keras.Model):
         self.e0 = {int(z): check_float(f"e0[{z}]", float(v)) for z, v in (e0 or {}).items()}
         self.scale = check_float("scale", scale)
         self.card = card
+        self.readout = check_choice("readout", readout, READOUTS)
+        if self.readout == "atoms":
+            if isinstance(self.pixel_size, tuple) or int(self.ednn.focus) != 1 or not hasattr(self.ednn, "density"):
+                raise ValueError(f"the 'atoms' readout needs a DensityEDNN and one pixel size, got a "
+                                 f"{type(self.ednn).__name__} (focus {self.ednn.focus}) at {self.pixel_size} A/px")
+        self.max_height = None if max_height is None else check_float("max_height", max_height, minimum=0.0)
+        self.min_vacuum = None if min_vacuum is None else check_float("min_vacuum", min_vacuum, minimum=0.0)
         self.built = True   # nothing of its own to build: the EDNN holds every weight
 
     @property
@@ -67,6 +79,11 @@ class Potential(keras.Model):
     @card.setter
     def card(self, value):
         self._card = json.dumps(to_jsonable(dict(value or {})), sort_keys=True)
+
+    @property
+    def pitch(self) -> float:
+        """The pixel pitch (A) of the space grid (``"atoms"`` readout: one pixel size)."""
+        return float(self.pixel_size if not isinstance(self.pixel_size, tuple) else self.pixel_size[0])
 
     @property
     def elements(self):
@@ -117,7 +134,8 @@ class Potential(keras.Model):
         return {**super().get_config(), "ednn": keras.saving.serialize_keras_object(self.ednn),
                 "pixel_size": list(self.pixel_size) if isinstance(self.pixel_size, tuple) else self.pixel_size,
                 "gamma": self.gamma, "cutoff": self.cutoff, "channels": self.channels,
-                "e0": {str(z): v for z, v in self.e0.items()}, "scale": self.scale, "card": self.card}
+                "e0": {str(z): v for z, v in self.e0.items()}, "scale": self.scale, "card": self.card,
+                "readout": self.readout, "max_height": self.max_height, "min_vacuum": self.min_vacuum}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

@@ -36,9 +36,10 @@ import os
 from numbers import Integral
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from ..atoms import cells
+from ..atoms.frames import check_structure
 from ..atoms.render_tf import render_tf
 from ..model import load_ednn, sum_tiles
 from ..potential import Potential, load_potential
@@ -115,7 +116,7 @@ class EDNNCalculator(Calculator):
     not a multiple of the focus.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "tile_energies", "stretch"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "tile_energies", "stretch"]
     nolabel = True
 
     def __init__(self, model, shape=None, pixel_size=None, gamma=None, cutoff=None, channels=None, max_cached=8,
@@ -137,6 +138,7 @@ class EDNNCalculator(Calculator):
             cutoff = check_positive("cutoff", cutoff)
         self._max_cached = check_int("max_cached", max_cached, minimum=1)
         self._functions = collections.OrderedDict()
+        self._space = None
         super().__init__(shape=None if shape is None else list(shape), pixel_size=pixel_size, gamma=gamma,
                          cutoff=cutoff, channels=channels, **kwargs)
 
@@ -193,9 +195,18 @@ class EDNNCalculator(Calculator):
         return fn
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        """Compute the energy and per-tile energies (and the forces if requested) of ``atoms``."""
+        """Compute the energy and per-tile energies (and the forces if requested) of ``atoms``; for a
+        potential with the ``"atoms"`` readout, energy, per-atom energies, forces and stress."""
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        if self.potential is not None and self.potential.readout == "atoms":
+            return self._calculate_space(atoms, properties)
+        if set(properties) & {"stress", "energies"}:
+            raise PropertyNotImplementedError(f"{sorted(set(properties) & {'stress', 'energies'})} need a potential "
+                                              "with the 'atoms' readout (this model sums pixels of a cell grid)")
+        if self.potential is not None:
+            check_structure(atoms, self.potential.elements or None, self.potential.max_height,
+                            self.potential.min_vacuum, orthorhombic=True)
         if len(atoms) == 0:
             raise ValueError("cannot evaluate an empty structure (0 atoms)")
         lengths = self.cell_lengths(atoms)
@@ -218,6 +229,24 @@ class EDNNCalculator(Calculator):
                             stretch=self._stretch(lengths, shape))
         if want_forces:
             self.results["forces"] = forces.numpy() + 0.0   # + 0.0: no -0.0 in the z column
+
+    def _calculate_space(self, atoms, properties):
+        """The space frame (:func:`ednn_tf.apply.space.predict_structures`, one traced graph)."""
+        from .space import predict_structures
+
+        if self._space is None:
+            from ..atoms.space_tf import SpaceEvaluator
+
+            self._space = SpaceEvaluator(self.potential)
+        r = predict_structures(self.potential, [atoms], evaluator=self._space)[0]
+        if not math.isfinite(r["energy"]):
+            raise RuntimeError(f"the EDNN returned a non-finite energy {r['energy']!r}")
+        if "stress" in properties and r["stress"] is None:
+            raise PropertyNotImplementedError(f"stress needs a cell with a volume: a length along z "
+                                              f"(cell = {atoms.cell.array.round(4).tolist()})")
+        self.results.update(energy=r["energy"], free_energy=r["energy"], energies=r["energies"], forces=r["forces"])
+        if r["stress"] is not None:
+            self.results["stress"] = r["stress"]
 
     def _stretch(self, lengths, shape):
         """``|n p - L| / L`` per axis in pixel-size mode (None for a fixed ``shape``)."""

@@ -103,7 +103,8 @@ class GridBatches(ShapeBatches):
 
 def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, gamma=0.3, context=16, filters=32,
                     epochs=100, batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True,
-                    card=None, augment=True, energy_weight=1.0, force_weight=10.0):
+                    card=None, augment=True, energy_weight=1.0, force_weight=10.0, readout="atoms", init_from=None,
+                    max_height=None, min_vacuum=None):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
@@ -114,6 +115,14 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     pre-rendered images (:class:`GridBatches`, MSE of the per-atom energy). Returns ``(potential,
     metrics)`` with the validation errors of :func:`evaluate` (``metrics["val"]``; forces too when
     given) and the split.
+
+    ``readout="atoms"`` (default): the space frame (any cell, per-atom energies, stress;
+    :mod:`ednn_tf.apply.space_training`: random rotations, mirrors and sub-pixel shifts when
+    ``augment``; energies alone are ``force_weight=0`` of the same trainer); ``"cell"``: the first
+    form (``n = round(L / p)`` pixels per axis, orthorhombic cells). ``init_from``: a Potential (or
+    path) whose network weights start the training (same architecture). ``max_height`` and
+    ``min_vacuum`` (A): the structures the potential accepts (default: the training set's largest
+    distance from its plane plus 0.5 A, and 10 A), recorded in the file.
     """
     n = len(structures)
     energies = np.asarray(energies, dtype=np.float64)
@@ -135,6 +144,8 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     keras.utils.set_random_seed(seed)
     ednn = DensityEDNN(networks.energy_density(context, channels=len(elements), filters=filters, seed=seed), context)
     residual = energies - np.array([sum(e0[int(z)] for z in a.numbers) for a in structures])
+    if readout == "atoms":
+        return _train_space(structures, energies, forces, out, train, val, e0, ednn, residual, locals())
     pot = Potential(ednn, pixel_size, gamma, None, elements, e0, 1.0, card)
     pixels = np.array([np.prod(pot.grid(a.cell.lengths()[:2])[0]) for a in structures], dtype=np.float64)
     pot.scale = float(max(np.std(residual[train] / pixels[train]), 1e-9))   # eV per pixel: O(1) outputs
@@ -151,18 +162,27 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
         model = ForceTrainer(pot, energy_weight, force_weight, energy_unit=float(np.std(residual[train] / n_atoms)),
                              force_unit=float(np.sqrt(np.mean(f_train ** 2))),
                              images=periodic_images(batches.min_length, gamma))
+    return _fit_and_record(pot, model, batches, structures, energies, forces, out, train, val, locals())
+
+
+def _fit_and_record(pot, model, batches, structures, energies, forces, out, train, val, kw):
+    """Fit ``model`` (the trainer of ``pot``) on ``batches``, save ``pot`` to ``out`` with its card
+    completed by the validation errors; ``(pot, metrics)``."""
+    epochs, lr, val_fraction = kw["epochs"], kw["lr"], kw["val_fraction"]
     model.compile(optimizer=keras.optimizers.Adam(training.cosine_schedule(lr, epochs * len(batches))),
-                  loss="mse" if forces is None else None)
-    training.fit(model, batches.dataset(), epochs=epochs, workdir=workdir or f"{out}.train", progress=progress)
+                  loss="mse" if isinstance(model, DensityEDNN) else None)
+    training.fit(model, batches.dataset(), epochs=epochs, workdir=kw["workdir"] or f"{out}.train",
+                 progress=kw["progress"])
     training.save_model_atomic(pot, out)   # first: the backup is gone once fit completes, whatever fails next
     val_rows = [structures[i] for i in val]
     metrics = {"n_train": len(train), "n_val": len(val), "split": f"data.split_indices(n, ({1 - val_fraction:g}, "
-               f"{val_fraction:g}), seed={seed})", "val_indices": [int(i) for i in val],
-               "training": {"forces": forces is not None, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                            "augment": bool(augment)},
+               f"{val_fraction:g}), seed={kw['seed']})", "val_indices": [int(i) for i in val],
+               "training": {"forces": forces is not None, "epochs": epochs, "lr": lr, "batch_size": kw["batch_size"],
+                            "augment": bool(kw["augment"]), "readout": pot.readout,
+                            "init_from": None if kw["init_from"] is None else str(kw["init_from"])},
                "val": evaluate(pot, val_rows, energies[val], None if forces is None else [forces[i] for i in val],
                                structure_kinds(val_rows))}
-    if forces is not None:
+    if isinstance(model, ForceTrainer):
         metrics["training"].update(energy_weight=model.energy_weight, force_weight=model.force_weight,
                                    energy_unit_eV_per_atom=model.energy_unit, force_unit_eV_per_A=model.force_unit)
     card_metrics = {**metrics, "val": {k: v for k, v in metrics["val"].items() if k != "pred_energy"}}
@@ -170,6 +190,30 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     pot.card = {**pot.card, "metrics": card_metrics, **_composition(structures, train)}
     training.save_model_atomic(pot, out)
     return pot, metrics
+
+
+def _train_space(structures, energies, forces, out, train, val, e0, ednn, residual, kw):
+    """:func:`train_potential` with the ``"atoms"`` readout (:mod:`ednn_tf.apply.space_training`)."""
+    from ..potential import load_potential
+    from .space_training import SpaceBatches, SpaceTrainer
+
+    rows = [structures[i] for i in train]
+    n_atoms = np.array([len(a) for a in rows], dtype=np.float64)
+    heights = [np.max(np.abs(a.positions[:, 2] - np.median(a.positions[:, 2]))) for a in rows]
+    max_height = kw["max_height"] if kw["max_height"] is not None else round(float(max(heights)) + 0.5, 3)
+    min_vacuum = kw["min_vacuum"] if kw["min_vacuum"] is not None else 10.0
+    pot = Potential(ednn, kw["pixel_size"], kw["gamma"], None, sorted(e0), e0,
+                    float(max(np.std(residual[train] / n_atoms), 1e-9)), kw["card"], readout="atoms",
+                    max_height=max_height, min_vacuum=min_vacuum)
+    ednn(np.zeros((1, 2 * ednn.context + 8, 2 * ednn.context + 8, len(e0)), np.float32))   # built: dynamic sizes
+    if kw["init_from"] is not None:
+        ednn.set_weights(load_potential(kw["init_from"]).ednn.get_weights())
+    f_train = None if forces is None else [forces[i] for i in train]
+    batches = SpaceBatches(pot, rows, energies[train], f_train, kw["batch_size"], seed=kw["seed"], augment=kw["augment"])
+    f_unit = 1.0 if forces is None else float(np.sqrt(np.mean(np.concatenate([f[:, :2].ravel() for f in f_train]) ** 2)))
+    model = SpaceTrainer(pot, kw["energy_weight"], kw["force_weight"] if forces is not None else 0.0,
+                         energy_unit=pot.scale, force_unit=f_unit)
+    return _fit_and_record(pot, model, batches, structures, energies, forces, out, train, val, kw)
 
 
 def _energy_only(pot, structures, residual, batch_size, seed, augment):
@@ -199,7 +243,12 @@ def _composition(structures, rows):
 def predict_energies(potential, structures, batch_size=16):
     """Energies (eV) of ``structures``: numpy images grouped by grid shape, one batched EDNN call per
     group (no graph per structure, unlike the calculator; the images are truncated at 6 gamma, a
-    relative difference below 2e-8)."""
+    relative difference below 2e-8). A potential with the ``"atoms"`` readout goes through
+    :func:`ednn_tf.apply.space.predict_structures`."""
+    if potential.readout == "atoms":
+        from .space import predict_structures
+
+        return np.array([r["energy"] for r in predict_structures(potential, structures, batch_size)])
     images = [render_for(potential, a) for a in structures]
     out = np.array([potential.reference_energy(a.numbers) for a in structures])
     groups = {}

@@ -257,8 +257,14 @@ class ForceTrainer(keras.Model):
 def predict_energies_forces(potential, structures, batch_size=8):
     """Energies (eV, with the reference energies) and forces ((N_i, 3) eV/A, z = 0) of ``structures``,
     in batches of one grid (:class:`StructureBatches`): one traced graph for all, unlike the
-    calculator's graph per structure."""
+    calculator's graph per structure; the ``"atoms"`` readout: :func:`ednn_tf.apply.space.predict_structures`)."""
     import tensorflow as tf
+
+    if potential.readout == "atoms":
+        from .space import predict_structures
+
+        res = predict_structures(potential, structures, batch_size)
+        return np.array([r["energy"] for r in res]), [r["forces"] for r in res]
 
     batches = StructureBatches(potential, structures, batch_size=batch_size, shuffle=False)
     trainer = ForceTrainer(potential, images=periodic_images(batches.min_length, potential.gamma, potential.cutoff))

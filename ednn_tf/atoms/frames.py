@@ -1,0 +1,214 @@
+"""Structures in space: the one structure check, and the space frame of a potential (numpy, no TF).
+
+A potential with the ``"atoms"`` readout (:class:`ednn_tf.potential.Potential`) sees a structure on a
+grid **fixed in space**: pixel ``(a, b)`` samples ``(a p, b p)`` for every integer ``a, b`` (``p`` the
+pitch, A), whatever the cell. A structure is rendered on the window of that grid that covers its
+atoms plus a halo, the halo's atoms being periodic images ``r_i + n1 a1 + n2 a2`` of the cell's
+atoms (no pixel wrap, no stretch: any cell shape and orientation, and a non-periodic flake when
+``pbc`` is False in the plane). :func:`space_frame` finds that window and the images; the
+TensorFlow side (:mod:`ednn_tf.atoms.space_tf`) renders, runs the density network and reads the
+energy out per atom.
+
+Window, per axis (pixel indices): the density is needed on the pixels the per-atom readout touches
+(a cubic B-spline: ``floor(x/p) - 1 .. floor(x/p) + 2``; one pixel more on each side), the image on
+those plus the network's context ``c``, and atoms whose Gaussian (width ``gamma``) reaches the image
+within ``RENDER_RANGE`` gammas (the dropped tail is below ``exp(-24.5) = 2e-11`` of a peak).
+
+:func:`check_structure` is the check of every entry point (calculator, ``ednn-tf predict/eval/train``,
+batched prediction, training, MD): it names the atom, value or setting it refuses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["RENDER_RANGE", "SPLINE_HALF_WIDTH", "check_structure", "Frame", "space_frame", "pack_frames",
+           "in_plane_basis"]
+
+#: Rendered atoms: those within this many gammas of the image window.
+RENDER_RANGE = 7.0
+#: Pixels the readout needs on each side of an atom's pixel (cubic B-spline: 2), plus one spare.
+SPLINE_HALF_WIDTH = 3
+_PLANE_TOL = 1e-6
+
+
+def _symbols(numbers):
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[int(z)] for z in numbers]
+
+
+def check_structure(atoms, elements=None, max_height=None, min_vacuum=None, orthorhombic=False):
+    """Check ``atoms`` (``ase.Atoms``) for a 2D potential; ValueError naming what is refused.
+
+    Refused: not an ``ase.Atoms``; no atoms; a non-finite position (names the atom); an element not
+    in ``elements`` (atomic numbers; None: any); a periodic in-plane axis whose cell vector is zero
+    or leaves the plane; a cell periodic along z whose third vector is tilted or leaves less than
+    ``min_vacuum`` (A) between the sheet and its image; an atom farther than ``max_height`` (A) from
+    the sheet's plane (the median z; names the atom and its height; a bilayer or an adsorbate is
+    not a sheet). ``orthorhombic``: also refuse a non-rectangular or non-periodic in-plane cell (the
+    legacy ``"cell"`` readout). Returns ``(xy (N, 2) A, cell (2, 2) A: the in-plane cell rows, pbc
+    (2,) bool)``.
+    """
+    from ase import Atoms
+
+    if not isinstance(atoms, Atoms):
+        raise ValueError(f"expected an ase.Atoms, got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise ValueError("cannot evaluate an empty structure (0 atoms)")
+    pos = np.asarray(atoms.positions, dtype=np.float64)
+    if not np.all(np.isfinite(pos)):
+        i = int(np.argwhere(~np.isfinite(pos))[0, 0])
+        raise ValueError(f"positions must be finite, got {pos[i].tolist()!r} for atom {i}")
+    if elements is not None:
+        unknown = sorted(set(int(z) for z in atoms.numbers) - set(int(z) for z in elements))
+        if unknown:
+            raise ValueError(f"the potential was trained on elements {_symbols(sorted(elements))}, got "
+                             f"{_symbols(unknown)}")
+    cell, pbc = np.asarray(atoms.cell.array, dtype=np.float64), [bool(b) for b in atoms.pbc]
+    for k in (0, 1):
+        if pbc[k]:
+            norm = float(np.linalg.norm(cell[k]))
+            if norm == 0.0:
+                raise ValueError(f"atoms.pbc = {pbc} but cell vector {k} is zero (cell = {cell.round(4).tolist()})")
+            if abs(cell[k, 2]) > _PLANE_TOL * norm:
+                raise ValueError(f"cell vector {k} = {cell[k].round(4).tolist()} A leaves the xy plane: a 2D potential "
+                                 "needs the periodic in-plane cell vectors in the xy plane")
+    if pbc[0] and pbc[1] and abs(np.linalg.det(cell[:2, :2])) < 1e-6 * np.linalg.norm(cell[0]) * np.linalg.norm(cell[1]):
+        raise ValueError(f"the in-plane cell vectors {cell[:2].round(4).tolist()} are parallel")
+    z = pos[:, 2]
+    plane = float(np.median(z))
+    if pbc[2]:
+        if np.linalg.norm(cell[2, :2]) > _PLANE_TOL * abs(cell[2, 2]) or cell[2, 2] == 0.0:
+            raise ValueError(f"atoms.pbc = {pbc} with a third cell vector {cell[2].round(4).tolist()} A: a 2D "
+                             "potential needs it along z (or pbc[2] = False)")
+        vacuum = abs(cell[2, 2]) - float(z.max() - z.min())
+        if min_vacuum is not None and vacuum < min_vacuum:
+            raise ValueError(f"atoms.pbc = {pbc} with c = {abs(cell[2, 2]):.3f} A leaves {vacuum:.3f} A between the "
+                             f"sheet and its periodic image along z; this 2D potential needs at least {min_vacuum:g} A "
+                             "(set atoms.pbc[2] = False, or a longer c)")
+    if max_height is not None:
+        i = int(np.argmax(np.abs(z - plane)))
+        if abs(z[i] - plane) > max_height:
+            raise ValueError(f"atom {i} ({_symbols([atoms.numbers[i]])[0]}) lies {z[i] - plane:+.3f} A from the sheet's "
+                             f"plane (median z = {plane:.3f} A); this 2D potential takes atoms within {max_height:g} A "
+                             "of the plane (a bilayer, an adsorbate or a 3D structure is outside what it was trained on)")
+    if orthorhombic:
+        from .cells import cell_lengths
+
+        cell_lengths(cell, 2)   # raises for a non-orthorhombic cell
+        if not (pbc[0] and pbc[1]):
+            raise ValueError(f"this potential's grid is periodic along x and y, but atoms.pbc = {pbc}")
+    return pos[:, :2].copy(), cell[:2, :2].copy(), np.array(pbc[:2])
+
+
+def in_plane_basis(cell, pbc):
+    """A 2x2 basis whose rows are the periodic cell vectors (a perpendicular unit vector, or the unit
+    vectors, standing in for the non-periodic ones)."""
+    cell, pbc = np.asarray(cell, dtype=np.float64), np.asarray(pbc, dtype=bool)
+    if pbc.all():
+        return cell.copy()
+    if not pbc.any():
+        return np.eye(2)
+    k = int(np.argmax(pbc))
+    a = cell[k] / np.linalg.norm(cell[k])
+    out = np.empty((2, 2))
+    out[k], out[1 - k] = cell[k], (-a[1], a[0])
+    return out
+
+
+@dataclass
+class Frame:
+    """A structure in a potential's space frame (see the module docstring).
+
+    ``xy`` (N, 2) A: the atoms, wrapped into the cell along its periodic axes; ``cell`` (2, 2) A: the
+    in-plane cell rows (a non-periodic axis gets a zero row: no images along it); ``idx`` (M,) and
+    ``shift`` (M, 2): the rendered atoms are ``xy[idx] + shift @ cell`` (the first N are the atoms
+    themselves, shift 0); ``origin`` (2,) and ``shape`` (2,): the image covers pixels ``origin ..
+    origin + shape - 1`` of the space grid (context included)."""
+
+    xy: np.ndarray
+    cell: np.ndarray
+    idx: np.ndarray
+    shift: np.ndarray
+    origin: np.ndarray
+    shape: np.ndarray
+
+
+def space_frame(xy, cell, pbc, pitch, context, gamma):
+    """The :class:`Frame` of atoms ``xy`` (N, 2) A in an in-plane ``cell`` (2, 2) A periodic along
+    ``pbc`` (2,) bool, for a potential of pitch ``pitch`` (A), network context ``context`` (pixels)
+    and Gaussian width ``gamma`` (A)."""
+    xy, pbc = np.asarray(xy, dtype=np.float64), np.asarray(pbc, dtype=bool)
+    basis = in_plane_basis(cell, pbc)
+    inv = np.linalg.inv(basis)
+    frac = xy @ inv
+    frac[:, pbc] -= np.floor(frac[:, pbc])
+    xy = frac @ basis
+    lo = np.floor(xy.min(0) / pitch).astype(np.int64) - SPLINE_HALF_WIDTH
+    hi = np.floor(xy.max(0) / pitch).astype(np.int64) + SPLINE_HALF_WIDTH + 1
+    origin = lo - int(context)
+    shape = hi - lo + 1 + 2 * int(context)
+    reach = RENDER_RANGE * gamma
+    box_lo, box_hi = origin * pitch - reach, (origin + shape - 1) * pitch + reach
+    lattice = np.where(pbc[:, None], np.asarray(cell, dtype=np.float64), 0.0)
+    corners = np.array([[x, y] for x in (box_lo[0], box_hi[0]) for y in (box_lo[1], box_hi[1])]) @ inv
+    n_lo = np.where(pbc, np.floor(corners.min(0)) - 1, 0).astype(np.int64)
+    n_hi = np.where(pbc, np.ceil(corners.max(0)) + 1, 0).astype(np.int64)
+    shifts = np.array([(i, j) for i in range(n_lo[0], n_hi[0] + 1) for j in range(n_lo[1], n_hi[1] + 1)
+                       if (i, j) != (0, 0)], dtype=np.int64).reshape(-1, 2)
+    cand = xy[None, :, :] + (shifts @ lattice)[:, None, :]                          # (S, N, 2)
+    keep = np.all((cand >= box_lo) & (cand <= box_hi), axis=-1)
+    s_idx, a_idx = np.nonzero(keep)
+    idx = np.concatenate([np.arange(len(xy)), a_idx])
+    shift = np.concatenate([np.zeros((len(xy), 2), np.int64), shifts[s_idx]])
+    return Frame(xy, lattice, idx, shift, origin, shape)
+
+
+def pack_frames(frames, weights, shape=None):
+    """Pad ``frames`` (a list of :class:`Frame`) to one batch of numpy arrays: ``positions`` (B, N, 2),
+    ``cell`` (B, 2, 2), ``mask`` (B, N) (1 for an atom, 0 for padding), ``idx`` (B, M), ``shift``
+    (B, M, 2), ``weights`` (B, M, C) (the channel weights of every rendered atom, 0 for padding:
+    nothing is rendered for it), ``origin`` (B, 2) and ``shape`` (2,): the largest window (or
+    ``shape`` when given and large enough); a smaller window is padded with empty space, which the
+    readout never touches. ``weights``: one (N_b, C) array per frame."""
+    B = len(frames)
+    n = max(len(f.xy) for f in frames)
+    m = max(len(f.idx) for f in frames)
+    C = weights[0].shape[1]
+    grid = np.max([f.shape for f in frames], axis=0)
+    if shape is not None:
+        grid = np.maximum(grid, np.asarray(shape, dtype=np.int64))
+    out = {"positions": np.zeros((B, n, 2)), "cell": np.zeros((B, 2, 2)), "mask": np.zeros((B, n)),
+           "idx": np.zeros((B, m), np.int32), "shift": np.zeros((B, m, 2)), "weights": np.zeros((B, m, C), np.float32),
+           "origin": np.zeros((B, 2), np.int32), "shape": grid.astype(np.int32)}
+    for b, (f, w) in enumerate(zip(frames, weights)):
+        k, j = len(f.xy), len(f.idx)
+        out["positions"][b, :k], out["cell"][b], out["mask"][b, :k] = f.xy, f.cell, 1.0
+        out["idx"][b, :j], out["shift"][b, :j], out["weights"][b, :j] = f.idx, f.shift, w[f.idx]
+        out["origin"][b] = f.origin
+    return out
+
+
+def window_pixels(frame) -> int:
+    """Pixels of a frame's image (its cost)."""
+    return int(math.prod(int(s) for s in frame.shape))
+
+
+__all__ += ["window_pixels"]
+
+
+def structure_frame(potential, atoms):
+    """``(Frame, channel weights (N, C))`` of ``atoms`` for a potential with the ``"atoms"`` readout,
+    after :func:`check_structure` with the potential's elements and limits."""
+    from .cells import atomic_numbers, channel_weights
+
+    xy, cell, pbc = check_structure(atoms, potential.elements or None, potential.max_height, potential.min_vacuum)
+    frame = space_frame(xy, cell, pbc, potential.pitch, potential.ednn.context, potential.gamma)
+    weights, _ = channel_weights(atomic_numbers(atoms.numbers), potential.channels)
+    return frame, weights.astype(np.float32)
+
+
+__all__ += ["structure_frame"]
