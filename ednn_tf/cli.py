@@ -47,18 +47,21 @@ def read_structures(path, index=":"):
     return frames
 
 
-def write_labelled(path, structures, energies, forces, info=None):
-    """Write ``structures`` with their energies (eV) and forces (eV/A) as extxyz, atomically."""
+def write_labelled(path, structures, energies, forces, info=None, stresses=None, atom_energies=None):
+    """Write ``structures`` with their energies (eV) and forces (eV/A) as extxyz, atomically; with
+    ``stresses`` (6,) eV/A^3 (or None) and per-atom ``atom_energies`` (N,) eV when given."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
 
     from .util import atomic_path
 
     out = []
-    for atoms, e, f in zip(structures, energies, forces):
+    for i, (atoms, e, f) in enumerate(zip(structures, energies, forces)):
         a = atoms.copy()
         a.info.update(info or {})
-        a.calc = SinglePointCalculator(a, energy=float(e), forces=f)
+        extra = {} if stresses is None or stresses[i] is None else {"stress": stresses[i]}
+        extra.update({} if atom_energies is None else {"energies": atom_energies[i]})
+        a.calc = SinglePointCalculator(a, energy=float(e), forces=f, **extra)
         out.append(a)
     with atomic_path(path) as tmp:
         ase.io.write(tmp, out, format="extxyz")
@@ -160,8 +163,16 @@ def _predict(args):
 
     pot = _model(args.model)
     structures = read_structures(args.data)
-    energies, forces = predict_energies_forces(pot, structures)
-    write_labelled(args.out, structures, energies, forces, {"model": os.fspath(args.model)})
+    info = {"model": os.fspath(args.model)}
+    if pot.readout == "atoms":
+        from .apply.space import predict_structures
+
+        res = predict_structures(pot, structures, progress=not args.no_progress)
+        write_labelled(args.out, structures, [r["energy"] for r in res], [r["forces"] for r in res], info,
+                       [r["stress"] for r in res], [r["energies"] for r in res])
+    else:
+        energies, forces = predict_energies_forces(pot, structures)
+        write_labelled(args.out, structures, energies, forces, info)
     print(f"predicted {len(structures)} structures -> {args.out}")
 
 

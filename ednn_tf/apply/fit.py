@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import data, networks, training
 from ..atoms import render
+from ..atoms.frames import check_structures
 from ..atoms.render_tf import periodic_images
 from ..model import DensityEDNN
 from ..potential import Potential, fit_reference_energies
@@ -249,6 +250,7 @@ def predict_energies(potential, structures, batch_size=16):
         from .space import predict_structures
 
         return np.array([r["energy"] for r in predict_structures(potential, structures, batch_size)])
+    check_structures(potential, structures, orthorhombic=True)
     images = [render_for(potential, a) for a in structures]
     out = np.array([potential.reference_energy(a.numbers) for a in structures])
     groups = {}

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from ..atoms import cells
+from ..atoms.frames import check_structures
 from ..atoms.render_tf import periodic_images, render_batch_tf
 from ..distributed_train import allreduce_gradients
 from ..potential import Potential
@@ -112,6 +113,7 @@ class StructureBatches(ShapeBatches):
     def __init__(self, potential, structures, energies=None, forces=None, batch_size=8, seed=0, shuffle=True,
                  augment=False, shard=(0, 1)):
         self.items = []
+        check_structures(potential, structures, orthorhombic=True)
         for i, a in enumerate(structures):
             lengths = a.cell.lengths()[:2]
             shape, _ = potential.grid(lengths)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..atoms.frames import pack_frames, structure_frame, window_pixels
+from ..atoms.frames import check_structures, pack_frames, structure_frame, window_pixels
 
 __all__ = ["predict_structures", "stress_voigt"]
 
@@ -38,12 +38,8 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
 
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
-    prepared = []
-    for i, atoms in enumerate(structures):
-        try:
-            prepared.append(structure_frame(potential, atoms))
-        except ValueError as exc:
-            raise ValueError(f"structure {i}: {exc}") from None
+    check_structures(potential, structures)
+    prepared = [structure_frame(potential, atoms) for atoms in structures]
     e0 = [np.array([potential.e0[int(z)] for z in atoms.numbers]) for atoms in structures]
     evaluator = evaluator or SpaceEvaluator(potential)
     order = sorted(range(len(structures)), key=lambda r: window_pixels(prepared[r][0]))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RENDER_RANGE", "SPLINE_HALF_WIDTH", "check_structure", "Frame", "space_frame", "pack_frames",
+__all__ = ["RENDER_RANGE", "SPLINE_HALF_WIDTH", "check_structure", "check_structures", "Frame", "space_frame", "pack_frames",
            "in_plane_basis"]
 
 #: Rendered atoms: those within this many gammas of the image window.
@@ -104,6 +104,19 @@ def check_structure(atoms, elements=None, max_height=None, min_vacuum=None, orth
     return pos[:, :2].copy(), cell[:2, :2].copy(), np.array(pbc[:2])
 
 
+def check_structures(potential, structures, orthorhombic=False):
+    """:func:`check_structure` of every structure with ``potential``'s elements and limits (its
+    ``max_height``, ``min_vacuum``); ValueError prefixed ``structure i:``. Returns their results."""
+    out = []
+    for i, atoms in enumerate(structures):
+        try:
+            out.append(check_structure(atoms, potential.elements or None, potential.max_height, potential.min_vacuum,
+                                       orthorhombic))
+        except ValueError as exc:
+            raise ValueError(f"structure {i}: {exc}") from None
+    return out
+
+
 def in_plane_basis(cell, pbc):
     """A 2x2 basis whose rows are the periodic cell vectors (a perpendicular unit vector, or the unit
     vectors, standing in for the non-periodic ones)."""
@@ -123,7 +136,9 @@ def in_plane_basis(cell, pbc):
 class Frame:
     """A structure in a potential's space frame (see the module docstring).
 
-    ``xy`` (N, 2) A: the atoms, wrapped into the cell along its periodic axes; ``cell`` (2, 2) A: the
+    ``xy`` (N, 2) A: the atoms where they are (not wrapped into the cell: an atom's energy is read
+    out at its own position, so E stays continuous when an atom crosses the cell's boundary, and a
+    copy of the cell moved by a lattice vector differs only by its sub-pixel offset); ``cell`` (2, 2) A: the
     in-plane cell rows (a non-periodic axis gets a zero row: no images along it); ``idx`` (M,) and
     ``shift`` (M, 2): the rendered atoms are ``xy[idx] + shift @ cell`` (the first N are the atoms
     themselves, shift 0); ``origin`` (2,) and ``shape`` (2,): the image covers pixels ``origin ..
@@ -142,11 +157,7 @@ def space_frame(xy, cell, pbc, pitch, context, gamma):
     ``pbc`` (2,) bool, for a potential of pitch ``pitch`` (A), network context ``context`` (pixels)
     and Gaussian width ``gamma`` (A)."""
     xy, pbc = np.asarray(xy, dtype=np.float64), np.asarray(pbc, dtype=bool)
-    basis = in_plane_basis(cell, pbc)
-    inv = np.linalg.inv(basis)
-    frac = xy @ inv
-    frac[:, pbc] -= np.floor(frac[:, pbc])
-    xy = frac @ basis
+    inv = np.linalg.inv(in_plane_basis(cell, pbc))
     lo = np.floor(xy.min(0) / pitch).astype(np.int64) - SPLINE_HALF_WIDTH
     hi = np.floor(xy.max(0) / pitch).astype(np.int64) + SPLINE_HALF_WIDTH + 1
     origin = lo - int(context)
