@@ -238,3 +238,18 @@ def test_quarter_turns_and_mirrors_are_exact_for_a_symmetric_network(potential):
         turned.positions = g.positions @ R3.T
         assert _energy(pot, turned) == pytest.approx(e, rel=1e-11)
     assert abs(_energy(potential, turned) - _energy(potential, g)) > 1e-6     # the plain network is not invariant
+
+
+@pytest.mark.parametrize("block", [2, 7, 30])
+def test_blocks_equal_the_one_piece_evaluation(potential, block):
+    """Blocks with halos (smaller than the context too) give the one-piece energy, per-atom
+    energies, forces and stress."""
+    sheet = hexagonal_cell("bnc-random", 3, repeat=(4, 3), lattice_constant=2.46, rattle=0.08)
+    sheet.pbc = [True, True, False]
+    sheet.positions[:, 0] += 0.37 * sheet.positions[:, 1] / sheet.cell[1, 1]     # some atoms outside the cell
+    whole = predict_structures(potential, [sheet], block=10 ** 6)[0]
+    parts = predict_structures(potential, [sheet], block=block, batch_size=5)[0]
+    assert parts["energy"] == pytest.approx(whole["energy"], rel=1e-12)
+    np.testing.assert_allclose(parts["energies"], whole["energies"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(parts["forces"], whole["forces"], atol=1e-10)
+    np.testing.assert_allclose(parts["stress"], whole["stress"], atol=1e-12)

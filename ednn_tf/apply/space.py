@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..atoms.frames import check_structures, pack_frames, structure_frame, window_pixels
+from ..atoms.frames import block_frames, check_structures, pack_frames, structure_frame, window_pixels
 
-__all__ = ["predict_structures", "stress_voigt"]
+__all__ = ["DEFAULT_BLOCK", "predict_structures", "stress_voigt"]
+
+#: Readout pixels per block side of a large structure (256 px = 64 A at 0.25 A/px: about 1,500 atoms
+#: of graphene a block).
+DEFAULT_BLOCK = 256
 
 
 def stress_voigt(atoms, virial):
@@ -28,33 +32,45 @@ def stress_voigt(atoms, virial):
     return np.array([s[0, 0], s[1, 1], 0.0, 0.0, 0.0, s[0, 1]])
 
 
-def predict_structures(potential, structures, batch_size=8, evaluator=None, progress=False):
+def predict_structures(potential, structures, batch_size=8, evaluator=None, progress=False, block=DEFAULT_BLOCK):
     """One dict per structure: ``energy`` (eV), ``energies`` (N,) eV per atom (they sum to the
     energy), ``forces`` (N, 3) eV/A (z = 0), ``stress`` (6,) eV/A^3 or None. Every structure is
     checked first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and
-    what is wrong, before any evaluation); batches hold structures of similar window size.
-    ``evaluator``: a :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` to reuse (one traced graph)."""
+    what is wrong, before any evaluation). A structure wider than ``block`` readout pixels is
+    evaluated by blocks with halos (:func:`ednn_tf.atoms.frames.block_frames`; the same numbers,
+    memory bounded by the block); batches hold frames of similar window size. ``evaluator``: a
+    :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` to reuse (one traced graph)."""
     from ..atoms.space_tf import SpaceEvaluator
 
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
     check_structures(potential, structures)
-    prepared = [structure_frame(potential, atoms) for atoms in structures]
-    e0 = [np.array([potential.e0[int(z)] for z in atoms.numbers]) for atoms in structures]
+    p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
+    jobs = []                                   # (structure, frame, weights of the frame's atoms)
+    for s, atoms in enumerate(structures):
+        frame, w = structure_frame(potential, atoms)
+        jobs += [(s, f, w[f.atoms]) for f in block_frames(frame, block, p, c, gamma)]
     evaluator = evaluator or SpaceEvaluator(potential)
-    order = sorted(range(len(structures)), key=lambda r: window_pixels(prepared[r][0]))
-    out = [None] * len(structures)
+    order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][1]))
+    acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
+           for a in structures]
     chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     if progress:
         from tqdm import tqdm
 
         chunks = tqdm(chunks, desc="predict", unit="batch")
     for rows in chunks:
-        res = evaluator(pack_frames([prepared[r][0] for r in rows], [prepared[r][1] for r in rows]))
+        res = evaluator(pack_frames([jobs[r][1] for r in rows], [jobs[r][2] for r in rows]))
         for b, r in enumerate(rows):
-            n = len(structures[r])
-            energies = res["energies"][b, :n] + e0[r]
-            forces = np.concatenate([res["forces"][b, :n], np.zeros((n, 1))], axis=1) + 0.0
-            out[r] = {"energy": float(res["energy"][b] + e0[r].sum()), "energies": energies, "forces": forces,
-                      "stress": stress_voigt(structures[r], res["virial"][b])}
+            s, f, _ = jobs[r]
+            a = acc[s]
+            a["energy"] += float(res["energy"][b])
+            a["energies"][f.atoms[:f.read]] = res["energies"][b, :f.read]
+            np.add.at(a["forces"], (f.atoms, slice(0, 2)), res["forces"][b, :len(f.xy)])
+            a["virial"] += res["virial"][b]
+    out = []
+    for atoms, a in zip(structures, acc):
+        e0 = np.array([potential.e0[int(z)] for z in atoms.numbers])
+        out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"] + e0,
+                    "forces": a["forces"] + 0.0, "stress": stress_voigt(atoms, a["virial"])})
     return out

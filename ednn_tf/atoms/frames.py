@@ -142,7 +142,9 @@ class Frame:
     in-plane cell rows (a non-periodic axis gets a zero row: no images along it); ``idx`` (M,) and
     ``shift`` (M, 2): the rendered atoms are ``xy[idx] + shift @ cell`` (the first N are the atoms
     themselves, shift 0); ``origin`` (2,) and ``shape`` (2,): the image covers pixels ``origin ..
-    origin + shape - 1`` of the space grid (context included)."""
+    origin + shape - 1`` of the space grid (context included). A block of a larger structure
+    (:func:`block_frames`) reads out only its first ``read`` atoms (the rest are the sources of its
+    halo) and ``atoms`` (len(xy),) are their indices in the whole structure."""
 
     xy: np.ndarray
     cell: np.ndarray
@@ -150,6 +152,12 @@ class Frame:
     shift: np.ndarray
     origin: np.ndarray
     shape: np.ndarray
+    read: int | None = None
+    atoms: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.read = len(self.xy) if self.read is None else int(self.read)
+        self.atoms = np.arange(len(self.xy)) if self.atoms is None else np.asarray(self.atoms)
 
 
 def space_frame(xy, cell, pbc, pitch, context, gamma):
@@ -166,15 +174,21 @@ def space_frame(xy, cell, pbc, pitch, context, gamma):
     box_lo, box_hi = origin * pitch - reach, (origin + shape - 1) * pitch + reach
     lattice = np.where(pbc[:, None], np.asarray(cell, dtype=np.float64), 0.0)
     corners = np.array([[x, y] for x in (box_lo[0], box_hi[0]) for y in (box_lo[1], box_hi[1])]) @ inv
-    n_lo = np.where(pbc, np.floor(corners.min(0)) - 1, 0).astype(np.int64)
-    n_hi = np.where(pbc, np.ceil(corners.max(0)) + 1, 0).astype(np.int64)
-    shifts = np.array([(i, j) for i in range(n_lo[0], n_hi[0] + 1) for j in range(n_lo[1], n_hi[1] + 1)
-                       if (i, j) != (0, 0)], dtype=np.int64).reshape(-1, 2)
-    cand = xy[None, :, :] + (shifts @ lattice)[:, None, :]                          # (S, N, 2)
-    keep = np.all((cand >= box_lo) & (cand <= box_hi), axis=-1)
-    s_idx, a_idx = np.nonzero(keep)
-    idx = np.concatenate([np.arange(len(xy)), a_idx])
-    shift = np.concatenate([np.zeros((len(xy), 2), np.int64), shifts[s_idx]])
+    frac = xy @ inv
+    f_lo, f_hi = corners.min(0), corners.max(0)
+    n_lo = np.where(pbc, np.floor(f_lo - frac.max(0)), 0).astype(np.int64)
+    n_hi = np.where(pbc, np.ceil(f_hi - frac.min(0)), 0).astype(np.int64)
+    idx, shift = [np.arange(len(xy))], [np.zeros((len(xy), 2), np.int64)]
+    for n in ((i, j) for i in range(n_lo[0], n_hi[0] + 1) for j in range(n_lo[1], n_hi[1] + 1)):
+        if n == (0, 0):
+            continue
+        u = frac + np.asarray(n)                        # one shift at a time: memory O(N)
+        rows = np.flatnonzero(np.all((u >= f_lo) & (u <= f_hi), axis=1))
+        p = xy[rows] + np.asarray(n) @ lattice
+        rows = rows[np.all((p >= box_lo) & (p <= box_hi), axis=1)]
+        idx.append(rows)
+        shift.append(np.tile(np.asarray(n, np.int64), (len(rows), 1)))
+    idx, shift = np.concatenate(idx), np.concatenate(shift)
     return Frame(xy, lattice, idx, shift, origin, shape)
 
 
@@ -197,9 +211,49 @@ def pack_frames(frames, weights, shape=None):
            "origin": np.zeros((B, 2), np.int32), "shape": grid.astype(np.int32)}
     for b, (f, w) in enumerate(zip(frames, weights)):
         k, j = len(f.xy), len(f.idx)
-        out["positions"][b, :k], out["cell"][b], out["mask"][b, :k] = f.xy, f.cell, 1.0
+        out["positions"][b, :k], out["cell"][b], out["mask"][b, :f.read] = f.xy, f.cell, 1.0
         out["idx"][b, :j], out["shift"][b, :j], out["weights"][b, :j] = f.idx, f.shift, w[f.idx]
         out["origin"][b] = f.origin
+    return out
+
+
+def block_frames(frame, block, pitch, context, gamma):
+    """``frame`` cut into blocks of ``block`` x ``block`` readout pixels (a list of :class:`Frame`;
+    ``[frame]`` when it fits in one): a block reads out the atoms whose pixel lies in it and renders
+    its own halo from the frame's atoms and images, so the blocks' per-atom energies are the frame's,
+    their energies sum to its energy and their forces, added up on ``atoms``, to its forces; memory
+    scales with the block, not with the structure. Every block has the same window shape."""
+    pix = np.floor(frame.xy / pitch).astype(np.int64)
+    first = pix.min(0)
+    counts = (pix.max(0) - first) // block + 1
+    if np.all(counts == 1):
+        return [frame]
+    reach = RENDER_RANGE * gamma
+    shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context))
+    rb = int(math.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (block * pitch)))   # bins to search
+    width = int(counts[1]) + 2 * rb + 3
+    cand = frame.xy[frame.idx] + frame.shift @ frame.cell
+    cbin = np.floor(cand / (block * pitch) - first / block).astype(np.int64) + rb + 1
+    key = cbin[:, 0] * width + cbin[:, 1]
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    home = (pix - first) // block
+    out = []
+    for bi, bj in sorted(set(map(tuple, home))):
+        targets = np.flatnonzero((home[:, 0] == bi) & (home[:, 1] == bj))
+        origin = first + np.array([bi, bj]) * block - SPLINE_HALF_WIDTH - int(context)
+        lo, hi = origin * pitch - reach, (origin + shape - 1) * pitch + reach
+        near = [order[np.searchsorted(skey, k, "left"):np.searchsorted(skey, k, "right")]
+                for k in ((bi + rb + 1 + di) * width + bj + rb + 1 + dj
+                          for di in range(-rb, rb + 1) for dj in range(-rb, rb + 1))]
+        near = np.concatenate(near)
+        sel = near[np.all((cand[near] >= lo) & (cand[near] <= hi), axis=1)]
+        halo = np.setdiff1d(np.unique(frame.idx[sel]), targets)
+        local_ids = np.concatenate([targets, halo])
+        rank = np.argsort(local_ids)
+        local = rank[np.searchsorted(local_ids[rank], frame.idx[sel])]
+        out.append(Frame(frame.xy[local_ids], frame.cell, local, frame.shift[sel], origin, shape.copy(),
+                         read=len(targets), atoms=frame.atoms[local_ids]))
     return out
 
 
@@ -208,7 +262,7 @@ def window_pixels(frame) -> int:
     return int(math.prod(int(s) for s in frame.shape))
 
 
-__all__ += ["window_pixels"]
+__all__ += ["block_frames", "window_pixels"]
 
 
 def structure_frame(potential, atoms):
