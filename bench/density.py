@@ -10,6 +10,7 @@ one convolution pass). Writes ``density.json`` with ``--out``.
 
     python bench/density.py                 # ~1-2 min on one core
     python bench/density.py --pixels 1024 --atoms 1e6
+    python bench/density.py --space         # + the space frame against the cell grid (issue 26)
 """
 import argparse
 import json
@@ -39,6 +40,10 @@ def main(argv=None):
     ap.add_argument("--cnn-width", type=float, default=0.25)
     ap.add_argument("--atoms", type=float, default=1e5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--space", action="store_true",
+                    help="also the space frame ('atoms' readout) against the cell grid, same network, same run")
+    ap.add_argument("--forces-atoms", type=float, default=1.24e4,
+                    help="sheet size for the cell grid's energy + forces (its dense renderer is quadratic)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     import keras
@@ -81,12 +86,54 @@ def main(argv=None):
     t0 = time.perf_counter()
     dens.predict_total(img[None], batch_size=1)
     res.update(sheet_atoms=len(sheet), sheet_grid=list(shape), sheet_energy_s=time.perf_counter() - t0)
+    if args.space:
+        res.update(space_comparison(dens, cell, sheet, args))
     for key, value in res.items():
         print(f"{key:28s} {value:.4g}" if isinstance(value, float) else f"{key:28s} {value}")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(res, fh, indent=2)
     return res
+
+
+def space_comparison(dens, cell, sheet, args):
+    """Seconds of the space frame ('atoms' readout: energy + forces + stress) against the cell grid
+    ('cell', energy + forces), same network weights: a 60-atom cell through the calculator, the
+    sheet's energy (and energy + forces; the cell grid's forces on a ``--forces-atoms`` sheet)."""
+    from ednn_tf.apply.calculator import EDNNCalculator
+    from ednn_tf.apply.space import predict_structures
+    from ednn_tf.atoms.structures import honeycomb_sheet
+    from ednn_tf.potential import Potential
+
+    e0 = {5: 0.0, 6: 0.0, 7: 0.0}
+    grid, space = (Potential(dens, 0.25, 0.3, channels=[5, 6, 7], e0=e0, readout=r) for r in ("cell", "atoms"))
+    out = {}
+    for name, pot, props in (("cell_grid", grid, ["energy", "forces"]), ("space", space, ["energy", "forces", "stress"])):
+        calc = EDNNCalculator(pot)
+
+        def run(c=calc, p=props):
+            c.reset()
+            c.calculate(cell, p)
+
+        out[f"{name}_cell_efs_s"] = median_time(run, args.repeats)
+    out["space_over_cell_grid_cell"] = out["space_cell_efs_s"] / out["cell_grid_cell_efs_s"]
+    sheet.pbc = [True, True, False]
+    t0 = time.perf_counter()
+    predict_structures(space, [sheet], derivatives=False)
+    out["space_sheet_energy_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predict_structures(space, [sheet])
+    out["space_sheet_energy_forces_s"] = time.perf_counter() - t0
+    k = max(1, int(round(np.sqrt(args.forces_atoms / 8.0))))
+    small = honeycomb_sheet(2 * k, k, 2.46, ("B", "N"))
+    small.pbc = [True, True, False]
+    out["forces_sheet_atoms"] = len(small)
+    for name, pot in (("cell_grid", grid), ("space", space)):
+        calc = EDNNCalculator(pot)
+        t0 = time.perf_counter()
+        calc.calculate(small, ["energy", "forces"])
+        out[f"{name}_forces_sheet_s"] = time.perf_counter() - t0
+    return out
 
 
 if __name__ == "__main__":

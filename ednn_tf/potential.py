@@ -9,16 +9,27 @@ per-element reference energies ``e0`` (eV, fitted by least squares on the traini
 E0s of MACE and NequIP), the output ``scale`` (eV per network unit) and a model card (a JSON dict:
 oracle, data, errors, versions, the training command). The energy of a structure is
 
-    E = sum_i e0[Z_i] + scale * EDNN(image)          (eV)
+    E = sum_i e0[Z_i] + scale * EDNN(image)          (eV; the per-atom readout below)
 
-A cell of length ``L`` gets ``n = round(L / p)`` pixels per axis (at least one focus; ``p`` the pixel
-size of that axis); the image is then stretched by ``|n p - L| / L`` (at most ``p / 2L``), reported
-as ``stretch``. A per-axis pixel size ``(px, py)`` describes a model trained on one fixed grid over
-one cell (``experiments/hexagonal.py``: 64 x 64 px over 12.50 x 12.99 A), which then takes that cell
-and its repeats without stretch. Energy, forces and per-tile energies of ``ase.Atoms`` come from
+Two readouts (``readout``). ``"atoms"`` (what ``train_potential`` and ``ednn-tf train`` make):
+the grid belongs to space, not to the cell. The structure is rendered at the exact pitch ``p`` on a
+window of a grid fixed in space that covers its atoms plus a halo of their periodic images, the
+density network runs once over it, and each atom reads its energy out of the density map with a
+cubic B-spline, ``E = sum_i e0[Z_i] + scale * sum_i (B3 * D)(r_i)`` (:mod:`ednn_tf.atoms.frames`,
+:mod:`ednn_tf.atoms.space_tf`): any cell shape and orientation (a flake too), per-atom energies,
+and energy, forces and stress continuous in positions and cell. ``max_height`` and ``min_vacuum``
+(A) record which structures a 2D potential takes (atoms within ``max_height`` of the sheet's plane;
+``min_vacuum`` between periodic images along z); :func:`ednn_tf.atoms.frames.check_structure`
+refuses the rest. ``orientations`` K > 1: every prediction is the mean over the structure turned
+by ``90 k / K`` degrees, k = 0 .. K-1 (forces and stress turned back; still conservative), which
+cancels the part of the learnt rotation error that varies within a quarter turn, at K times the
+cost. ``"cell"`` (the first form, kept for older files): a cell of length ``L`` gets
+``n = round(L / p)`` pixels per axis, the image stretched by ``|n p - L| / L`` (at most ``p / 2L``,
+reported as ``stretch``) and summed per pixel; orthorhombic cells only; a per-axis pixel size
+``(px, py)`` describes a model trained on one fixed grid over one cell (``experiments/hexagonal.py``).
+Energy, forces, stress and per-atom energies of ``ase.Atoms`` come from
 :class:`ednn_tf.apply.calculator.EDNNCalculator`, which takes a ``Potential`` (or its path or
-shipped name) alone; local energy changes of atom moves from
-:class:`ednn_tf.apply.atom_mc.AtomicLocalEnergy`, likewise.
+shipped name) alone, and in batches from :func:`ednn_tf.apply.space.predict_structures`.
 """
 from __future__ import annotations
 
@@ -29,7 +40,7 @@ import keras
 import numpy as np
 
 from .model import load_ednn
-from .util import check_choice, check_float, check_model_file, check_positive, check_positive_axes, to_jsonable
+from .util import check_choice, check_float, check_int, check_model_file, check_positive, check_positive_axes, to_jsonable
 
 __all__ = ["READOUTS", "Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card",
            "resolve_model_path", "MODELS_DIR"]
@@ -52,7 +63,7 @@ class Potential(keras.Model):
     """
 
     def __init__(self, ednn, pixel_size, gamma=0.2, cutoff=None, channels=None, e0=None, scale=1.0, card=None,
-                 readout="cell", max_height=None, min_vacuum=None, **kwargs):
+                 readout="cell", max_height=None, min_vacuum=None, orientations=1, **kwargs):
         super().__init__(**kwargs)
         self.ednn = load_ednn(ednn)
         self.pixel_size = check_positive_axes("pixel_size", pixel_size)
@@ -69,6 +80,7 @@ class Potential(keras.Model):
                                  f"{type(self.ednn).__name__} (focus {self.ednn.focus}) at {self.pixel_size} A/px")
         self.max_height = None if max_height is None else check_float("max_height", max_height, minimum=0.0)
         self.min_vacuum = None if min_vacuum is None else check_float("min_vacuum", min_vacuum, minimum=0.0)
+        self.orientations = check_int("orientations", orientations, minimum=1)
         self.built = True   # nothing of its own to build: the EDNN holds every weight
 
     @property
@@ -135,7 +147,8 @@ class Potential(keras.Model):
                 "pixel_size": list(self.pixel_size) if isinstance(self.pixel_size, tuple) else self.pixel_size,
                 "gamma": self.gamma, "cutoff": self.cutoff, "channels": self.channels,
                 "e0": {str(z): v for z, v in self.e0.items()}, "scale": self.scale, "card": self.card,
-                "readout": self.readout, "max_height": self.max_height, "min_vacuum": self.min_vacuum}
+                "readout": self.readout, "max_height": self.max_height, "min_vacuum": self.min_vacuum,
+                "orientations": self.orientations}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

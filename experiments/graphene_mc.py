@@ -212,7 +212,7 @@ def train_demo(cfg, oracle, repeat, seed, out, workers, progress, results):
     pot, metrics = train_potential(structs, E, path, pixel_size=cfg["pixel_size"], gamma=cfg["gamma"],
                                    context=cfg["context"], filters=cfg["filters"], epochs=cfg["epochs"],
                                    batch_size=cfg["batch_size"], lr=cfg["lr"], val_fraction=n_va / (n_tr + n_va),
-                                   seed=seed, workdir=workdir, progress=progress, card=card)
+                                   readout="cell", seed=seed, workdir=workdir, progress=progress, card=card)
     val = metrics["val"]
     info = {"n_train": metrics["n_train"], "n_val": metrics["n_val"], "rattle_A": list(cfg["rattle"]),
             "epochs": cfg["epochs"], "label_seconds": t_label, "train_seconds": time.time() - t0,

@@ -13,6 +13,7 @@ from ase.build import graphene, make_supercell
 
 from ednn_tf import cli, networks
 from ednn_tf.apply.calculator import EDNNCalculator
+from ednn_tf.apply.checks import turned
 from ednn_tf.apply.space import predict_structures
 from ednn_tf.atoms.frames import space_frame
 from ednn_tf.atoms.structures import hexagonal_cell
@@ -253,3 +254,31 @@ def test_blocks_equal_the_one_piece_evaluation(potential, block):
     np.testing.assert_allclose(parts["energies"], whole["energies"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(parts["forces"], whole["forces"], atol=1e-10)
     np.testing.assert_allclose(parts["stress"], whole["stress"], atol=1e-12)
+
+
+def test_orientation_average_is_conservative_and_turns_back(potential, tmp_path):
+    """orientations=3: the mean over copies turned by 0, 30, 60 degrees; forces are still -dE/dr,
+    the stress still dE/deps / V, and the file keeps the setting."""
+    pot = Potential(potential.ednn, 0.3, 0.35, channels=[5, 6, 7], e0=E0, scale=0.7, readout="atoms", orientations=3)
+    g = _sheet()
+    r = predict_structures(pot, [g])[0]
+    parts = [predict_structures(potential, [turned])[0]["energy"] for turned in
+             (g, *(turned(g, t) for t in (30.0, 60.0)))]
+    assert r["energy"] == pytest.approx(np.mean(parts), rel=1e-12)
+    h = 1e-5
+    for i, ax in ((1, 0), (2, 1)):
+        e = []
+        for s in (h, -h):
+            a = g.copy()
+            a.positions[i, ax] += s
+            e.append(_energy(pot, a))
+        assert r["forces"][i, ax] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-5, abs=1e-8)
+    e = []
+    for s in (h, -h):
+        a = g.copy()
+        a.set_cell(g.cell.array @ np.diag([1 + s, 1, 1]), scale_atoms=True)
+        e.append(_energy(pot, a))
+    assert r["stress"][0] == pytest.approx((e[0] - e[1]) / (2 * h) / g.get_volume(), rel=1e-5)
+    pot.save(tmp_path / "k.keras")
+    assert load_potential(tmp_path / "k.keras").orientations == 3
+

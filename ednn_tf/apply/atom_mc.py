@@ -165,6 +165,8 @@ class AtomicLocalEnergy:
         self.lengths = cells.cell_lengths(atoms.cell.array, 2)
         numbers = cells.atomic_numbers(self.atoms.numbers, "atoms.numbers")
         self._scale, self.reference_energy, self.stretch = 1.0, 0.0, None
+        if isinstance(model, Potential) and model.readout != "cell":
+            raise ValueError(f"AtomicLocalEnergy takes 'cell'-readout potentials only, got readout {model.readout!r}")
         if isinstance(model, Potential):
             refuse_settings(shape=shape, gamma=gamma, cutoff=cutoff, channels=channels)
             (shape, self.stretch), gamma, cutoff = model.grid(self.lengths), model.gamma, model.cutoff

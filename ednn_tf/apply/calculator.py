@@ -1,4 +1,12 @@
-"""ASE calculator backed by a trained EDNN: energy, per-tile energies and forces.
+"""ASE calculator backed by a trained EDNN: energy, per-tile energies and forces; with a Potential of
+the ``"atoms"`` readout also stress and per-atom energies.
+
+A :class:`~ednn_tf.potential.Potential` with the ``"atoms"`` readout (the shipped ``hexagonal-gfn1``)
+goes through the space frame (:func:`ednn_tf.apply.space.predict_structures`): any 2D cell and
+orientation, a flake with ``pbc`` False in the plane, ``energy`` (eV), ``energies`` (eV per atom),
+``forces`` (eV/A, z = 0) and ``stress`` (eV/A^3, ASE's Voigt order; usable with
+``ase.filters.FrechetCellFilter``), after :func:`ednn_tf.atoms.frames.check_structure`. What
+follows describes the other models (an EDNN, or a Potential of the first, ``"cell"`` readout).
 
 The structure is rendered as the image of eqn (2) of Mills et al. (Chem. Sci. 2019),
 ``V(x, y) = sum_i w_i exp(-[(x - x_i)^2 + (y - y_i)^2] / (2 gamma^2))`` (``w_i = Z_i``, or one
@@ -18,7 +26,8 @@ truncates each Gaussian per axis at ``c * gamma`` like :func:`ednn_tf.atoms.rend
 training images): values differ by at most ``exp(-c^2/2)`` relative (1.5e-8 for c = 6), but E jumps
 by that much when a pixel crosses the cutoff, which finite-difference checks notice.
 
-Units: positions, cell and gamma in Angstrom, cutoff in units of gamma. Stress is not implemented.
+Units: positions, cell and gamma in Angstrom, cutoff in units of gamma. Stress and per-atom energies
+need the ``"atoms"`` readout (PropertyNotImplementedError otherwise).
 
 Example::
 
@@ -110,7 +119,8 @@ class EDNNCalculator(Calculator):
     ``**kwargs`` go to :class:`ase.calculators.calculator.Calculator`.
 
     Properties: ``energy`` = ``free_energy`` (eV), ``forces`` (N, 3) eV/Angstrom, ``tile_energies``
-    (nx/f, ny/f) eV (row = x; they sum to the energy); ``stress`` raises PropertyNotImplementedError.
+    (nx/f, ny/f) eV (row = x; they sum to the energy); with the ``"atoms"`` readout ``stress`` (6,)
+    eV/A^3 and ``energies`` (N,) eV instead of tile energies (else PropertyNotImplementedError).
     Raises ValueError for a bad model or settings, and at calculation time for a non-orthorhombic
     or non-periodic cell, non-finite positions, an element not in ``channels`` or a grid that is
     not a multiple of the focus.
@@ -138,7 +148,6 @@ class EDNNCalculator(Calculator):
             cutoff = check_positive("cutoff", cutoff)
         self._max_cached = check_int("max_cached", max_cached, minimum=1)
         self._functions = collections.OrderedDict()
-        self._space = None
         super().__init__(shape=None if shape is None else list(shape), pixel_size=pixel_size, gamma=gamma,
                          cutoff=cutoff, channels=channels, **kwargs)
 
@@ -234,11 +243,7 @@ class EDNNCalculator(Calculator):
         """The space frame (:func:`ednn_tf.apply.space.predict_structures`, one traced graph)."""
         from .space import predict_structures
 
-        if self._space is None:
-            from ..atoms.space_tf import SpaceEvaluator
-
-            self._space = SpaceEvaluator(self.potential)
-        r = predict_structures(self.potential, [atoms], evaluator=self._space)[0]
+        r = predict_structures(self.potential, [atoms])[0]
         if not math.isfinite(r["energy"]):
             raise RuntimeError(f"the EDNN returned a non-finite energy {r['energy']!r}")
         if "stress" in properties and r["stress"] is None:

@@ -10,6 +10,8 @@ is None.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..atoms.frames import block_frames, check_structures, pack_frames, structure_frame, window_pixels
@@ -32,26 +34,58 @@ def stress_voigt(atoms, virial):
     return np.array([s[0, 0], s[1, 1], 0.0, 0.0, 0.0, s[0, 1]])
 
 
-def predict_structures(potential, structures, batch_size=8, evaluator=None, progress=False, block=DEFAULT_BLOCK):
+_EVALUATORS = weakref.WeakKeyDictionary()
+
+
+def _rotation(degrees):
+    t = np.radians(degrees)
+    return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+def _turned(atoms, T):
+    """A copy of ``atoms`` with positions and cell turned by the in-plane rotation ``T`` (2, 2)."""
+    R = np.eye(3)
+    R[:2, :2] = T
+    out = atoms.copy()
+    out.set_cell(atoms.cell.array @ R.T)
+    out.positions = atoms.positions @ R.T
+    return out
+
+
+def _evaluator(potential, derivatives):
+    """The potential's :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` (one per potential and
+    ``derivatives``, kept while the potential lives: one traced graph for every call)."""
+    from ..atoms.space_tf import SpaceEvaluator
+
+    cache = _EVALUATORS.setdefault(potential, {})
+    if derivatives not in cache:
+        cache[derivatives] = SpaceEvaluator(potential, derivatives)
+    return cache[derivatives]
+
+
+def predict_structures(potential, structures, batch_size=8, evaluator=None, progress=False, block=DEFAULT_BLOCK,
+                       derivatives=True):
     """One dict per structure: ``energy`` (eV), ``energies`` (N,) eV per atom (they sum to the
     energy), ``forces`` (N, 3) eV/A (z = 0), ``stress`` (6,) eV/A^3 or None. Every structure is
     checked first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and
     what is wrong, before any evaluation). A structure wider than ``block`` readout pixels is
     evaluated by blocks with halos (:func:`ednn_tf.atoms.frames.block_frames`; the same numbers,
     memory bounded by the block); batches hold frames of similar window size. ``evaluator``: a
-    :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` to reuse (one traced graph)."""
-    from ..atoms.space_tf import SpaceEvaluator
-
+    :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` to reuse (one traced graph). A potential with
+    ``orientations`` K > 1 averages over K turned copies (forces, stress turned back). ``derivatives=False``:
+    energies only, ``forces`` and ``stress`` None."""
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
     check_structures(potential, structures)
     p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
-    jobs = []                                   # (structure, frame, weights of the frame's atoms)
+    turns = [_rotation(90.0 * k / potential.orientations) for k in range(potential.orientations)]
+    jobs = []                                   # (structure, turn, frame, weights of the frame's atoms)
     for s, atoms in enumerate(structures):
-        frame, w = structure_frame(potential, atoms)
-        jobs += [(s, f, w[f.atoms]) for f in block_frames(frame, block, p, c, gamma)]
-    evaluator = evaluator or SpaceEvaluator(potential)
-    order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][1]))
+        for k, T in enumerate(turns):
+            frame, w = structure_frame(potential, _turned(atoms, T) if k else atoms)
+            jobs += [(s, T, f, w[f.atoms]) for f in block_frames(frame, block, p, c, gamma)]
+    evaluator = evaluator or _evaluator(potential, derivatives)
+    order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
            for a in structures]
     chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
@@ -59,18 +93,20 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
         from tqdm import tqdm
 
         chunks = tqdm(chunks, desc="predict", unit="batch")
+    w = 1.0 / len(turns)
     for rows in chunks:
-        res = evaluator(pack_frames([jobs[r][1] for r in rows], [jobs[r][2] for r in rows]))
+        res = evaluator(pack_frames([jobs[r][2] for r in rows], [jobs[r][3] for r in rows]))
         for b, r in enumerate(rows):
-            s, f, _ = jobs[r]
+            s, T, f, _ = jobs[r]
             a = acc[s]
-            a["energy"] += float(res["energy"][b])
-            a["energies"][f.atoms[:f.read]] = res["energies"][b, :f.read]
-            np.add.at(a["forces"], (f.atoms, slice(0, 2)), res["forces"][b, :len(f.xy)])
-            a["virial"] += res["virial"][b]
+            a["energy"] += w * float(res["energy"][b])
+            a["energies"][f.atoms[:f.read]] += w * res["energies"][b, :f.read]
+            np.add.at(a["forces"], (f.atoms, slice(0, 2)), w * res["forces"][b, :len(f.xy)] @ T)
+            a["virial"] += w * T.T @ res["virial"][b] @ T
     out = []
     for atoms, a in zip(structures, acc):
         e0 = np.array([potential.e0[int(z)] for z in atoms.numbers])
         out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"] + e0,
-                    "forces": a["forces"] + 0.0, "stress": stress_voigt(atoms, a["virial"])})
+                    "forces": a["forces"] + 0.0 if evaluator.derivatives else None,
+                    "stress": stress_voigt(atoms, a["virial"]) if evaluator.derivatives else None})
     return out

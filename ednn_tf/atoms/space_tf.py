@@ -104,11 +104,12 @@ class SpaceEvaluator:
 
     ``__call__(batch)`` returns numpy ``energy`` (B,) eV, ``energies`` (B, N) eV per atom, ``forces``
     (B, N, 2) eV/A and ``virial`` (B, 2, 2) = ``dE/deps`` eV (symmetrised), all without ``e0``.
-    Positions and cells are float64 (large sheets keep their sub-pixel coordinates).
+    Positions and cells are float64 (large sheets keep their sub-pixel coordinates). ``derivatives=False``:
+    energies only (forces and virial 0, no gradient pass).
     """
 
-    def __init__(self, potential):
-        self.potential = potential
+    def __init__(self, potential, derivatives=True):
+        self.potential, self.derivatives = potential, bool(derivatives)
         C = len(potential.channels) if potential.channels else 1
         f64, i32 = tf.float64, tf.int32
         spec = {"positions": tf.TensorSpec((None, None, 2), f64), "cell": tf.TensorSpec((None, 2, 2), f64),
@@ -120,6 +121,9 @@ class SpaceEvaluator:
     def _run(self, batch):
         pos = batch["positions"]
         strain = tf.zeros((tf.shape(pos)[0], 2, 2), tf.float64)
+        if not self.derivatives:
+            e = atom_energies(self.potential, batch, strain)
+            return sum_tiles(e, axis=1), e, tf.zeros_like(pos), strain
         with tf.GradientTape(persistent=False) as tape:
             tape.watch([pos, strain])
             e = atom_energies(self.potential, {**batch, "positions": pos}, strain)
