@@ -282,3 +282,37 @@ def test_orientation_average_is_conservative_and_turns_back(potential, tmp_path)
     pot.save(tmp_path / "k.keras")
     assert load_potential(tmp_path / "k.keras").orientations == 3
 
+
+
+def test_training_batches_turn_labels_with_the_structure_and_are_stateless(potential):
+    """SpaceBatches: batch i of epoch e is the same for any object with the same seed (exact resume);
+    each structure is moved by an isometry (distances kept) and its force labels turned with it (norms
+    kept), the energy label unchanged."""
+    from ednn_tf.apply.space_training import SpaceBatches
+
+    cells = [_sheet(seed=s) for s in range(4)]
+    pred = predict_structures(potential, cells)
+    energies = [r["energy"] for r in pred]
+    forces = [r["forces"] for r in pred]
+    a = SpaceBatches(potential, cells, energies, forces, batch_size=2, seed=3)
+    b = SpaceBatches(potential, cells, energies, forces, batch_size=2, seed=3)
+    a.set_epoch(5)
+    b.set_epoch(5)
+    for i in range(len(a)):
+        xa, ya = a[i]
+        xb, yb = b[i]
+        for k in xa:
+            np.testing.assert_array_equal(xa[k], xb[k])
+        np.testing.assert_array_equal(ya["forces"], yb["forces"])
+        rows = a.batches[i]
+        for j, r in enumerate(rows):
+            n = len(cells[r])
+            np.testing.assert_allclose(np.linalg.norm(ya["forces"][j, :n], axis=1),
+                                       np.linalg.norm(forces[r][:, :2], axis=1), rtol=1e-5, atol=1e-6)
+            assert ya["energy"][j] == pytest.approx(energies[r] - potential.reference_energy(cells[r].numbers))
+            d_in = np.linalg.norm(cells[r].positions[0, :2] - cells[r].positions[1, :2])
+            d_out = np.linalg.norm(xa["positions"][j, 0] - xa["positions"][j, 1])
+            assert d_out == pytest.approx(d_in, rel=1e-5)                      # an isometry
+        assert not np.allclose(xa["positions"][0, :2], cells[rows[0]].positions[:2, :2], atol=1e-3)  # it moved
+    a.set_epoch(6)
+    assert not np.array_equal(a[0][0]["positions"], b[0][0]["positions"])       # a new draw each epoch
