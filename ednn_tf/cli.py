@@ -186,7 +186,8 @@ def _info(args):
     if isinstance(model, Potential):
         out.update(pixel_size_A=model.pixel_size, gamma_A=model.gamma, cutoff_gamma=model.cutoff,
                    channels=model.channels, e0_eV=model.e0, scale_eV=model.scale, focus=model.ednn.focus,
-                   context=model.ednn.context)
+                   context=model.ednn.context, readout=model.readout, max_height_A=model.max_height,
+                   min_vacuum_A=model.min_vacuum, orientations=model.orientations)
     else:
         out.update(focus=getattr(model, "focus", None), context=getattr(model, "context", None))
     print(json.dumps(out, indent=2))

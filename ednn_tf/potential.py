@@ -21,9 +21,9 @@ and energy, forces and stress continuous in positions and cell. ``max_height`` a
 (A) record which structures a 2D potential takes (atoms within ``max_height`` of the sheet's plane;
 ``min_vacuum`` between periodic images along z); :func:`ednn_tf.atoms.frames.check_structure`
 refuses the rest. ``orientations`` K > 1: every prediction is the mean over the structure turned
-by ``90 k / K`` degrees, k = 0 .. K-1 (forces and stress turned back; still conservative), which
-cancels the part of the learnt rotation error that varies within a quarter turn, at K times the
-cost. ``"cell"`` (the first form, kept for older files): a cell of length ``L`` gets
+by ``90 k / K`` degrees and moved by a sub-pixel offset, k = 0 .. K-1 (forces and stress turned
+back; still conservative), which averages out part of the learnt rotation and sub-pixel
+translation errors, at K times the cost. ``"cell"`` (the first form, kept for older files): a cell of length ``L`` gets
 ``n = round(L / p)`` pixels per axis, the image stretched by ``|n p - L| / L`` (at most ``p / 2L``,
 reported as ``stretch``) and summed per pixel; orthorhombic cells only; a per-axis pixel size
 ``(px, py)`` describes a model trained on one fixed grid over one cell (``experiments/hexagonal.py``).

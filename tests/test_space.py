@@ -257,13 +257,18 @@ def test_blocks_equal_the_one_piece_evaluation(potential, block):
 
 
 def test_orientation_average_is_conservative_and_turns_back(potential, tmp_path):
-    """orientations=3: the mean over copies turned by 0, 30, 60 degrees; forces are still -dE/dr,
+    """orientations=3: the mean over copies turned by 0, 30, 60 degrees and moved by golden-ratio
+    sub-pixel offsets; forces are still -dE/dr,
     the stress still dE/deps / V, and the file keeps the setting."""
     pot = Potential(potential.ednn, 0.3, 0.35, channels=[5, 6, 7], e0=E0, scale=0.7, readout="atoms", orientations=3)
     g = _sheet()
     r = predict_structures(pot, [g])[0]
-    parts = [predict_structures(potential, [turned])[0]["energy"] for turned in
-             (g, *(turned(g, t) for t in (30.0, 60.0)))]
+    copies = [g]
+    for k, t in ((1, 30.0), (2, 60.0)):
+        c = turned(g, t)
+        c.positions[:, :2] += 0.3 * np.array([(k * 1.6180339887498949) % 1, (k * 2.618033988749895) % 1])
+        copies.append(c)
+    parts = [predict_structures(potential, [c])[0]["energy"] for c in copies]
     assert r["energy"] == pytest.approx(np.mean(parts), rel=1e-12)
     h = 1e-5
     for i, ax in ((1, 0), (2, 1)):

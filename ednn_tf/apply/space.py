@@ -42,14 +42,22 @@ def _rotation(degrees):
     return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
 
 
-def _turned(atoms, T):
-    """A copy of ``atoms`` with positions and cell turned by the in-plane rotation ``T`` (2, 2)."""
+def _turned(atoms, T, shift=(0.0, 0.0)):
+    """A copy of ``atoms`` with positions and cell turned by the in-plane rotation ``T`` (2, 2), the
+    positions then moved by ``shift`` (2,) A."""
     R = np.eye(3)
     R[:2, :2] = T
     out = atoms.copy()
     out.set_cell(atoms.cell.array @ R.T)
-    out.positions = atoms.positions @ R.T
+    out.positions = atoms.positions @ R.T + np.array([shift[0], shift[1], 0.0])
     return out
+
+
+def _offset(k):
+    """The sub-pixel offset (in pixels) of copy ``k`` of an orientation average: ``(frac(k g),
+    frac(k g^2))``, g the golden ratio (well spread for any number of copies)."""
+    g = (1.0 + 5.0 ** 0.5) / 2.0
+    return np.array([(k * g) % 1.0, (k * g * g) % 1.0])
 
 
 def _evaluator(potential, derivatives):
@@ -72,7 +80,8 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
     evaluated by blocks with halos (:func:`ednn_tf.atoms.frames.block_frames`; the same numbers,
     memory bounded by the block); batches hold frames of similar window size. ``evaluator``: a
     :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` to reuse (one traced graph). A potential with
-    ``orientations`` K > 1 averages over K turned copies (forces, stress turned back). ``derivatives=False``:
+    ``orientations`` K > 1 averages over K copies turned by ``90 k / K`` degrees and moved by a
+    sub-pixel offset (forces, stress turned back). ``derivatives=False``:
     energies only, ``forces`` and ``stress`` None."""
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
@@ -82,8 +91,9 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
     jobs = []                                   # (structure, turn, frame, weights of the frame's atoms)
     for s, atoms in enumerate(structures):
         for k, T in enumerate(turns):
-            frame, w = structure_frame(potential, _turned(atoms, T) if k else atoms)
-            jobs += [(s, T, f, w[f.atoms]) for f in block_frames(frame, block, p, c, gamma)]
+            shift = _offset(k) * p
+            frame, w = structure_frame(potential, _turned(atoms, T, shift) if k else atoms)
+            jobs += [(s, (T, shift), f, w[f.atoms]) for f in block_frames(frame, block, p, c, gamma)]
     evaluator = evaluator or _evaluator(potential, derivatives)
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
@@ -97,12 +107,13 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
     for rows in chunks:
         res = evaluator(pack_frames([jobs[r][2] for r in rows], [jobs[r][3] for r in rows]))
         for b, r in enumerate(rows):
-            s, T, f, _ = jobs[r]
-            a = acc[s]
+            s, (T, shift), f, _ = jobs[r]
+            a, forces = acc[s], res["forces"][b, :len(f.xy)]
             a["energy"] += w * float(res["energy"][b])
             a["energies"][f.atoms[:f.read]] += w * res["energies"][b, :f.read]
-            np.add.at(a["forces"], (f.atoms, slice(0, 2)), w * res["forces"][b, :len(f.xy)] @ T)
-            a["virial"] += w * T.T @ res["virial"][b] @ T
+            np.add.at(a["forces"], (f.atoms, slice(0, 2)), w * forces @ T)
+            moved = np.outer(forces.sum(0), shift)          # the strain acted about the shifted origin
+            a["virial"] += w * T.T @ (res["virial"][b] + 0.5 * (moved + moved.T)) @ T
     out = []
     for atoms, a in zip(structures, acc):
         e0 = np.array([potential.e0[int(z)] for z in atoms.numbers])
