@@ -3,15 +3,16 @@ EDNN potential as the energy, compared with Langevin molecular dynamics driven b
 
     python experiments/graphene_mc.py --preset tiny       # seconds: smoke test (tiny demo potential)
     python experiments/graphene_mc.py                     # quick preset (demo potential trained here)
-    python experiments/graphene_mc.py --model hexagonal-gfn1 --oracle gfn1-xtb --oracle-setting supercell=2 \\
-        --repeat 3 2                                      # the shipped potential, 24 atoms, ~0.5 s per MD step
+    python experiments/graphene_mc.py --model tests/fixtures/hexagonal-gfn1-cellgrid.keras --oracle gfn1-xtb \\
+        --oracle-setting supercell=2 --repeat 3 2         # the previous shipped potential, 24 atoms
     python experiments/graphene_mc.py --model results/hexagonal-cpu/potential.keras --oracle gfn1-xtb
 
 Steps (cached in --out; a rerun reuses what is done): 1. reference Langevin MD (1 fs, friction
 0.02/fs, ``labels.md.langevin_snapshots``) of the graphene sheet of ``--repeat`` rectangular 4-atom
 cells (default 5 x 3: 60 atoms, a = 2.50 A) with the oracle (``--oracle``, ``--oracle-setting``);
-2. the potential: ``--model``, a shipped model name or the ``.keras`` file of an
-``ednn_tf.potential.Potential``, which carries its own image settings (pixel size, gamma, cutoff,
+2. the potential: ``--model``, the ``.keras`` file (or shipped name) of an ``ednn_tf.potential.Potential``
+of the ``"cell"`` readout (the local updates of the per-atom readout are not written yet: such a
+potential, e.g. today's ``hexagonal-gfn1``, is refused by name), which carries its own image settings (pixel size, gamma, cutoff,
 channels) and reference energies, or a demo density potential trained here on oracle-labelled
 rattled copies of the sheet (``apply.fit.train_potential``); 3. Metropolis MC, single-atom in-plane
 moves, exact local energy updates (``apply.atom_mc``), step tuned to ~40 % acceptance; 4. in-plane
@@ -52,7 +53,7 @@ PRESETS = {
                   md_steps=3500, md_equil=500, md_every=10, mc_tune=30, mc_sweeps=300, mc_every=2,
                   r_max=6.0, n_bins=240, timing_repeats=10),
     # the paper's 0.05 A / gamma 0.2 A image is replaced by 0.1 A pixels with the paper's physical context
-    # (32 px = 3.2 A), 5 ps of GFN1-xTB MD; meant for --model (e.g. hexagonal-gfn1) or a GPU
+    # (32 px = 3.2 A), 5 ps of GFN1-xTB MD; meant for --model or a GPU
     "paper": dict(n_train=5000, n_val=500, pixel_size=0.1, gamma=0.2, context=32, filters=32, epochs=200,
                   batch_size=32, lr=1e-3, rattle=(0.01, 0.10), oracle="gfn1-xtb",
                   md_steps=6000, md_equil=1000, md_every=10, mc_tune=100, mc_sweeps=3000, mc_every=5,
@@ -69,8 +70,8 @@ DEFAULT_REPEAT = (5, 3)
 def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    ap.add_argument("--model", help="a Potential: shipped model name (ednn-tf models, e.g. hexagonal-gfn1) or "
-                    ".keras path; default: train a small demo potential here")
+    ap.add_argument("--model", help="a 'cell'-readout Potential: .keras path (e.g. "
+                    "tests/fixtures/hexagonal-gfn1-cellgrid.keras) or shipped name; default: train a demo potential here")
     ap.add_argument("--out", help="output directory (default results/graphene-mc-<preset>)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--oracle", help="reference code for the MD (and demo labels): rebo, gfn1-xtb, ... "

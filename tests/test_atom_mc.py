@@ -1,11 +1,13 @@
 """Atom-move Monte Carlo with an EDNN: local dE from the affected tiles (tile EDNN) or pixels (density
 Potential) equals the full difference."""
+import os
 
 import keras
 import numpy as np
 import pytest
 
 from conftest import requires_oracle, smooth_subnet
+import ednn_tf
 from ednn_tf import EDNN, networks
 from ednn_tf.apply.atom_mc import AtomicLocalEnergy, AtomMetropolis
 from ednn_tf.apply.calculator import EDNNCalculator
@@ -239,18 +241,25 @@ def test_density_metropolis_and_bad_settings(density_potential, tmp_path):
         AtomicLocalEnergy(density_potential, si)
 
 
-def test_shipped_potential_by_name():
-    """``AtomicLocalEnergy("hexagonal-gfn1", atoms)``: the shipped density Potential on a 24-atom cell
-    (30 x 35 px: every move's window is the whole grid) agrees with its calculator."""
+CELLGRID = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hexagonal-gfn1-cellgrid.keras")
+
+
+def test_trained_cell_grid_potential_and_the_refusal_of_the_space_readout():
+    """``AtomicLocalEnergy`` on the previous shipped hexagonal-gfn1 (the cell-grid readout, kept as a
+    fixture) on a 24-atom cell (30 x 35 px: every move's window is the whole grid) agrees with its
+    calculator; the shipped space potential (per-atom readout) is refused by name."""
     atoms = hexagonal_cell("graphene", 0, repeat=(3, 2), rattle=0.05, rattle_z=0.0)
-    le = AtomicLocalEnergy("hexagonal-gfn1", atoms)
+    le = AtomicLocalEnergy(CELLGRID, atoms)
     assert le.shape == (30, 35) and le.stretch[1] > 0
-    e = EDNNCalculator("hexagonal-gfn1").get_potential_energy(atoms)
+    e = EDNNCalculator(CELLGRID).get_potential_energy(atoms)
     assert le.energy == pytest.approx(e, abs=1e-6 * len(atoms))
     new = le.positions[4] + [0.07, -0.05, 0.0]
     dE = le.move(4, new)
     assert le.energy == pytest.approx(le.full_energy(), abs=1e-4)      # float32 network: round-off
     assert dE == pytest.approx(le.energy - e, abs=1e-4)
+    if ednn_tf.load_potential("hexagonal-gfn1").readout == "atoms":
+        with pytest.raises(ValueError, match="'cell'-readout potentials only"):
+            AtomicLocalEnergy("hexagonal-gfn1", atoms)
 
 
 def test_radial_distribution_of_lattice_and_ideal_gas():

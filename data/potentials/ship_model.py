@@ -1,9 +1,10 @@
 """Write the shipped ``ednn_tf/models/hexagonal-gfn1.keras`` from a trained potential: the model
 unchanged, its card completed with the data, the command, the validation errors by kind, the
-errors on cells of other sizes and the NVE drift. Run from the repository root:
+errors on cells of other sizes, the NVE drift and the checks of ``experiments/potential_checks.py``
+(rotation, equation of state, supercells, relaxation). Run from the repository root:
 
-    python data/potentials/ship_model.py results/potentials/hexagonal-gfn1-EF.keras \
-        --md results/md-nve-EF/results.json
+    python data/potentials/ship_model.py results/potentials/hexagonal-gfn1-space.keras \
+        --md results/md-nve-space/results.json --checks results/potential_checks/results.json
 """
 import argparse
 import json
@@ -19,6 +20,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--md", help="results.json of experiments/md_nve.py with this model")
+    ap.add_argument("--checks", help="results.json of experiments/potential_checks.py with this model")
+    ap.add_argument("--orientations", type=int, default=None, help="set the potential's orientation average K")
     ap.add_argument("--out", default="ednn_tf/models/hexagonal-gfn1.keras")
     args = ap.parse_args()
 
@@ -30,6 +33,8 @@ def main():
     from ednn_tf.util import atomic_path
 
     pot = load_potential(args.model)
+    if args.orientations is not None:
+        pot.orientations = args.orientations
     card = pot.card
     cells = ase.io.read(OTHER, ":")
     forces = labelled_forces(cells, "forces")
@@ -42,10 +47,13 @@ def main():
                  "energies and forces by `bash data/potentials/label.sh 0 1 2` (ednn-tf label --oracle gfn1-xtb "
                  "--oracle-setting supercell=2)"),
         "command": ("ednn-tf train data/potentials/hexagonal_varied_c012_gfn1_sc2.extxyz --forces-key forces "
-                    "--force-weight 10 --epochs 90 --out results/potentials/hexagonal-gfn1-EF.keras "
-                    "--workdir data/potentials/train/hexagonal-gfn1-EF"),
-        "training": ("energy + forces (w_E 1, w_F 10), 90 epochs, Adam 3e-3 cosine, batch 8 by grid shape, "
-                     "mirror/x<->y augmentation, one CPU thread, about 1 h 50 min in all"),
+                    "--force-weight 10 --epochs 50 --lr 2e-3 --init-from PREVIOUS --out "
+                    "results/potentials/hexagonal-gfn1-space.keras --workdir data/potentials/train/hexagonal-gfn1-space "
+                    "(PREVIOUS: ednn_tf/models/hexagonal-gfn1.keras at commit e5182ed, the cell-grid model)"),
+        "training": ("space frame ('atoms' readout), energy + forces (w_E 1, w_F 10), 50 epochs, Adam 2e-3 cosine, "
+                     "batch 8 of similar cell size, a random rotation, mirror and sub-pixel shift of every structure "
+                     "in every batch; network weights started from the previous (cell-grid) hexagonal-gfn1; "
+                     "2 CPU threads shared with other work, about 2 h"),
         "val_by_kind": {k: round(v["energy_mae_meV_per_atom"], 2) for k, v in val["by_kind"].items()},
         "other_sizes_test": {
             "data": (f"{OTHER}: 4 graphene 12.30 x 12.78 A cells at a = 2.46 A (60 atoms) and 4 varied cells of "
@@ -61,10 +69,24 @@ def main():
         card["nve_md"] = {"command": "python experiments/md_nve.py", "atoms": md["atoms"],
                           **{k: {q: v[q] for q in ("drift_meV_per_atom_per_ps", "net_force_mean_eV_per_A")}
                              for k, v in md["runs"].items()}}
+    if args.checks:
+        with open(args.checks) as fh:
+            checks = json.load(fh)
+        card["checks"] = {"command": "python experiments/potential_checks.py --model MODEL", **_summary(checks)}
     pot.card = card
     with atomic_path(args.out) as tmp:      # same extension: .keras
         pot.save(tmp)
     print(f"{args.out}: other sizes {r['energy_mae_meV_per_atom']:.2f} meV/atom, forces {r['force_mae_eV_per_A']:.3f} eV/A")
+
+
+def _summary(checks):
+    """The figures of a potential_checks results.json (no per-point arrays)."""
+    out = {k: checks[k] for k in ("validation", "hexagonal_othersizes", "checks_strained", "relaxation",
+                                  "supercell_max_meV_per_atom", "translation_max_meV_per_atom") if k in checks}
+    out["rotation_0_90_max_minus_min_meV_per_atom"] = {m: r["max_minus_min_meV_per_atom"]
+                                                      for m, r in checks["rotation_scan"].items()}
+    out["eos"] = {m: {"ednn": r["ednn"], "gfn1": r["gfn1"]} for m, r in checks["eos"].items()}
+    return out
 
 
 if __name__ == "__main__":
