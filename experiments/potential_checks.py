@@ -24,8 +24,6 @@ Step 2 (``--model M``): the checks, written to ``OUT/results.json`` with plots
     python experiments/potential_checks.py --model hexagonal-gfn1  # ~5 min
 """
 import argparse
-import json
-import math
 import os
 import sys
 

@@ -1,7 +1,6 @@
 """The space frame ("atoms" readout): any cell, extensivity for incommensurate cells, continuity under
 strain, forces = -dE/dr and stress = dE/deps / V by central differences, per-atom energies, the same
 numbers through the calculator, batched prediction and the CLI, and the same refusals everywhere."""
-import math
 import re
 
 import ase.io
@@ -9,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import graphene, make_supercell
+from ase.build import graphene
+from ase.calculators.calculator import PropertyNotImplementedError
 
 from ednn_tf import cli, networks
 from ednn_tf.apply.calculator import EDNNCalculator
@@ -151,6 +151,10 @@ def test_flake_and_out_of_plane_refusals(potential, tmp_path):
     far.set_cell([50, 50, 50])
     assert _energy(potential, far) == pytest.approx(_energy(potential, flake), rel=1e-12)   # cell is irrelevant
     assert abs(_energy(potential, flake) - _energy(potential, g)) > 1e-3                      # edges, no images
+    far.calc = EDNNCalculator(potential)
+    assert far.get_forces().shape == (len(g), 3)
+    with pytest.raises(PropertyNotImplementedError, match="periodic in the plane"):
+        far.get_stress()
     bilayer = g + g.copy()
     bilayer.positions[len(g):, 2] += 3.35
     above = g.copy()

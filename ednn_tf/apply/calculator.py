@@ -243,15 +243,15 @@ class EDNNCalculator(Calculator):
         """The space frame (:func:`ednn_tf.apply.space.predict_structures`, one traced graph)."""
         from .space import predict_structures
 
-        r = predict_structures(self.potential, [atoms])[0]
+        derivatives = bool({"forces", "stress"} & set(properties))
+        r = predict_structures(self.potential, [atoms], derivatives=derivatives)[0]
         if not math.isfinite(r["energy"]):
             raise RuntimeError(f"the EDNN returned a non-finite energy {r['energy']!r}")
         if "stress" in properties and r["stress"] is None:
-            raise PropertyNotImplementedError(f"stress needs a cell with a volume: a length along z "
-                                              f"(cell = {atoms.cell.array.round(4).tolist()})")
-        self.results.update(energy=r["energy"], free_energy=r["energy"], energies=r["energies"], forces=r["forces"])
-        if r["stress"] is not None:
-            self.results["stress"] = r["stress"]
+            raise PropertyNotImplementedError(f"stress needs a cell periodic in the plane with a length along z "
+                                              f"(pbc = {atoms.pbc.tolist()}, cell = {atoms.cell.array.round(4).tolist()})")
+        self.results.update(energy=r["energy"], free_energy=r["energy"], energies=r["energies"])
+        self.results.update({k: r[k] for k in ("forces", "stress") if r[k] is not None})
 
     def _stretch(self, lengths, shape):
         """``|n p - L| / L`` per axis in pixel-size mode (None for a fixed ``shape``)."""

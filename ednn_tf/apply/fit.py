@@ -170,6 +170,7 @@ def _fit_and_record(pot, model, batches, structures, energies, forces, out, trai
     """Fit ``model`` (the trainer of ``pot``) on ``batches``, save ``pot`` to ``out`` with its card
     completed by the validation errors; ``(pot, metrics)``."""
     epochs, lr, val_fraction = kw["epochs"], kw["lr"], kw["val_fraction"]
+    check_structures(pot, structures, orthorhombic=pot.readout == "cell")   # all of them, before any training
     model.compile(optimizer=keras.optimizers.Adam(training.cosine_schedule(lr, epochs * len(batches))),
                   loss="mse" if isinstance(model, DensityEDNN) else None)
     training.fit(model, batches.dataset(), epochs=epochs, workdir=kw["workdir"] or f"{out}.train",

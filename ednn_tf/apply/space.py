@@ -24,8 +24,10 @@ DEFAULT_BLOCK = 256
 
 
 def stress_voigt(atoms, virial):
-    """ASE stress (6,) eV/A^3 from ``virial`` = dE/deps (2, 2) eV, or None when the cell has no
-    volume (no third vector)."""
+    """ASE stress (6,) eV/A^3 from ``virial`` = dE/deps (2, 2) eV, or None when the structure is not
+    periodic in the plane or its cell has no volume (no third vector)."""
+    if not (atoms.pbc[0] and atoms.pbc[1]):
+        return None
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     volume = abs(np.linalg.det(cell[:2, :2])) * abs(cell[2, 2]) if np.all(np.any(cell[:2, :2] != 0, axis=1)) else 0.0
     if volume <= 0.0:
