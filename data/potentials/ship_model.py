@@ -81,7 +81,7 @@ def main():
 
 def _summary(checks):
     """The figures of a potential_checks results.json (no per-point arrays)."""
-    out = {k: checks[k] for k in ("validation", "hexagonal_othersizes", "checks_strained", "relaxation",
+    out = {k: checks[k] for k in ("validation", "hexagonal_othersizes", "checks_strained", "relaxation", "chiral_e_per_atom_eV",
                                   "supercell_max_meV_per_atom", "translation_max_meV_per_atom") if k in checks}
     out["rotation_0_90_max_minus_min_meV_per_atom"] = {m: r["max_minus_min_meV_per_atom"]
                                                       for m, r in checks["rotation_scan"].items()}

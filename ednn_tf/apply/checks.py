@@ -13,7 +13,7 @@ import numpy as np
 
 from .space import _rotation, _turned, predict_structures
 
-__all__ = ["turned", "rotation_scan", "rotated_errors", "eos_fit", "supercell_errors", "translation_spread",
+__all__ = ["chiral_cell", "turned", "rotation_scan", "rotated_errors", "eos_fit", "supercell_errors", "translation_spread",
            "relax_lattice", "run_checks"]
 
 
@@ -22,6 +22,27 @@ def turned(atoms, angle_deg, forces=None):
     T = _rotation(angle_deg)
     out = _turned(atoms, T)
     return out if forces is None else (out, np.asarray(forces)[:, :2] @ T.T)
+
+
+def chiral_cell(n, m, a=2.46, min_length=12.0):
+    """Pristine graphene in a rectangular cell with the chiral direction ``n a1 + m a2`` along x (the
+    issue's reproduction), repeated to at least ``min_length`` A along x and y."""
+    from ase import Atoms
+
+    a1, a2 = np.array([a, 0.0]), np.array([a / 2, a * math.sqrt(3) / 2])
+    C = n * a1 + m * a2
+    d = math.gcd(2 * n + m, 2 * m + n)
+    T = (2 * m + n) // d * a1 - (2 * n + m) // d * a2
+    th = -math.atan2(C[1], C[0])
+    R = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    inv = np.linalg.inv(np.array([C, T]).T)
+    lattice = np.array([i * a1 + j * a2 for i in range(-30, 31) for j in range(-30, 31)])
+    sites = np.concatenate([lattice, lattice + (a1 + a2) / 3])
+    f = sites @ inv.T
+    pos = sites[np.all((f >= -1e-9) & (f < 1 - 1e-9), axis=1)] @ R.T
+    at = Atoms(f"C{len(pos)}", positions=np.c_[pos, np.zeros(len(pos))],
+               cell=[np.linalg.norm(C), np.linalg.norm(T), 20.0], pbc=[True, True, False])
+    return at.repeat((max(1, math.ceil(min_length / at.cell[0, 0])), max(1, math.ceil(min_length / at.cell[1, 1])), 1))
 
 
 def rotation_scan(potential, atoms, angles):
@@ -148,6 +169,9 @@ def run_checks(model, out, data="data/potentials"):
         e = rotation_scan(pot, prim, angles)
         res["rotation_scan"][material] = {"e_per_atom_eV": e.tolist(),
                                           "max_minus_min_meV_per_atom": 1e3 * float(e.max() - e.min())}
+    chiral = {f"{n},{m}": chiral_cell(n, m) for n, m in ((2, 0), (2, 1), (3, 1))}
+    res["chiral_e_per_atom_eV"] = {k: r["energy"] / len(chiral[k]) for k, r in
+                                   zip(chiral, predict_structures(pot, list(chiral.values()), derivatives=False))}
     res["supercell_max_meV_per_atom"] = supercell_errors(pot, val[:12])
     res["translation_max_meV_per_atom"] = translation_spread(pot, val[:12])
     res["eos"] = _eos(pot, data)
