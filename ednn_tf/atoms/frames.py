@@ -238,9 +238,13 @@ def block_frames(frame, block, pitch, context, gamma):
     order = np.argsort(key, kind="stable")
     skey = key[order]
     home = (pix - first) // block
+    hkey = home[:, 0] * width + home[:, 1]
+    horder = np.argsort(hkey, kind="stable")
+    shkey = hkey[horder]
     out = []
-    for bi, bj in sorted(set(map(tuple, home))):
-        targets = np.flatnonzero((home[:, 0] == bi) & (home[:, 1] == bj))
+    for k in np.unique(hkey):
+        bi, bj = divmod(int(k), width)
+        targets = horder[np.searchsorted(shkey, k, "left"):np.searchsorted(shkey, k, "right")]
         origin = first + np.array([bi, bj]) * block - SPLINE_HALF_WIDTH - int(context)
         lo, hi = origin * pitch - reach, (origin + shape - 1) * pitch + reach
         near = [order[np.searchsorted(skey, k, "left"):np.searchsorted(skey, k, "right")]
