@@ -79,11 +79,11 @@ def _label(args):
             oracle.check(atoms)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{args.data!r} structure {i}: {exc}") from None
-    energies, forces = label_structures(structures, oracle, n_workers=args.workers, checkpoint=args.out + ".labels.npz",
-                                        progress=not args.no_progress, threads_per_worker=args.threads,
-                                        forces=True)
+    labels = label_structures(structures, oracle, n_workers=args.workers, checkpoint=args.out + ".labels.npz",
+                              progress=not args.no_progress, threads_per_worker=args.threads, forces=True,
+                              stress=args.stress)
     info = {"oracle": oracle.name, "oracle_settings": json.dumps(oracle.settings, sort_keys=True)}
-    write_labelled(args.out, structures, energies, forces, info)
+    write_labelled(args.out, structures, *labels[:2], info, labels[2] if args.stress else None)
     print(f"labelled {len(structures)} structures with {oracle.name} -> {args.out}")
 
 
@@ -218,6 +218,8 @@ def _parser():
     p.add_argument("--out", required=True, help="labelled extxyz file (checkpoint: OUT.labels.npz)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--threads", type=int, default=None, help="threads per worker (default cores / workers)")
+    p.add_argument("--stress", action="store_true",
+                   help="label the stress too (eV/A^3, kept in the checkpoint like the forces; ASE reads it back)")
     p.set_defaults(run=_label)
     p = sub.add_parser("train", help="train a density potential on labelled structures")
     p.add_argument("data")

@@ -3,7 +3,7 @@
 Step 1 (``--label``): the reference structures, labelled with GFN1-xTB (``supercell=2``, as the
 training set) in checkpointed runs (a rerun labels only what is missing):
 ``eos.extxyz``: pristine graphene and h-BN, 3 x 2 rectangular cells (24 atoms), biaxial strain
--3 .. +3 % in 0.5 % steps; ``strained.extxyz``: cells like the training set's (seeds 10,000 and up)
+-3 .. +3 % in 0.1 % steps; ``strained.extxyz``: cells like the training set's (seeds 10,000 and up)
 strained by 2.5-4 % along each axis (the training set stops at 2 %).
 
 Step 2 (``--model M``): the checks, written to ``OUT/results.json`` with plots
@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 DATA = "data/potentials"
-EOS_STRAINS = np.round(np.arange(-0.03, 0.03001, 0.005), 4)
+EOS_STRAINS = np.round(np.arange(-0.03, 0.03001, 0.001), 4)
 
 
 def eos_cell(material, strain, repeat=(3, 2)):

@@ -32,6 +32,27 @@ def test_label_structures_with_forces_resumes_and_matches_the_oracle(tmp_path):
         label_structures(cells[:1], lj, n_workers=1, checkpoint=only_e, progress=False, forces=True)
 
 
+def test_label_stress_is_the_oracles_and_resumes_through_the_cli(tmp_path):
+    """--stress: the LJ oracle's stress (eV/A^3) in the checkpoint and the extxyz ASE reads back; a
+    rerun labels nothing; a checkpoint written without stress is refused, naming the reason."""
+    cells, lj = _cells(3), get_oracle("lj")
+    ck = tmp_path / "s.npz"
+    e, f, s = label_structures(cells, lj, n_workers=2, checkpoint=ck, progress=False, stress=True)
+    for a, ea, fa, sa in zip(cells, e, f, s):
+        ref = lj.energy_forces_stress(a)
+        assert ea == ref[0] and np.array_equal(fa, ref[1]) and np.array_equal(sa, ref[2]) and np.any(sa != 0)
+    np.testing.assert_array_equal(read_checkpoint(ck)["stress"], s)
+    label_structures(cells, lj, n_workers=1, checkpoint=tmp_path / "none.npz", progress=False, forces=True)
+    with pytest.raises(ValueError, match="no stress"):
+        label_structures(cells, lj, n_workers=1, checkpoint=tmp_path / "none.npz", progress=False, stress=True)
+    ase.io.write(tmp_path / "in.extxyz", cells)
+    out = tmp_path / "out.extxyz"
+    assert cli.main(["label", str(tmp_path / "in.extxyz"), "--oracle", "lj", "--out", str(out), "--stress",
+                     "--workers", "1", "--no-progress"]) == 0
+    back = ase.io.read(out, ":")
+    np.testing.assert_allclose([b.get_stress() for b in back], s, rtol=1e-6, atol=1e-12)
+
+
 def test_prepare_dataset_with_forces_stores_the_oracles_forces_in_hdf5_and_rerenders_them(tmp_path):
     """HDF5 path: forces labelled with the energies, zero-padded in the file, equal to the oracle's,
     read back per structure and by ``load_structures``; a re-render keeps them; resume relabels nothing."""

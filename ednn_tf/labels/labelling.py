@@ -33,7 +33,8 @@ def structures_fingerprint(atoms_list) -> str:
 
 def read_checkpoint(path) -> dict:
     """Read a :func:`label_structures` checkpoint: ``{"meta": {...}, "indices": int array, "energies": eV,
-    "forces": list of (N_i, 3) eV/A arrays, one per index, or None when written without forces}``."""
+    "forces": list of (N_i, 3) eV/A arrays, one per index, or None when written without forces,
+    "stress": (n, 6) eV/A^3 (ASE's Voigt order), or None when written without stress}``."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -43,27 +44,31 @@ def read_checkpoint(path) -> dict:
             forces = None
             if "forces" in z:
                 forces = np.split(np.array(z["forces"], dtype=np.float64), np.cumsum(z["n_atoms"])[:-1])
+            stress = np.array(z["stress"], dtype=np.float64) if "stress" in z else None
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{path} is not a readable label_structures checkpoint: {exc}") from exc
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {CHECKPOINT_FORMAT!r})")
     if indices.shape != energies.shape:
         raise ValueError(f"{path}: corrupt checkpoint ({indices.shape[0]} indices, {energies.shape[0]} energies)")
-    return {"meta": meta, "indices": indices, "energies": energies, "forces": forces}
+    return {"meta": meta, "indices": indices, "energies": energies, "forces": forces, "stress": stress}
 
 
-def _write_checkpoint(path, meta, done: dict, forces=None):
+def _write_checkpoint(path, meta, done: dict, forces=None, stress=None):
     idx = np.fromiter(sorted(done), dtype=np.int64, count=len(done))
     arrays = {"energies": np.array([done[i] for i in idx], dtype=np.float64)}
     if forces is not None:
         arrays["n_atoms"] = np.array([len(forces[i]) for i in idx], dtype=np.int64)
         arrays["forces"] = np.concatenate([forces[i] for i in idx]) if len(idx) else np.zeros((0, 3))
+    if stress is not None:
+        arrays["stress"] = np.array([stress[i] for i in idx], dtype=np.float64).reshape(len(idx), 6)
     _write_npz_atomic(path, meta=np.array(json.dumps(meta, sort_keys=True)), indices=idx, **arrays)
 
 
-def _finished(checkpoint, meta, forces=None) -> dict:
+def _finished(checkpoint, meta, forces=None, stress=None) -> dict:
     """``{index: energy}`` already in ``checkpoint`` (ValueError if it belongs to another job); with a
-    ``forces`` dict, also fills it ``{index: (N, 3) forces}`` (ValueError if the checkpoint has none)."""
+    ``forces`` dict, also fills it ``{index: (N, 3) forces}`` (ValueError if the checkpoint has none),
+    likewise ``stress`` ``{index: (6,) stress}``."""
     if checkpoint is None or not os.path.exists(checkpoint):
         return {}
     ck = read_checkpoint(checkpoint)
@@ -78,20 +83,24 @@ def _finished(checkpoint, meta, forces=None) -> dict:
         if ck["forces"] is None and len(ck["indices"]):
             raise ValueError(f"checkpoint {checkpoint} holds energies only, not forces; use another checkpoint path")
         forces.update({int(i): f for i, f in zip(ck["indices"], ck["forces"] or [])})
+    if stress is not None:
+        if ck["stress"] is None and len(ck["indices"]):
+            raise ValueError(f"checkpoint {checkpoint} holds no stress; use another checkpoint path")
+        stress.update({int(i): v for i, v in zip(ck["indices"], [] if ck["stress"] is None else ck["stress"])})
     return {int(i): float(e) for i, e in zip(ck["indices"], ck["energies"])}
 
 
 class _Recorder:
     """Collects energies, updates the progress bar and writes the checkpoint every ``seconds``."""
 
-    def __init__(self, oracle, checkpoint, meta, done, seconds, bar, forces=None):
+    def __init__(self, oracle, checkpoint, meta, done, seconds, bar, forces=None, stress=None):
         self.oracle, self.checkpoint, self.meta, self.done, self.seconds, self.bar = \
             oracle, checkpoint, meta, done, seconds, bar
-        self.forces, self.last, self.pending = forces, time.monotonic(), 0
+        self.forces, self.stress, self.last, self.pending = forces, stress, time.monotonic(), 0
 
     def save(self, force=False):
         if self.checkpoint is not None and self.pending and (force or time.monotonic() - self.last >= self.seconds):
-            _write_checkpoint(self.checkpoint, self.meta, self.done, self.forces)
+            _write_checkpoint(self.checkpoint, self.meta, self.done, self.forces, self.stress)
             self.last, self.pending = time.monotonic(), 0
 
     def __call__(self, i, result):
@@ -100,6 +109,10 @@ class _Recorder:
             if not np.all(np.isfinite(result[1])):
                 raise RuntimeError(f"oracle {self.oracle.name!r} returned non-finite forces for structure {i}")
             self.forces[i] = np.asarray(result[1], dtype=np.float64)
+        if self.stress is not None:
+            if np.shape(result[2]) != (6,) or not np.all(np.isfinite(result[2])):
+                raise RuntimeError(f"oracle {self.oracle.name!r} returned a bad stress {result[2]!r} for structure {i}")
+            self.stress[i] = np.asarray(result[2], dtype=np.float64)
         if not isinstance(energy, float) or not math.isfinite(energy):
             raise RuntimeError(f"oracle {self.oracle.name!r} returned a non-finite energy {energy!r} for structure {i}")
         self.done[i] = energy
@@ -114,9 +127,9 @@ def _get_oracle(name, **settings):
     return get_oracle(name, **settings)
 
 
-def _energy_task(name, settings, runtime, forces=False):  # worker factory: packed atoms -> eV (, eV/A)
+def _energy_task(name, settings, runtime, forces=False, stress=False):  # worker: packed atoms -> eV (, eV/A, eV/A^3)
     oracle = _get_oracle(name, **settings, **runtime)
-    compute = oracle.energy_and_forces if forces else oracle.energy
+    compute = oracle.energy_forces_stress if stress else oracle.energy_and_forces if forces else oracle.energy
     return lambda packed: compute(workers.unpack_atoms(packed))
 
 
@@ -129,7 +142,8 @@ def _check_structures(oracle, atoms_list):
 
 
 def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, progress: bool = True,
-                     checkpoint_seconds: float = 5.0, threads_per_worker: int | None = None, forces: bool = False):
+                     checkpoint_seconds: float = 5.0, threads_per_worker: int | None = None, forces: bool = False,
+                     stress: bool = False):
     """Total energies (eV, float64, input order) of ``atoms_list`` from ``oracle`` (an Oracle or a
     registry name) in ``n_workers`` processes (:func:`.workers.run_tasks`; ``threads_per_worker``
     default: cores // workers), resumable from ``checkpoint``: an ``.npz`` of finished energies with
@@ -137,7 +151,8 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
     ``checkpoint_seconds`` with results pending (0: after each) and on completion, error, Ctrl-C or
     SIGTERM; one written for other structures or another oracle/settings raises ValueError.
     RuntimeError (after saving the checkpoint) if the oracle fails; ``progress``: tqdm bar. With ``forces``
-    returns ``(energies, [forces (N_i, 3) eV/A, ...])``, both kept in the checkpoint."""
+    returns ``(energies, [forces (N_i, 3) eV/A, ...])``, both kept in the checkpoint; with ``stress``
+    (implies ``forces``) ``(energies, forces, stress (n, 6) eV/A^3)``, all three kept."""
     oracle = _get_oracle(oracle)
     n_workers = check_int("n_workers", n_workers, minimum=1)
     checkpoint_seconds = check_float("checkpoint_seconds", checkpoint_seconds, minimum=0)
@@ -147,13 +162,16 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
     meta = {"format": CHECKPOINT_FORMAT, "oracle": oracle.name, "settings": oracle.settings,
             "versions": oracle.versions, "n_structures": n, "fingerprint": structures_fingerprint(atoms_list)}
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-    fdone = {} if check_bool("forces", forces) else None
-    done = _finished(checkpoint, meta, fdone)
+    stress = check_bool("stress", stress)
+    forces = check_bool("forces", forces) or stress
+    fdone, sdone = ({} if forces else None), ({} if stress else None)
+    done = _finished(checkpoint, meta, fdone, sdone)
+    compute = oracle.energy_forces_stress if stress else oracle.energy_and_forces if forces else oracle.energy
     todo = [i for i in range(n) if i not in done]
 
     def local(i):
         try:
-            return oracle.energy_and_forces(atoms_list[i]) if forces else oracle.energy(atoms_list[i])
+            return compute(atoms_list[i])
         except Exception as exc:
             raise RuntimeError(f"oracle {oracle.name!r} failed on structure {i}: {exc}") from exc
 
@@ -161,19 +179,21 @@ def label_structures(atoms_list, oracle, n_workers: int = 2, checkpoint=None, pr
 
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, unit="structure",
                desc=f"labelling ({oracle.name})", file=sys.stderr)
-    record = _Recorder(oracle, checkpoint, meta, done, checkpoint_seconds, bar, fdone)
+    record = _Recorder(oracle, checkpoint, meta, done, checkpoint_seconds, bar, fdone, sdone)
     if threads_per_worker is None:
         threads_per_worker = max(1, workers.cpu_count() // min(n_workers, max(len(todo), 1)))
     with workers.sigterm_as_exit():
         try:
             workers.run_tasks(todo, record, local=local, payload=lambda i: (workers.pack_atoms(atoms_list[i]),),
-                              factory=_energy_task, args=(oracle.name, oracle.settings, oracle.runtime, forces),
+                              factory=_energy_task, args=(oracle.name, oracle.settings, oracle.runtime, forces, stress),
                               n_workers=n_workers, threads=threads_per_worker, what=f"oracle {oracle.name!r}",
                               item="structure")
         finally:
             record.save(force=True)
             bar.close()
     energies = np.array([done[i] for i in range(n)], dtype=np.float64)
+    if stress:
+        return energies, [fdone[i] for i in range(n)], np.array([sdone[i] for i in range(n)], dtype=np.float64)
     return (energies, [fdone[i] for i in range(n)]) if forces else energies
 
 

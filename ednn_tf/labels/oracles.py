@@ -113,7 +113,12 @@ class Oracle:
         """``(energy in eV, forces (N, 3) in eV/A)`` from one calculation."""
         return self._compute(atoms, forces=True)
 
-    def _compute(self, atoms, forces: bool):
+    def energy_forces_stress(self, atoms):
+        """``(energy in eV, forces (N, 3) in eV/A, stress (6,) in eV/A^3, ASE's Voigt order)`` from one
+        calculation (the stress of a cell periodic in x and y; its volume includes the vacuum)."""
+        return self._compute(atoms, forces=True, stress=True)
+
+    def _compute(self, atoms, forces: bool, stress: bool = False):
         self.check(atoms)
         work = atoms.copy()
         work.set_constraint()  # raw forces: constraints (FixAtoms, ...) would zero some of them
@@ -121,12 +126,13 @@ class Oracle:
         try:
             energy = float(work.get_potential_energy())
             f = np.array(work.get_forces(), dtype=np.float64) if forces else None
+            sigma = np.array(work.get_stress(voigt=True), dtype=np.float64) if stress else None
         finally:
             if self._reuse == "never":
                 self._close(work.calc)
         if not math.isfinite(energy):
             raise RuntimeError(f"oracle {self.name!r} returned a non-finite energy {energy!r}")
-        return energy, f
+        return (energy, f, sigma) if stress else (energy, f)
 
     def _calculator_for(self, atoms):
         if self._reuse == "never":
@@ -162,7 +168,7 @@ class GFN1xTB(Oracle):
     small cell carries a k-sampling error, docs/oracles.md). ``supercell=k`` computes the Gamma-point
     energy of the ``k x k`` in-plane supercell divided by ``k**2`` -- exactly a ``k x k`` Gamma-centred
     k-mesh for the input cell -- at ``k**6`` times the O(N^3) cost; forces are those of the first
-    image. Odd electron counts are handled by the Fermi smearing at ``electronic_temperature`` (K).
+    image, the stress that of the supercell (the same, intensive). Odd electron counts are handled by the Fermi smearing at ``electronic_temperature`` (K).
     ``accuracy``: tblite's factor; ``max_iterations``: SCC cycles. Runtime ``blas``: ``"auto"`` (MKL
     if installed), ``"mkl"`` (require it), ``"bundled"``."""
 
@@ -180,15 +186,15 @@ class GFN1xTB(Oracle):
         s["supercell"] = check_int("supercell", s["supercell"], minimum=1)  # k of a k x k k-mesh
         return s
 
-    def _compute(self, atoms, forces: bool):
+    def _compute(self, atoms, forces: bool, stress: bool = False):
         k = self.settings["supercell"]
         if k == 1:
-            return super()._compute(atoms, forces)
+            return super()._compute(atoms, forces, stress)
         _as_atoms(atoms)
         if not (atoms.pbc[0] and atoms.pbc[1]):
             raise ValueError(f"supercell={k} needs a cell periodic in x and y, got pbc={atoms.pbc.tolist()}")
-        energy, f = super()._compute(atoms.repeat((k, k, 1)), forces)
-        return energy / k**2, (f[:len(atoms)] if forces else None)
+        out = super()._compute(atoms.repeat((k, k, 1)), forces, stress)   # the stress is intensive: as it is
+        return (out[0] / k**2, out[1][:len(atoms)] if forces else None) + out[2:]
 
     def _validate_runtime(self, runtime):
         return {"blas": check_choice("blas", runtime.get("blas", "auto"), ("auto", "mkl", "bundled"))}
