@@ -1,7 +1,7 @@
 """A potential checked the way its users will: turned, strained, repeated, re-celled, relaxed (issue 26).
 
 Step 1 (``--label``): the reference structures, labelled with GFN1-xTB (``supercell=2``, as the
-training set) in checkpointed runs (a rerun labels only what is missing):
+training set; energies, forces and stress) in checkpointed runs (a rerun labels only what is missing):
 ``eos.extxyz``: pristine graphene and h-BN, 3 x 2 rectangular cells (24 atoms), biaxial strain
 -3 .. +3 % in 0.1 % steps; ``strained.extxyz``: cells like the training set's (seeds 10,000 and up)
 strained by 2.5-4 % along each axis (the training set stops at 2 %).
@@ -68,9 +68,9 @@ def label(workers):
     sets = {"eos": [eos_cell(m, s) for m in ("graphene", "hbn") for s in EOS_STRAINS], "strained": strained_cells()}
     for name, structures in sets.items():
         out = f"{DATA}/checks_{name}_gfn1_sc2.extxyz"
-        e, f = label_structures(structures, oracle, n_workers=workers, checkpoint=out + ".labels.npz",
-                                threads_per_worker=1, forces=True)
-        write_labelled(out, structures, e, f, {"oracle": oracle.name})
+        e, f, s = label_structures(structures, oracle, n_workers=workers, checkpoint=out + ".labels.npz",
+                                   threads_per_worker=1, stress=True)
+        write_labelled(out, structures, e, f, {"oracle": oracle.name}, s)
         print(f"{name}: {len(structures)} structures -> {out}")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .space import _rotation, _turned, predict_structures
 
-__all__ = ["chiral_cell", "turned", "rotation_scan", "rotated_errors", "eos_fit", "supercell_errors", "translation_spread",
+__all__ = ["chiral_cell", "stress_errors", "turned", "rotation_scan", "rotated_errors", "eos_fit", "supercell_errors", "translation_spread",
            "relax_lattice", "run_checks"]
 
 
@@ -77,6 +77,22 @@ def rotated_errors(potential, structures, energies, forces, seed=0):
             "rotation_mean_abs_dE_meV_per_atom": 1e3 * float(np.mean(np.abs(change))),
             "rotation_max_abs_dE_meV_per_atom": 1e3 * float(np.max(np.abs(change))),
             "rotated_forces_mae_eV_per_A": float(np.mean(np.abs(fturn)))}
+
+
+def stress_errors(potential, structures):
+    """MAE of the in-plane stress (xx, yy, xy) against the labels ``atoms.get_stress()`` when every
+    structure has one, as 2D stress ``sigma c`` (N/m, ``c`` the cell height); {} otherwise."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    try:
+        ref = np.array([a.get_stress() for a in structures])
+    except (RuntimeError, PropertyNotImplementedError):   # no calculator, or labels without stress
+        return {}
+    pred = np.array([r["stress"] for r in predict_structures(potential, structures)])
+    c = np.array([abs(a.cell[2, 2]) for a in structures])[:, None]
+    d = (pred - ref)[:, [0, 1, 5]] * c * 16.0217663
+    return {"stress_2d_mae_N_per_m": float(np.mean(np.abs(d))),
+            "label_stress_2d_mean_abs_N_per_m": float(np.mean(np.abs(ref[:, [0, 1, 5]] * c * 16.0217663)))}
 
 
 def eos_fit(strains, e_per_atom, a0, area_per_atom0):
@@ -161,6 +177,7 @@ def run_checks(model, out, data="data/potentials"):
             s = ase.io.read(path, ":")
             r = evaluate(pot, s, labelled_energies(s), labelled_forces(s))
             res[name] = {k: r[k] for k in ("n", "energy_mae_meV_per_atom", "force_mae_xy_eV_per_A")}
+            res[name].update(stress_errors(pot, s))
     angles = np.arange(0, 91)
     res["rotation_scan"] = {}
     for material in ("graphene", "hbn"):
@@ -209,7 +226,8 @@ def _eos(pot, data):
         re = np.array([a.get_potential_energy() / len(a) for a in rows])
         out[material] = {"strains": strains.tolist(), "ednn_e_per_atom_eV": e.tolist(),
                          "gfn1_strains": rs.tolist(), "gfn1_e_per_atom_eV": re.tolist(),
-                         "ednn": eos_fit(strains, e, a0, area0), "gfn1": eos_fit(rs, re, a0, area0)}
+                         "ednn": eos_fit(strains, e, a0, area0), "gfn1": eos_fit(rs, re, a0, area0),
+                         "stress": stress_errors(pot, rows)}
     return out
 
 
