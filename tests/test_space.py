@@ -325,3 +325,23 @@ def test_training_batches_turn_labels_with_the_structure_and_are_stateless(poten
         assert not np.allclose(xa["positions"][0, :2], cells[rows[0]].positions[:2, :2], atol=1e-3)  # it moved
     a.set_epoch(6)
     assert not np.array_equal(a[0][0]["positions"], b[0][0]["positions"])       # a new draw each epoch
+
+
+def test_a_cell_grid_potential_refuses_a_hexagonal_cell_everywhere(tmp_path):
+    """The first-form potential (kept as a fixture) through every entry point: the same refusal."""
+    import os
+
+    from ednn_tf.apply.fit import predict_energies, predict_energies_forces
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hexagonal-gfn1-cellgrid.keras")
+    pot = load_potential(path)
+    g = graphene(a=2.46, vacuum=10.0).repeat((6, 6, 1))
+    g.pbc = [True, True, False]
+    for fn in (predict_energies, predict_energies_forces):
+        with pytest.raises(ValueError, match="structure 0: only orthorhombic cells"):
+            fn(pot, [g])
+    g.calc = EDNNCalculator(pot)
+    with pytest.raises(ValueError, match="only orthorhombic cells"):
+        g.get_potential_energy()
+    ase.io.write(tmp_path / "g.extxyz", g)
+    assert cli.main(["predict", path, str(tmp_path / "g.extxyz"), "--out", str(tmp_path / "o.extxyz")]) == 2
