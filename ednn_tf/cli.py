@@ -167,10 +167,12 @@ def _predict(args):
     if pot.readout == "atoms":
         from .apply.space import predict_structures
 
-        res = predict_structures(pot, structures, progress=not args.no_progress)
+        res = predict_structures(pot, structures, progress=not args.no_progress, orientations=args.orientations)
         write_labelled(args.out, structures, [r["energy"] for r in res], [r["forces"] for r in res], info,
                        [r["stress"] for r in res], [r["energies"] for r in res])
     else:
+        if args.orientations is not None:
+            raise ValueError(f"--orientations {args.orientations} needs a potential with the 'atoms' readout")
         energies, forces = predict_energies_forces(pot, structures)
         write_labelled(args.out, structures, energies, forces, info)
     print(f"predicted {len(structures)} structures -> {args.out}")
@@ -257,6 +259,8 @@ def _parser():
     p.add_argument("--plot", help="parity PNG")
     p.set_defaults(run=_eval)
     p = sub.add_parser("predict", help="write structures with predicted energies and forces (extxyz)")
+    p.add_argument("--orientations", type=int, default=None, metavar="K",
+                   help="average over K turned copies (atoms readout; default: the model's own K)")
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--out", required=True)

@@ -290,6 +290,14 @@ def test_orientation_average_is_conservative_and_turns_back(potential, tmp_path)
     assert r["stress"][0] == pytest.approx((e[0] - e[1]) / (2 * h) / g.get_volume(), rel=1e-5)
     pot.save(tmp_path / "k.keras")
     assert load_potential(tmp_path / "k.keras").orientations == 3
+    g.calc = EDNNCalculator(potential, orientations=3)             # the same average asked for at run time
+    assert g.get_potential_energy() == pytest.approx(r["energy"], rel=1e-12)
+    np.testing.assert_allclose(g.get_stress(), r["stress"], rtol=1e-9, atol=1e-14)
+    potential.save(tmp_path / "one.keras")
+    ase.io.write(tmp_path / "g.extxyz", g)
+    assert cli.main(["predict", "--orientations", "3", str(tmp_path / "one.keras"), str(tmp_path / "g.extxyz"),
+                     "--out", str(tmp_path / "o.extxyz"), "--no-progress"]) == 0
+    assert ase.io.read(tmp_path / "o.extxyz").get_potential_energy() == pytest.approx(r["energy"], rel=1e-9)
 
 
 

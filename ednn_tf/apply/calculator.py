@@ -116,6 +116,8 @@ class EDNNCalculator(Calculator):
     symbols, one channel each; default one channel weighted by Z) must be those the model was
     trained with.
     ``max_cached`` compiled graphs are kept (one per atom count, numbers, cell and grid);
+    ``orientations`` K (``"atoms"`` readout): average over K turned copies instead of the
+    potential's own K (``Potential.orientations``; docs/potentials.md has what each K costs and gains);
     ``**kwargs`` go to :class:`ase.calculators.calculator.Calculator`.
 
     Properties: ``energy`` = ``free_energy`` (eV), ``forces`` (N, 3) eV/Angstrom, ``tile_energies``
@@ -130,7 +132,7 @@ class EDNNCalculator(Calculator):
     nolabel = True
 
     def __init__(self, model, shape=None, pixel_size=None, gamma=None, cutoff=None, channels=None, max_cached=8,
-                 **kwargs):
+                 orientations=None, **kwargs):
         model = resolve_model(model)
         self.potential = model if isinstance(model, Potential) else None
         if self.potential is not None:
@@ -147,6 +149,9 @@ class EDNNCalculator(Calculator):
         if cutoff is not None:
             cutoff = check_positive("cutoff", cutoff)
         self._max_cached = check_int("max_cached", max_cached, minimum=1)
+        self._orientations = None if orientations is None else check_int("orientations", orientations, minimum=1)
+        if self._orientations is not None and (self.potential is None or self.potential.readout != "atoms"):
+            raise ValueError(f"orientations={orientations!r} needs a Potential with the 'atoms' readout")
         self._functions = collections.OrderedDict()
         super().__init__(shape=None if shape is None else list(shape), pixel_size=pixel_size, gamma=gamma,
                          cutoff=cutoff, channels=channels, **kwargs)
@@ -244,7 +249,7 @@ class EDNNCalculator(Calculator):
         from .space import predict_structures
 
         derivatives = bool({"forces", "stress"} & set(properties))
-        r = predict_structures(self.potential, [atoms], derivatives=derivatives)[0]
+        r = predict_structures(self.potential, [atoms], derivatives=derivatives, orientations=self._orientations)[0]
         if not math.isfinite(r["energy"]):
             raise RuntimeError(f"the EDNN returned a non-finite energy {r['energy']!r}")
         if "stress" in properties and r["stress"] is None:

@@ -15,6 +15,7 @@ import weakref
 import numpy as np
 
 from ..atoms.frames import block_frames, check_structures, pack_frames, structure_frame, window_pixels
+from ..util import check_int
 
 __all__ = ["DEFAULT_BLOCK", "predict_structures", "stress_voigt"]
 
@@ -74,7 +75,7 @@ def _evaluator(potential, derivatives):
 
 
 def predict_structures(potential, structures, batch_size=8, evaluator=None, progress=False, block=DEFAULT_BLOCK,
-                       derivatives=True):
+                       derivatives=True, orientations=None):
     """One dict per structure: ``energy`` (eV), ``energies`` (N,) eV per atom (they sum to the
     energy), ``forces`` (N, 3) eV/A (z = 0), ``stress`` (6,) eV/A^3 or None. Every structure is
     checked first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and
@@ -83,13 +84,14 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
     memory bounded by the block); batches hold frames of similar window size. ``evaluator``: a
     :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` to reuse (one traced graph). A potential with
     ``orientations`` K > 1 averages over K copies turned by ``90 k / K`` degrees and moved by a
-    sub-pixel offset (forces, stress turned back). ``derivatives=False``:
+    sub-pixel offset (forces, stress turned back); ``orientations`` overrides K. ``derivatives=False``:
     energies only, ``forces`` and ``stress`` None."""
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
     check_structures(potential, structures)
     p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
-    turns = [_rotation(90.0 * k / potential.orientations) for k in range(potential.orientations)]
+    K = potential.orientations if orientations is None else check_int("orientations", orientations, minimum=1)
+    turns = [_rotation(90.0 * k / K) for k in range(K)]
     jobs = []                                   # (structure, turn, frame, weights of the frame's atoms)
     for s, atoms in enumerate(structures):
         for k, T in enumerate(turns):
