@@ -22,6 +22,8 @@ def main():
     ap.add_argument("--md", help="results.json of experiments/md_nve.py with this model")
     ap.add_argument("--checks", help="results.json of experiments/potential_checks.py with this model")
     ap.add_argument("--orientations", type=int, default=None, help="set the potential's orientation average K")
+    ap.add_argument("--checks-k", nargs="*", default=[], metavar="K=RESULTS",
+                    help="results.json of the checks with orientations K (recorded for comparison)")
     ap.add_argument("--out", default="ednn_tf/models/hexagonal-gfn1.keras")
     args = ap.parse_args()
 
@@ -47,13 +49,14 @@ def main():
                  "energies and forces by `bash data/potentials/label.sh 0 1 2` (ednn-tf label --oracle gfn1-xtb "
                  "--oracle-setting supercell=2)"),
         "command": ("ednn-tf train data/potentials/hexagonal_varied_c012_gfn1_sc2.extxyz --forces-key forces "
-                    "--force-weight 10 --epochs 50 --lr 2e-3 --init-from PREVIOUS --out "
+                    "--force-weight 10 --epochs 40 --lr 2e-3 --init-from PREVIOUS --out "
                     "results/potentials/hexagonal-gfn1-space.keras --workdir data/potentials/train/hexagonal-gfn1-space "
-                    "(PREVIOUS: ednn_tf/models/hexagonal-gfn1.keras at commit e5182ed, the cell-grid model)"),
-        "training": ("space frame ('atoms' readout), energy + forces (w_E 1, w_F 10), 50 epochs, Adam 2e-3 cosine, "
+                    "(PREVIOUS: tests/fixtures/hexagonal-gfn1-cellgrid.keras, the cell-grid model shipped until e5182ed; "
+                    "started with --epochs 50, stopped at epoch 12 and resumed with --epochs 40 to fit the session)"),
+        "training": ("space frame ('atoms' readout), energy + forces (w_E 1, w_F 10), 40 epochs, Adam 2e-3 cosine, "
                      "batch 8 of similar cell size, a random rotation, mirror and sub-pixel shift of every structure "
                      "in every batch; network weights started from the previous (cell-grid) hexagonal-gfn1; "
-                     "2 CPU threads shared with other work, about 2 h"),
+                     "2 CPU threads shared with other work, 1 h 26 min"),
         "val_by_kind": {k: round(v["energy_mae_meV_per_atom"], 2) for k, v in val["by_kind"].items()},
         "other_sizes_test": {
             "data": (f"{OTHER}: 4 graphene 12.30 x 12.78 A cells at a = 2.46 A (60 atoms) and 4 varied cells of "
@@ -73,6 +76,10 @@ def main():
         with open(args.checks) as fh:
             checks = json.load(fh)
         card["checks"] = {"command": "python experiments/potential_checks.py --model MODEL", **_summary(checks)}
+    for item in args.checks_k:
+        k, path = item.split("=", 1)
+        with open(path) as fh:
+            card.setdefault("checks_orientations", {})[k] = _summary(json.load(fh))
     pot.card = card
     with atomic_path(args.out) as tmp:      # same extension: .keras
         pot.save(tmp)
