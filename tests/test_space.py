@@ -353,3 +353,20 @@ def test_a_cell_grid_potential_refuses_a_hexagonal_cell_everywhere(tmp_path):
         g.get_potential_energy()
     ase.io.write(tmp_path / "g.extxyz", g)
     assert cli.main(["predict", path, str(tmp_path / "g.extxyz"), "--out", str(tmp_path / "o.extxyz")]) == 2
+
+
+def test_eos_fit_recovers_a_known_lattice_constant_and_bulk_modulus():
+    """E(A) = E0 + B (A - A0)^2 / (2 A0) per atom: the fit gives back A0 (as a lattice constant) and
+    B (converted to N/m), with no residual."""
+    from ednn_tf.apply.checks import eos_fit
+
+    a_true, area0 = 2.47, np.sqrt(3) / 4 * 2.46 ** 2          # the minimum is not at the strain grid's 0
+    amin = area0 * (a_true / 2.46) ** 2
+    B = 200.0 / 16.0217663                                      # eV/A^2 per atom-area: 200 N/m
+    strains = np.linspace(-0.03, 0.03, 61)
+    area = area0 * (1 + strains) ** 2
+    e = -7.0 + B * (area - amin) ** 2 / (2 * amin)
+    fit = eos_fit(strains, e, 2.46, area0)
+    assert fit["a_eq_A"] == pytest.approx(a_true, rel=1e-6)
+    assert fit["bulk_modulus_2d_N_per_m"] == pytest.approx(200.0, rel=1e-4)
+    assert fit["max_residual_meV_per_atom"] < 1e-9

@@ -88,7 +88,7 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
     energies only, ``forces`` and ``stress`` None."""
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
-    check_structures(potential, structures)
+    check_structures(potential, structures)      # every structure before any work (structure_frame checks again)
     p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
     K = potential.orientations if orientations is None else check_int("orientations", orientations, minimum=1)
     turns = [_rotation(90.0 * k / K) for k in range(K)]
