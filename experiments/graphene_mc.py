@@ -11,8 +11,8 @@ Steps (cached in --out; a rerun reuses what is done): 1. reference Langevin MD (
 0.02/fs, ``labels.md.langevin_snapshots``) of the graphene sheet of ``--repeat`` rectangular 4-atom
 cells (default 5 x 3: 60 atoms, a = 2.50 A) with the oracle (``--oracle``, ``--oracle-setting``);
 2. the potential: ``--model``, the ``.keras`` file (or shipped name) of an ``ednn_tf.potential.Potential``
-of the ``"cell"`` readout (the local updates of the per-atom readout are not written yet: such a
-potential, e.g. today's ``hexagonal-gfn1``, is refused by name), which carries its own image settings (pixel size, gamma, cutoff,
+(a space potential such as today's ``hexagonal-gfn1`` is evaluated whole for every move,
+``apply.space_mc``; the ``"cell"`` readout has exact local updates), which carries its own image settings (pixel size, gamma, cutoff,
 channels) and reference energies, or a demo density potential trained here on oracle-labelled
 rattled copies of the sheet (``apply.fit.train_potential``); 3. Metropolis MC, single-atom in-plane
 moves, exact local energy updates (``apply.atom_mc``), step tuned to ~40 % acceptance; 4. in-plane
@@ -70,8 +70,8 @@ DEFAULT_REPEAT = (5, 3)
 def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    ap.add_argument("--model", help="a 'cell'-readout Potential: .keras path (e.g. "
-                    "tests/fixtures/hexagonal-gfn1-cellgrid.keras) or shipped name; default: train a demo potential here")
+    ap.add_argument("--model", help="a Potential: shipped model name (ednn-tf models, e.g. hexagonal-gfn1) or "
+                    ".keras path; default: train a small demo potential here")
     ap.add_argument("--out", help="output directory (default results/graphene-mc-<preset>)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--oracle", help="reference code for the MD (and demo labels): rebo, gfn1-xtb, ... "
@@ -248,9 +248,10 @@ def model_summary(pot, atoms0, oracle, model):
 
 def run_mc(pot, atoms0, cfg, temperature, seed, path, progress):
     """Tuned-step Metropolis MC with local energy updates; returns (frames, record dict, local object)."""
-    from ednn_tf.apply.atom_mc import AtomicLocalEnergy, AtomMetropolis
+    from ednn_tf.apply.atom_mc import AtomMetropolis
+    from ednn_tf.apply.space_mc import local_energy
 
-    le = AtomicLocalEnergy(pot, atoms0)
+    le = local_energy(pot, atoms0)
     if os.path.exists(path):
         z = np.load(path)
         if int(z["sweeps"]) == cfg["mc_sweeps"] and z["frames"].shape[1] == len(atoms0):

@@ -370,3 +370,25 @@ def test_eos_fit_recovers_a_known_lattice_constant_and_bulk_modulus():
     assert fit["a_eq_A"] == pytest.approx(a_true, rel=1e-6)
     assert fit["bulk_modulus_2d_N_per_m"] == pytest.approx(200.0, rel=1e-4)
     assert fit["max_residual_meV_per_atom"] < 1e-9
+
+
+def test_monte_carlo_with_a_space_potential(potential):
+    """SpaceAtomEnergy under AtomMetropolis: every dE is the difference of whole energies, the running
+    energy equals the final structure's, and local_energy picks it for the 'atoms' readout."""
+    from ednn_tf.apply.atom_mc import AtomMetropolis
+    from ednn_tf.apply.space_mc import SpaceAtomEnergy, local_energy
+
+    g = _sheet()
+    le = local_energy(potential, g)
+    assert isinstance(le, SpaceAtomEnergy)
+    e0 = le.energy
+    dE = le.delta_energy(2, le.positions[2] + [0.05, -0.03, 0.0])
+    moved = g.copy()
+    moved.positions[2] += [0.05, -0.03, 0.0]
+    assert dE == pytest.approx(_energy(potential, moved) - e0, abs=1e-10)
+    le.reject()
+    assert le.energy == e0 and np.array_equal(le.positions, g.positions)
+    mc = AtomMetropolis(le, 1000.0, step=0.05, seed=1)
+    mc.sweep(2)
+    assert 0 < mc.acceptance <= 1
+    assert le.energy == pytest.approx(le.full_energy(), abs=1e-9)

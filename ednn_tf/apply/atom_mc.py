@@ -330,8 +330,8 @@ class AtomMetropolis:
     """
 
     def __init__(self, local, temperature, step=0.05, axes=(0, 1), seed=0):
-        if not isinstance(local, AtomicLocalEnergy):
-            raise ValueError(f"local must be an AtomicLocalEnergy, got {type(local).__name__}")
+        if not all(hasattr(local, a) for a in ("delta_energy", "accept", "reject", "atoms", "positions", "energy")):
+            raise ValueError(f"local must be an AtomicLocalEnergy or SpaceAtomEnergy, got {type(local).__name__}")
         self.local = local
         self.temperature = check_positive("temperature", temperature)          # Kelvin
         self.kT = KB_EV_PER_K * self.temperature
