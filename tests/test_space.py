@@ -392,3 +392,4 @@ def test_monte_carlo_with_a_space_potential(potential):
     mc.sweep(2)
     assert 0 < mc.acceptance <= 1
     assert le.energy == pytest.approx(le.full_energy(), abs=1e-9)
+    assert abs(le.refresh()) < 1e-9 and le.n_terms == len(g)

@@ -41,6 +41,18 @@ class SpaceAtomEnergy:
         """The energy of the current structure from scratch (eV)."""
         return predict_structures(self.potential, [self.atoms], derivatives=False)[0]["energy"]
 
+    @property
+    def n_terms(self):
+        """Terms of the energy: one per atom."""
+        return len(self.atoms)
+
+    def refresh(self):
+        """Re-evaluate the energy from scratch; returns its change (eV): 0, since every move is
+        evaluated whole (kept for the interface of AtomicLocalEnergy)."""
+        energy = self.full_energy()
+        drift, self.energy, self._pending = energy - self.energy, energy, None
+        return drift
+
     def delta_energy(self, i, new_position):
         """Energy change (eV) of moving atom ``i`` to ``new_position`` (2 or 3 coordinates, A; z kept
         if 2); the state is not changed until :meth:`accept`."""
