@@ -23,10 +23,11 @@ and energy, forces and stress continuous in positions and cell. ``max_height`` a
 refuses the rest. ``orientations`` K > 1: every prediction is the mean over the structure turned
 by ``90 k / K`` degrees and moved by a sub-pixel offset, k = 0 .. K-1 (forces and stress turned
 back; still conservative), which averages out part of the learnt rotation and sub-pixel
-translation errors, at K times the cost. ``"cell"`` (the first form, kept for older files): a cell of length ``L`` gets
-``n = round(L / p)`` pixels per axis, the image stretched by ``|n p - L| / L`` (at most ``p / 2L``,
-reported as ``stretch``) and summed per pixel; orthorhombic cells only; a per-axis pixel size
-``(px, py)`` describes a model trained on one fixed grid over one cell (``experiments/hexagonal.py``).
+translation errors, at K times the cost. ``"cell"`` (the first form, kept for older files): a cell
+of length ``L`` gets ``n = round(L / p)`` pixels per axis, the image stretched by ``|n p - L| / L``
+(at most ``p / 2L``, reported as ``stretch``) and summed per pixel; orthorhombic cells only; a
+per-axis pixel size ``(px, py)`` describes a model trained on one fixed grid over one cell
+(``experiments/hexagonal.py``).
 Energy, forces, stress and per-atom energies of ``ase.Atoms`` come from
 :class:`ednn_tf.apply.calculator.EDNNCalculator`, which takes a ``Potential`` (or its path or
 shipped name) alone, and in batches from :func:`ednn_tf.apply.space.predict_structures`.
@@ -40,7 +41,8 @@ import keras
 import numpy as np
 
 from .model import load_ednn
-from .util import check_choice, check_float, check_int, check_model_file, check_positive, check_positive_axes, to_jsonable
+from .util import (check_choice, check_float, check_int, check_model_file, check_positive, check_positive_axes,
+                   to_jsonable)
 
 __all__ = ["READOUTS", "Potential", "fit_reference_energies", "load_potential", "shipped_models", "model_card",
            "resolve_model_path", "MODELS_DIR"]

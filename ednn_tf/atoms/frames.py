@@ -247,8 +247,8 @@ def block_frames(frame, block, pitch, context, gamma):
         targets = horder[np.searchsorted(shkey, k, "left"):np.searchsorted(shkey, k, "right")]
         origin = first + np.array([bi, bj]) * block - SPLINE_HALF_WIDTH - int(context)
         lo, hi = origin * pitch - reach, (origin + shape - 1) * pitch + reach
-        near = [order[np.searchsorted(skey, k, "left"):np.searchsorted(skey, k, "right")]
-                for k in ((bi + rb + 1 + di) * width + bj + rb + 1 + dj
+        near = [order[np.searchsorted(skey, q, "left"):np.searchsorted(skey, q, "right")]
+                for q in ((bi + rb + 1 + di) * width + bj + rb + 1 + dj
                           for di in range(-rb, rb + 1) for dj in range(-rb, rb + 1))]
         near = np.concatenate(near)
         sel = near[np.all((cand[near] >= lo) & (cand[near] <= hi), axis=1)]
