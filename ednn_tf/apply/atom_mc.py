@@ -22,6 +22,7 @@ from ..model import DensityEDNN, load_ednn, sum_tiles
 from ..potential import Potential
 from ..util import check_int, check_positive
 from .calculator import image_settings, refuse_settings, resolve_model
+from .space_mc import MoveProposals
 
 __all__ = ["KB_EV_PER_K", "AtomicLocalEnergy", "AtomMetropolis"]
 
@@ -110,7 +111,7 @@ class _DensityTerms:
         return np.stack([g.ravel() for g in np.meshgrid(key[0], key[1], indexing="ij")], axis=1)
 
 
-class AtomicLocalEnergy:
+class AtomicLocalEnergy(MoveProposals):
     """EDNN energy of one atomic structure, with cheap and exact energy changes of single-atom moves.
 
     The image is eqn (2), ``V(r) = sum_i w_i exp(-|r - r_i|^2 / (2 gamma^2))`` (``w_i = Z_i`` or
@@ -304,15 +305,6 @@ class AtomicLocalEnergy:
         self._terms.put(self._cache, key, new_terms)
         self._pending = None
         return dE
-
-    def reject(self):
-        """Forget the last proposed move (calling it is optional)."""
-        self._pending = None
-
-    def move(self, i, new_position):
-        """Move atom ``i`` unconditionally; returns dE (eV)."""
-        self.delta_energy(i, new_position)
-        return self.accept()
 
 
 class AtomMetropolis:

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .space import _rotation, _turned, predict_structures
+from .space import _rotation, predict_structures
 
 __all__ = ["chiral_cell", "stress_errors", "turned", "rotation_scan", "rotated_errors", "eos_fit", "supercell_errors", "translation_spread",
            "relax_lattice", "run_checks"]
@@ -20,7 +20,11 @@ __all__ = ["chiral_cell", "stress_errors", "turned", "rotation_scan", "rotated_e
 def turned(atoms, angle_deg, forces=None):
     """A copy of ``atoms`` turned by ``angle_deg`` about z (positions and cell), and ``forces`` turned."""
     T = _rotation(angle_deg)
-    out = _turned(atoms, T)
+    R = np.eye(3)
+    R[:2, :2] = T
+    out = atoms.copy()
+    out.set_cell(atoms.cell.array @ R.T)
+    out.positions = atoms.positions @ R.T
     return out if forces is None else (out, np.asarray(forces)[:, :2] @ T.T)
 
 

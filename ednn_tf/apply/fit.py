@@ -250,7 +250,7 @@ def predict_energies(potential, structures, batch_size=16):
     if potential.readout == "atoms":
         from .space import predict_structures
 
-        return np.array([r["energy"] for r in predict_structures(potential, structures, batch_size)])
+        return np.array([r["energy"] for r in predict_structures(potential, structures, batch_size, derivatives=False)])
     check_structures(potential, structures, orthorhombic=True)
     images = [render_for(potential, a) for a in structures]
     out = np.array([potential.reference_energy(a.numbers) for a in structures])

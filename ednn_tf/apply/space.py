@@ -14,7 +14,7 @@ import weakref
 
 import numpy as np
 
-from ..atoms.frames import block_frames, check_structures, pack_frames, structure_frame, window_pixels
+from ..atoms.frames import block_frames, check_structures, moved_frame, pack_frames, structure_frame, window_pixels
 from ..util import check_int
 
 __all__ = ["DEFAULT_BLOCK", "predict_structures", "stress_voigt"]
@@ -30,7 +30,7 @@ def stress_voigt(atoms, virial):
     if not (atoms.pbc[0] and atoms.pbc[1]):
         return None
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    volume = abs(np.linalg.det(cell[:2, :2])) * abs(cell[2, 2]) if np.all(np.any(cell[:2, :2] != 0, axis=1)) else 0.0
+    volume = abs(np.linalg.det(cell[:2, :2]) * cell[2, 2])
     if volume <= 0.0:
         return None
     s = np.asarray(virial, dtype=np.float64) / volume
@@ -43,17 +43,6 @@ _EVALUATORS = weakref.WeakKeyDictionary()
 def _rotation(degrees):
     t = np.radians(degrees)
     return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-
-
-def _turned(atoms, T, shift=(0.0, 0.0)):
-    """A copy of ``atoms`` with positions and cell turned by the in-plane rotation ``T`` (2, 2), the
-    positions then moved by ``shift`` (2,) A."""
-    R = np.eye(3)
-    R[:2, :2] = T
-    out = atoms.copy()
-    out.set_cell(atoms.cell.array @ R.T)
-    out.positions = atoms.positions @ R.T + np.array([shift[0], shift[1], 0.0])
-    return out
 
 
 def _offset(k):
@@ -74,31 +63,32 @@ def _evaluator(potential, derivatives):
     return cache[derivatives]
 
 
-def predict_structures(potential, structures, batch_size=8, evaluator=None, progress=False, block=DEFAULT_BLOCK,
-                       derivatives=True, orientations=None):
+def predict_structures(potential, structures, batch_size=8, progress=False, block=DEFAULT_BLOCK, derivatives=True,
+                       orientations=None):
     """One dict per structure: ``energy`` (eV), ``energies`` (N,) eV per atom (they sum to the
     energy), ``forces`` (N, 3) eV/A (z = 0), ``stress`` (6,) eV/A^3 or None. Every structure is
     checked first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and
     what is wrong, before any evaluation). A structure wider than ``block`` readout pixels is
     evaluated by blocks with halos (:func:`ednn_tf.atoms.frames.block_frames`; the same numbers,
-    memory bounded by the block); batches hold frames of similar window size. ``evaluator``: a
-    :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` to reuse (one traced graph). A potential with
+    memory bounded by the block); batches hold frames of similar window size, all through one traced
+    graph per potential (:class:`~ednn_tf.atoms.space_tf.SpaceEvaluator`). A potential with
     ``orientations`` K > 1 averages over K copies turned by ``90 k / K`` degrees and moved by a
     sub-pixel offset (forces, stress turned back); ``orientations`` overrides K. ``derivatives=False``:
     energies only, ``forces`` and ``stress`` None."""
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
-    check_structures(potential, structures)      # every structure before any work (structure_frame checks again)
+    checked = check_structures(potential, structures)      # every structure, before any work
     p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
     K = potential.orientations if orientations is None else check_int("orientations", orientations, minimum=1)
     turns = [_rotation(90.0 * k / K) for k in range(K)]
     jobs = []                                   # (structure, turn, frame, weights of the frame's atoms)
     for s, atoms in enumerate(structures):
+        frame0, w = structure_frame(potential, atoms, checked[s])
         for k, T in enumerate(turns):
             shift = _offset(k) * p
-            frame, w = structure_frame(potential, _turned(atoms, T, shift) if k else atoms)
+            frame = moved_frame(frame0, T, shift, p, c, gamma) if k else frame0
             jobs += [(s, (T, shift), f, w[f.atoms]) for f in block_frames(frame, block, p, c, gamma)]
-    evaluator = evaluator or _evaluator(potential, derivatives)
+    evaluator = _evaluator(potential, bool(derivatives))
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
            for a in structures]
@@ -122,6 +112,6 @@ def predict_structures(potential, structures, batch_size=8, evaluator=None, prog
     for atoms, a in zip(structures, acc):
         e0 = np.array([potential.e0[int(z)] for z in atoms.numbers])
         out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"] + e0,
-                    "forces": a["forces"] + 0.0 if evaluator.derivatives else None,
-                    "stress": stress_voigt(atoms, a["virial"]) if evaluator.derivatives else None})
+                    "forces": a["forces"] + 0.0 if derivatives else None,
+                    "stress": stress_voigt(atoms, a["virial"]) if derivatives else None})
     return out

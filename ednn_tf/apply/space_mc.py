@@ -16,10 +16,24 @@ import numpy as np
 from ..potential import load_potential
 from .space import predict_structures
 
-__all__ = ["SpaceAtomEnergy", "local_energy"]
+__all__ = ["MoveProposals", "SpaceAtomEnergy", "local_energy"]
 
 
-class SpaceAtomEnergy:
+class MoveProposals:
+    """``reject`` and ``move`` of an MC energy object with ``delta_energy`` and ``accept`` (this
+    module's :class:`SpaceAtomEnergy` and :class:`~ednn_tf.apply.atom_mc.AtomicLocalEnergy`)."""
+
+    def reject(self):
+        """Forget the last proposed move (calling it is optional)."""
+        self._pending = None
+
+    def move(self, i, new_position):
+        """Move atom ``i`` unconditionally; returns dE (eV)."""
+        self.delta_energy(i, new_position)
+        return self.accept()
+
+
+class SpaceAtomEnergy(MoveProposals):
     """Energy (eV) of ``atoms`` under a space ``potential`` (path, shipped name or Potential) and of
     single-atom moves (A). The structure is checked once, here."""
 
@@ -74,15 +88,6 @@ class SpaceAtomEnergy:
         self.atoms.positions[i] = new
         self._pending = None
         return dE
-
-    def reject(self):
-        """Forget the last proposed move."""
-        self._pending = None
-
-    def move(self, i, new_position):
-        """Move atom ``i`` unconditionally; returns dE (eV)."""
-        self.delta_energy(i, new_position)
-        return self.accept()
 
 
 def local_energy(potential, atoms):

@@ -16,7 +16,7 @@ import math
 import keras
 import numpy as np
 
-from ..atoms.frames import pack_frames, space_frame, structure_frame
+from ..atoms.frames import moved_frame, pack_frames, structure_frame
 from .force_training import ForceTrainer, ShapeBatches
 
 __all__ = ["random_isometry", "SpaceBatches", "SpaceTrainer"]
@@ -47,7 +47,7 @@ class SpaceBatches(ShapeBatches):
             frame, w = structure_frame(potential, a)
             e = 0.0 if energies is None else float(energies[i]) - potential.reference_energy(a.numbers)
             f = np.zeros((len(a), 2)) if forces is None else np.asarray(forces[i], np.float64)[:, :2]
-            self.items.append(dict(frame=frame, weights=w, energy=e, forces=f, pbc=np.any(frame.cell != 0, axis=1)))
+            self.items.append(dict(frame=frame, weights=w, energy=e, forces=f))
         keys = [tuple(np.round(np.linalg.norm(it["frame"].cell, axis=1)).astype(int)) + (len(it["forces"]) // 16,)
                 for it in self.items]
         super().__init__(keys, batch_size, seed, shuffle, augment, shard)
@@ -57,10 +57,8 @@ class SpaceBatches(ShapeBatches):
         if rng is None:
             return item["frame"], item["forces"]
         T, shift = random_isometry(rng, self.potential.pitch)
-        f = item["frame"]
-        frame = space_frame(f.xy @ T.T + shift, f.cell @ T.T, item["pbc"], self.potential.pitch,
-                            self.potential.ednn.context, self.potential.gamma)
-        return frame, item["forces"] @ T.T
+        pot = self.potential
+        return moved_frame(item["frame"], T, shift, pot.pitch, pot.ednn.context, pot.gamma), item["forces"] @ T.T
 
     def __getitem__(self, i):
         rows = [self.items[r] for r in self.batches[i]]

@@ -269,15 +269,24 @@ def window_pixels(frame) -> int:
 __all__ += ["block_frames", "window_pixels"]
 
 
-def structure_frame(potential, atoms):
+def structure_frame(potential, atoms, checked=None):
     """``(Frame, channel weights (N, C))`` of ``atoms`` for a potential with the ``"atoms"`` readout,
-    after :func:`check_structure` with the potential's elements and limits."""
+    after :func:`check_structure` with the potential's elements and limits (``checked``: its result,
+    when the structure was checked already)."""
     from .cells import atomic_numbers, channel_weights
 
-    xy, cell, pbc = check_structure(atoms, potential.elements or None, potential.max_height, potential.min_vacuum)
-    frame = space_frame(xy, cell, pbc, potential.pitch, potential.ednn.context, potential.gamma)
+    if checked is None:
+        checked = check_structure(atoms, potential.elements or None, potential.max_height, potential.min_vacuum)
+    frame = space_frame(*checked, potential.pitch, potential.ednn.context, potential.gamma)
     weights, _ = channel_weights(atomic_numbers(atoms.numbers), potential.channels)
     return frame, weights.astype(np.float32)
 
 
-__all__ += ["structure_frame"]
+def moved_frame(frame, T, shift, pitch, context, gamma):
+    """The frame of ``frame``'s atoms and cell turned by ``T`` (2, 2) and moved by ``shift`` (2,) A
+    (window and images found anew; the periodic axes are those with a cell row)."""
+    pbc = np.any(frame.cell != 0, axis=1)
+    return space_frame(frame.xy @ T.T + shift, frame.cell @ T.T, pbc, pitch, context, gamma)
+
+
+__all__ += ["structure_frame", "moved_frame"]
