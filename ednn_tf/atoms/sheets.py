@@ -75,10 +75,17 @@ class PorousSheet:
         (``atoms_in_box`` over the whole width)."""
         return self.atoms_in_box(x0, x1, 0.0, self.Ly)
 
-    def atoms_in_box(self, x0, x1, y0, y1):
+    @property
+    def n_sites(self):
+        """Lattice sites of the pristine sheet (``4 nx ny``): the range of the site ids."""
+        return 4 * self.nx * self.ny
+
+    def atoms_in_box(self, x0, x1, y0, y1, ids=False):
         """Carbon positions ``(N, 2)`` with ``x0 <= x < x1`` and ``y0 <= y < y1`` in the *unwrapped*
         frame (coordinates may be negative or beyond ``Lx`` / ``Ly``: the periodic images there), pores
-        removed. Work and memory grow with the box's area only."""
+        removed. Work and memory grow with the box's area only. ``ids=True``: also the site id of each
+        atom, ``((i mod nx) ny + (j mod ny)) 4 + s`` for site ``s`` of rectangular cell ``(i, j)`` (a
+        periodic image has the id of its atom)."""
         a, b = self.a, self.b
         i0, i1 = math.floor(x0 / a) - 1, math.floor(x1 / a) + 1
         j0, j1 = math.floor(y0 / b) - 1, math.floor(y1 / b) + 1
@@ -100,7 +107,12 @@ class PorousSheet:
                 k = keep[sub]
                 k[dx * dx + dy * dy < r * r] = False
                 keep[sub] = k
-        return np.column_stack([X[keep], Y[keep]])
+        xy = np.column_stack([X[keep], Y[keep]])
+        if not ids:
+            return xy
+        cell = (np.arange(i0, i1 + 1)[:, None] % self.nx) * self.ny + np.arange(j0, j1 + 1)[None, :] % self.ny
+        site = cell[:, :, None] * 4 + np.arange(4)[None, None, :]
+        return xy, site[keep]
 
     def count_atoms(self, band=200.0, progress=False):
         """Exact number of atoms, counted band by band (bounded memory)."""
