@@ -4,6 +4,7 @@ starting temperatures (issue 14, item 4).
 
     python experiments/md_nve.py                      # 240 atoms, 1 ps at 0.5 fs, 300 K and 1000 K
     python experiments/md_nve.py --steps 40           # seconds: smoke test
+    python experiments/md_nve.py --engine both --reference none   # the EDNN in ASE and in LAMMPS
 
 Writes ``--out/results.json`` (per run: drift in meV/atom/ps, RMS and largest deviation of E_tot,
 net force, centre-of-mass kinetic energy, seconds per step; ``apply.nve.drift_summary``) and
@@ -29,6 +30,8 @@ def _parser():
     ap.add_argument("--model", default="hexagonal-gfn1", help="Potential: shipped name or .keras path")
     ap.add_argument("--reference", default="tersoff-bnc", help="classical oracle for the integrator's own drift "
                     "('none' to skip)")
+    ap.add_argument("--engine", choices=("ase", "lammps", "both"), default="ase",
+                    help="integrate the EDNN in ASE, in LAMMPS (fix external: apply.lammps_md) or both")
     ap.add_argument("--cells", type=int, nargs=2, default=(10, 6),
                     help="rectangular 4-atom graphene cells along x, y (default 10 6: 240 atoms)")
     ap.add_argument("--temperatures", type=float, nargs="+", default=(300.0, 1000.0), help="K")
@@ -86,7 +89,9 @@ def main(argv=None):
             except ValueError as exc:
                 raise ArgumentError(f"--reference {args.reference} on the --cells {args.cells[0]} {args.cells[1]} "
                                     f"sheet: {exc}") from None
-    calcs = {"ednn": lambda: EDNNCalculator(pot)}
+    calcs = {"ednn": lambda: EDNNCalculator(pot)} if args.engine != "lammps" else {}
+    if args.engine != "ase":
+        calcs["ednn-lammps"] = "lammps"
     if reference is not None:
         calcs[reference.name] = reference.calculator
     os.makedirs(args.out, exist_ok=True)
@@ -94,7 +99,11 @@ def main(argv=None):
                        "steps": args.steps, "timestep_fs": args.timestep, "runs": {}}, {}
     for name, make in calcs.items():
         for T in args.temperatures:
-            run = nve_run(sheet, make(), T, args.steps, args.timestep, seed=args.seed, progress=True)
+            if make == "lammps":
+                from ednn_tf.apply.lammps_md import lammps_nve_run
+                run = lammps_nve_run(pot, sheet, T, args.steps, args.timestep, seed=args.seed, progress=True)
+            else:
+                run = nve_run(sheet, make(), T, args.steps, args.timestep, seed=args.seed, progress=True)
             key = f"{name} {T:g} K"
             results["runs"][key] = drift_summary(run)
             curves[key] = (run["time_fs"] / 1000.0, (run["etot"] - run["etot"][0]) / len(sheet) * 1e3)

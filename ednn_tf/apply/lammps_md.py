@@ -21,7 +21,7 @@ import numpy as np
 
 from ..util import check_int
 
-__all__ = ["LammpsEDNN", "unwrap"]
+__all__ = ["LammpsEDNN", "unwrap", "lammps_nve_run"]
 
 _IMGMASK, _IMGMAX, _IMGBITS = 1023, 512, 10       # LAMMPS's default image-flag packing (smallint)
 
@@ -63,7 +63,7 @@ class LammpsEDNN:
         self.pbc = atoms.pbc.copy()
         self.prism = Prism(atoms.cell.array, atoms.pbc)
         self.lmp = lammps(cmdargs=cmdargs if cmdargs is not None else ["-screen", "none", "-log", "none"])
-        self.calls, self.energy = 0, None
+        self.calls, self.energy, self.net_force = 0, None, None
         self._setup(atoms)
 
     def _setup(self, atoms):
@@ -121,6 +121,7 @@ create_box {len(kinds)} box
         at = Atoms(numbers=self.numbers[ids], positions=pos, cell=cell, pbc=self.pbc)
         res = self._predict(self.potential, [at], orientations=self.orientations)[0]
         f[:nlocal] = self.prism.vector_to_lammps(res["forces"])
+        self.net_force = float(np.linalg.norm(res["forces"].sum(0)))
         self.energy = res["energy"]
         self.lmp.fix_external_set_energy_global("ednn", float(res["energy"]))
         if res["stress"] is not None:
@@ -150,3 +151,41 @@ create_box {len(kinds)} box
 
     def close(self):
         self.lmp.close()
+
+
+def lammps_nve_run(potential, atoms, temperature_K, n_steps=2000, timestep_fs=0.5, seed=0, progress=False):
+    """:func:`ednn_tf.apply.nve.nve_run` in LAMMPS (``fix nve``, the same start and velocities):
+    the same per-step record, for :func:`ednn_tf.apply.nve.drift_summary`."""
+    import time
+
+    from ase import units
+    from tqdm.auto import tqdm
+
+    from .nve import thermal_velocities
+
+    n_steps = check_int("n_steps", n_steps, minimum=1)
+    atoms = atoms.copy()
+    atoms.set_velocities(thermal_velocities(atoms, temperature_K, seed))
+    masses = atoms.get_masses()[:, None]
+    lmp = LammpsEDNN(potential, atoms)
+    lmp.command(f"timestep {timestep_fs / 1000.0!r}\nfix nve all nve\nthermo_style custom step pe ke\nrun 0")
+    rec = {k: [] for k in ("epot", "ekin", "net_force", "com_velocity")}
+
+    def record():
+        rec["epot"].append(lmp.lmp.get_thermo("pe"))
+        rec["ekin"].append(lmp.lmp.get_thermo("ke"))
+        rec["net_force"].append(lmp.net_force)
+        rec["com_velocity"].append((masses * lmp.velocities()).sum(0) / masses.sum() * units.fs)
+
+    record()
+    t0 = time.perf_counter()
+    for _ in tqdm(range(n_steps), desc=f"LAMMPS NVE {temperature_K:g} K", unit="step", disable=not progress):
+        lmp.command("run 1 pre no post no")
+        record()
+    seconds = (time.perf_counter() - t0) / n_steps
+    lmp.close()
+    out = {k: np.asarray(v) for k, v in rec.items()}
+    out.update(time_fs=np.arange(n_steps + 1) * timestep_fs, etot=out["epot"] + out["ekin"], n_atoms=len(atoms),
+               temperature_K=temperature_K, timestep_fs=timestep_fs, total_mass=float(masses.sum()),
+               seconds_per_step=seconds)
+    return out

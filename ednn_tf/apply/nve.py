@@ -22,7 +22,22 @@ import numpy as np
 
 from ..util import check_float, check_int
 
-__all__ = ["nve_run", "drift_summary"]
+__all__ = ["nve_run", "drift_summary", "thermal_velocities"]
+
+
+def thermal_velocities(atoms, temperature_K, seed=0):
+    """(N, 3) in-plane Maxwell-Boltzmann velocities (ASE units) at ``temperature_K`` drawn from
+    ``seed``, centre of mass at rest, scaled so that the kinetic temperature over the 2N - 2 in-plane
+    degrees of freedom is exactly ``temperature_K``; z velocities 0."""
+    from ase import units
+
+    masses = atoms.get_masses()[:, None]
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(len(atoms), 3)) * np.sqrt(units.kB * temperature_K / masses)
+    v[:, 2] = 0.0
+    v[:, :2] -= (masses * v[:, :2]).sum(0) / masses.sum()
+    ekin = 0.5 * float((masses * v ** 2).sum())
+    return v * math.sqrt((len(atoms) - 1) * units.kB * temperature_K / ekin)   # 2N - 2 dof: (2N-2)/2 kT
 
 
 def nve_run(atoms, calculator, temperature_K, n_steps=2000, timestep_fs=0.5, seed=0, progress=False):
@@ -43,13 +58,7 @@ def nve_run(atoms, calculator, temperature_K, n_steps=2000, timestep_fs=0.5, see
     atoms = atoms.copy()
     atoms.calc = calculator
     masses = atoms.get_masses()[:, None]
-    rng = np.random.default_rng(seed)
-    v = rng.normal(size=(len(atoms), 3)) * np.sqrt(units.kB * temperature_K / masses)
-    v[:, 2] = 0.0
-    v[:, :2] -= (masses * v[:, :2]).sum(0) / masses.sum()
-    ekin = 0.5 * float((masses * v ** 2).sum())
-    v *= math.sqrt((len(atoms) - 1) * units.kB * temperature_K / ekin)   # 2N - 2 dof: (2N-2)/2 kT
-    atoms.set_velocities(v)
+    atoms.set_velocities(thermal_velocities(atoms, temperature_K, seed))
     dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     rec = {k: [] for k in ("epot", "ekin", "net_force", "com_velocity")}
 
