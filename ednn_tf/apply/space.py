@@ -10,18 +10,21 @@ is None.
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 
 import numpy as np
 
-from ..atoms.frames import block_frames, check_structures, moved_frame, pack_frames, structure_frame, window_pixels
+from ..atoms.frames import block_counts, block_frames, check_structures, moved_frame, pack_frames, structure_frame, window_pixels
 from ..util import check_int
 
 __all__ = ["DEFAULT_BLOCK", "predict_structures", "stress_voigt"]
 
-#: Readout pixels per block side of a large structure (256 px = 64 A at 0.25 A/px: about 1,500 atoms
-#: of graphene a block).
-DEFAULT_BLOCK = 256
+#: Readout pixels per block side of a large structure (128 px = 32 A at 0.25 A/px: about 390 atoms of
+#: graphene a block). Measured on one core (AVX2): energy + forces 4,260 atoms/s at 128 px against
+#: 3,090 at 256 px on a 50,000-atom sheet; smaller blocks keep their activations in cache, larger ones
+#: spend less on the halo (``docs/performance.md``).
+DEFAULT_BLOCK = 128
 
 
 def stress_voigt(atoms, virial):
@@ -63,6 +66,18 @@ def _evaluator(potential, derivatives):
     return cache[derivatives]
 
 
+def _accumulate(a, res, b, f, move, w):
+    """Add row ``b`` of an evaluation of frame ``f`` (turned and moved by ``move = (T, shift)``) with
+    weight ``w`` to the structure's sums ``a``."""
+    T, shift = move
+    forces = res["forces"][b, :len(f.xy)]
+    a["energy"] += w * float(res["energy"][b])
+    a["energies"][f.atoms[:f.read]] += w * res["energies"][b, :f.read]
+    np.add.at(a["forces"], (f.atoms, slice(0, 2)), w * forces @ T)
+    moved = np.outer(forces.sum(0), shift)          # the strain acted about the shifted origin
+    a["virial"] += w * T.T @ (res["virial"][b] + 0.5 * (moved + moved.T)) @ T
+
+
 def predict_structures(potential, structures, batch_size=8, progress=False, block=DEFAULT_BLOCK, derivatives=True,
                        orientations=None):
     """One dict per structure: ``energy`` (eV), ``energies`` (N,) eV per atom (they sum to the
@@ -80,34 +95,32 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     checked = check_structures(potential, structures)      # every structure, before any work
     p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
     K = potential.orientations if orientations is None else check_int("orientations", orientations, minimum=1)
+    block = check_int("block", block, minimum=1)
     turns = [_rotation(90.0 * k / K) for k in range(K)]
-    jobs = []                                   # (structure, turn, frame, weights of the frame's atoms)
+    evaluator = _evaluator(potential, bool(derivatives))
+    acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
+           for a in structures]
+    jobs, big = [], []          # (structure, (turn, shift), frame, weights): one-block frames, and the others
     for s, atoms in enumerate(structures):
         frame0, w = structure_frame(potential, atoms, checked[s])
         for k, T in enumerate(turns):
             shift = _offset(k) * p
             frame = moved_frame(frame0, T, shift, p, c, gamma) if k else frame0
-            jobs += [(s, (T, shift), f, w[f.atoms]) for f in block_frames(frame, block, p, c, gamma)]
-    evaluator = _evaluator(potential, bool(derivatives))
+            (big if np.any(block_counts(frame, block, p) > 1) else jobs).append((s, (T, shift), frame, w))
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
-    acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
-           for a in structures]
-    chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    chunks = [[jobs[r] for r in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+    n_calls = len(chunks) + sum(int(np.prod(block_counts(f, block, p))) for _, _, f, _ in big)
+    blocks = ([(s, move, f, w[f.atoms])] for s, move, frame, w in big        # made one at a time,
+              for f in block_frames(frame, block, p, c, gamma))              # evaluated one at a time
+    chunks = itertools.chain(chunks, blocks)
     if progress:
         from tqdm import tqdm
 
-        chunks = tqdm(chunks, desc="predict", unit="batch")
-    w = 1.0 / len(turns)
+        chunks = tqdm(chunks, desc="predict", unit="call", total=n_calls)
     for rows in chunks:
-        res = evaluator(pack_frames([jobs[r][2] for r in rows], [jobs[r][3] for r in rows]))
-        for b, r in enumerate(rows):
-            s, (T, shift), f, _ = jobs[r]
-            a, forces = acc[s], res["forces"][b, :len(f.xy)]
-            a["energy"] += w * float(res["energy"][b])
-            a["energies"][f.atoms[:f.read]] += w * res["energies"][b, :f.read]
-            np.add.at(a["forces"], (f.atoms, slice(0, 2)), w * forces @ T)
-            moved = np.outer(forces.sum(0), shift)          # the strain acted about the shifted origin
-            a["virial"] += w * T.T @ (res["virial"][b] + 0.5 * (moved + moved.T)) @ T
+        res = evaluator(pack_frames([r[2] for r in rows], [r[3] for r in rows]))
+        for b, (s, move, f, _) in enumerate(rows):
+            _accumulate(acc[s], res, b, f, move, 1.0 / K)
     out = []
     for atoms, a in zip(structures, acc):
         e0 = np.array([potential.e0[int(z)] for z in atoms.numbers])

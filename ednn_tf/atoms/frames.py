@@ -217,17 +217,25 @@ def pack_frames(frames, weights, shape=None):
     return out
 
 
+def block_counts(frame, block, pitch):
+    """(2,) numbers of ``block``-pixel blocks along x and y that cover ``frame``'s readout pixels."""
+    pix = np.floor(frame.xy / pitch).astype(np.int64)
+    return (pix.max(0) - pix.min(0)) // block + 1
+
+
 def block_frames(frame, block, pitch, context, gamma):
-    """``frame`` cut into blocks of ``block`` x ``block`` readout pixels (a list of :class:`Frame`;
-    ``[frame]`` when it fits in one): a block reads out the atoms whose pixel lies in it and renders
-    its own halo from the frame's atoms and images, so the blocks' per-atom energies are the frame's,
-    their energies sum to its energy and their forces, added up on ``atoms``, to its forces; memory
-    scales with the block, not with the structure. Every block has the same window shape."""
+    """``frame`` cut into blocks of ``block`` x ``block`` readout pixels (a generator of
+    :class:`Frame`; ``frame`` itself when it fits in one): a block reads out the atoms whose pixel
+    lies in it and renders its own halo from the frame's atoms and images, so the blocks' per-atom
+    energies are the frame's, their energies sum to its energy and their forces, added up on
+    ``atoms``, to its forces; memory scales with the block, not with the structure (the blocks are
+    made one at a time). Every block has the same window shape."""
     pix = np.floor(frame.xy / pitch).astype(np.int64)
     first = pix.min(0)
     counts = (pix.max(0) - first) // block + 1
     if np.all(counts == 1):
-        return [frame]
+        yield frame
+        return
     reach = RENDER_RANGE * gamma
     shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context))
     rb = int(math.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (block * pitch)))   # bins to search
@@ -241,7 +249,7 @@ def block_frames(frame, block, pitch, context, gamma):
     hkey = home[:, 0] * width + home[:, 1]
     horder = np.argsort(hkey, kind="stable")
     shkey = hkey[horder]
-    out = []
+    del pix, home, cbin, key
     for k in np.unique(hkey):
         bi, bj = divmod(int(k), width)
         targets = horder[np.searchsorted(shkey, k, "left"):np.searchsorted(shkey, k, "right")]
@@ -256,9 +264,8 @@ def block_frames(frame, block, pitch, context, gamma):
         local_ids = np.concatenate([targets, halo])
         rank = np.argsort(local_ids)
         local = rank[np.searchsorted(local_ids[rank], frame.idx[sel])]
-        out.append(Frame(frame.xy[local_ids], frame.cell, local, frame.shift[sel], origin, shape.copy(),
-                         read=len(targets), atoms=frame.atoms[local_ids]))
-    return out
+        yield Frame(frame.xy[local_ids], frame.cell, local, frame.shift[sel], origin, shape.copy(),
+                    read=len(targets), atoms=frame.atoms[local_ids])
 
 
 def window_pixels(frame) -> int:
@@ -266,7 +273,7 @@ def window_pixels(frame) -> int:
     return int(math.prod(int(s) for s in frame.shape))
 
 
-__all__ += ["block_frames", "window_pixels"]
+__all__ += ["block_counts", "block_frames", "window_pixels"]
 
 
 def structure_frame(potential, atoms, checked=None):
