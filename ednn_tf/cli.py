@@ -167,12 +167,14 @@ def _predict(args):
     if pot.readout == "atoms":
         from .apply.space import predict_structures
 
-        res = predict_structures(pot, structures, progress=not args.no_progress, orientations=args.orientations)
+        res = predict_structures(pot, structures, progress=not args.no_progress, orientations=args.orientations,
+                                 precision=args.precision)
         write_labelled(args.out, structures, [r["energy"] for r in res], [r["forces"] for r in res], info,
                        [r["stress"] for r in res], [r["energies"] for r in res])
     else:
-        if args.orientations is not None:
-            raise ValueError(f"--orientations {args.orientations} needs a potential with the 'atoms' readout")
+        if args.orientations is not None or args.precision != "float32":
+            raise ValueError(f"--orientations {args.orientations} / --precision {args.precision} need a potential "
+                             "with the 'atoms' readout")
         energies, forces = predict_energies_forces(pot, structures)
         write_labelled(args.out, structures, energies, forces, info)
     print(f"predicted {len(structures)} structures -> {args.out}")
@@ -261,6 +263,8 @@ def _parser():
     p = sub.add_parser("predict", help="write structures with predicted energies and forces (extxyz)")
     p.add_argument("--orientations", type=int, default=None, metavar="K",
                    help="average over K turned copies (atoms readout; default: the model's own K)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="the density network's precision (atoms readout; docs/performance.md: error, speed)")
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--out", required=True)

@@ -118,7 +118,8 @@ class EDNNCalculator(Calculator):
     ``max_cached`` compiled graphs are kept (one per atom count, numbers, cell and grid);
     ``orientations`` K (``"atoms"`` readout): average over K turned copies instead of the
     potential's own K (``Potential.orientations``; docs/potentials.md has what each K costs and gains);
-    ``**kwargs`` go to :class:`ase.calculators.calculator.Calculator`.
+    ``precision`` (``"atoms"`` readout): ``"float32"`` (default) or ``"bfloat16"`` for the density
+    network (docs/performance.md has its error and speed); ``**kwargs`` go to :class:`ase.calculators.calculator.Calculator`.
 
     Properties: ``energy`` = ``free_energy`` (eV), ``forces`` (N, 3) eV/Angstrom, ``tile_energies``
     (nx/f, ny/f) eV (row = x; they sum to the energy); with the ``"atoms"`` readout ``stress`` (6,)
@@ -132,7 +133,7 @@ class EDNNCalculator(Calculator):
     nolabel = True
 
     def __init__(self, model, shape=None, pixel_size=None, gamma=None, cutoff=None, channels=None, max_cached=8,
-                 orientations=None, **kwargs):
+                 orientations=None, precision="float32", **kwargs):
         model = resolve_model(model)
         self.potential = model if isinstance(model, Potential) else None
         if self.potential is not None:
@@ -152,6 +153,13 @@ class EDNNCalculator(Calculator):
         self._orientations = None if orientations is None else check_int("orientations", orientations, minimum=1)
         if self._orientations is not None and (self.potential is None or self.potential.readout != "atoms"):
             raise ValueError(f"orientations={orientations!r} needs a Potential with the 'atoms' readout")
+        from ..atoms.space_tf import PRECISIONS
+
+        if precision not in PRECISIONS or (precision != "float32" and (self.potential is None or
+                                                                     self.potential.readout != "atoms")):
+            raise ValueError(f"precision must be one of {PRECISIONS} (bfloat16 with a Potential of the 'atoms' "
+                             f"readout), got {precision!r}")
+        self._precision = precision
         self._functions = collections.OrderedDict()
         super().__init__(shape=None if shape is None else list(shape), pixel_size=pixel_size, gamma=gamma,
                          cutoff=cutoff, channels=channels, **kwargs)
@@ -249,7 +257,8 @@ class EDNNCalculator(Calculator):
         from .space import predict_structures
 
         derivatives = bool({"forces", "stress"} & set(properties))
-        r = predict_structures(self.potential, [atoms], derivatives=derivatives, orientations=self._orientations)[0]
+        r = predict_structures(self.potential, [atoms], derivatives=derivatives, orientations=self._orientations,
+                               precision=self._precision)[0]
         if not math.isfinite(r["energy"]):
             raise RuntimeError(f"the EDNN returned a non-finite energy {r['energy']!r}")
         if "stress" in properties and r["stress"] is None:

@@ -55,15 +55,15 @@ def _offset(k):
     return np.array([(k * g) % 1.0, (k * g * g) % 1.0])
 
 
-def _evaluator(potential, derivatives):
-    """The potential's :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` (one per potential and
-    ``derivatives``, kept while the potential lives: one traced graph for every call)."""
+def _evaluator(potential, derivatives, precision="float32"):
+    """The potential's :class:`~ednn_tf.atoms.space_tf.SpaceEvaluator` (one per potential,
+    ``derivatives`` and ``precision``, kept while the potential lives: one traced graph for every call)."""
     from ..atoms.space_tf import SpaceEvaluator
 
     cache = _EVALUATORS.setdefault(potential, {})
-    if derivatives not in cache:
-        cache[derivatives] = SpaceEvaluator(potential, derivatives)
-    return cache[derivatives]
+    if (derivatives, precision) not in cache:
+        cache[derivatives, precision] = SpaceEvaluator(potential, derivatives, precision)
+    return cache[derivatives, precision]
 
 
 def _accumulate(a, res, b, f, move, w):
@@ -79,7 +79,7 @@ def _accumulate(a, res, b, f, move, w):
 
 
 def predict_structures(potential, structures, batch_size=8, progress=False, block=DEFAULT_BLOCK, derivatives=True,
-                       orientations=None):
+                       orientations=None, precision="float32"):
     """One dict per structure: ``energy`` (eV), ``energies`` (N,) eV per atom (they sum to the
     energy), ``forces`` (N, 3) eV/A (z = 0), ``stress`` (6,) eV/A^3 or None. Every structure is
     checked first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and
@@ -89,7 +89,12 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     graph per potential (:class:`~ednn_tf.atoms.space_tf.SpaceEvaluator`). A potential with
     ``orientations`` K > 1 averages over K copies turned by ``90 k / K`` degrees and moved by a
     sub-pixel offset (forces, stress turned back); ``orientations`` overrides K. ``derivatives=False``:
-    energies only, ``forces`` and ``stress`` None."""
+    energies only, ``forces`` and ``stress`` None. ``precision``: ``"float32"`` or ``"bfloat16"`` (the
+    density network only; error and speed measured in ``docs/performance.md``)."""
+    from ..atoms.space_tf import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if potential.readout != "atoms":
         raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
     checked = check_structures(potential, structures)      # every structure, before any work
@@ -97,7 +102,7 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     K = potential.orientations if orientations is None else check_int("orientations", orientations, minimum=1)
     block = check_int("block", block, minimum=1)
     turns = [_rotation(90.0 * k / K) for k in range(K)]
-    evaluator = _evaluator(potential, bool(derivatives))
+    evaluator = _evaluator(potential, bool(derivatives), precision)
     acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
            for a in structures]
     jobs, big = [], []          # (structure, (turn, shift), frame, weights): one-block frames, and the others

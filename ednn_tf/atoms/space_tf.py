@@ -24,7 +24,11 @@ import tensorflow as tf
 from ..model import sum_tiles
 
 __all__ = ["bspline3", "deform", "rendered_positions", "render_window", "readout", "atom_energies",
-           "SpaceEvaluator"]
+           "SpaceEvaluator", "bf16_subnet", "PRECISIONS"]
+
+#: Precisions of the density network's evaluation (``SpaceEvaluator``); the rendering, the readout
+#: and the sums stay float32 / float64.
+PRECISIONS = ("float32", "bfloat16")
 
 
 def bspline3(t):
@@ -79,16 +83,32 @@ def readout(density, positions, origin, pitch):
     return tf.reduce_sum(tf.linalg.matmul(s[0], D) * s[1], axis=-1)
 
 
-def atom_energies(potential, batch, strain, training=False):
+def atom_energies(potential, batch, strain, training=False, subnet=None):
     """(B, N) network energies per atom (eV, without ``e0``; 0 for padding) of a packed ``batch``
-    (:func:`ednn_tf.atoms.frames.pack_frames`, tensors) under ``strain`` (B, 2, 2)."""
+    (:func:`ednn_tf.atoms.frames.pack_frames`, tensors) under ``strain`` (B, 2, 2); ``subnet``: another
+    copy of the density network to run (e.g. :func:`bf16_subnet`), default the potential's own."""
     pos, cell = deform(batch["positions"], batch["cell"], strain)
     ednn, p, c = potential.ednn, float(potential.pitch), int(potential.ednn.context)
     img = render_window(rendered_positions(pos, cell, batch["idx"], batch["shift"]), batch["weights"],
                         batch["origin"], batch["shape"], p, potential.gamma, dtype=_input_dtype(ednn))
-    density = ednn.density(img, training=training)
+    density = ednn.density(img, training=training) if subnet is None else subnet(img, training=training)[..., 0]
     e = readout(density, pos, batch["origin"] + c, p)
     return tf.cast(potential.scale, e.dtype) * e * tf.cast(batch["mask"], e.dtype)
+
+
+def bf16_subnet(subnet):
+    """A copy of the density network under Keras' ``mixed_bfloat16`` policy (bfloat16 activations and
+    products, float32 weights), the same weights; its output is cast back by the float64 readout."""
+    import keras
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
+
+    copy = keras.models.clone_model(subnet, clone_function=clone)
+    copy.set_weights(subnet.get_weights())
+    return copy
 
 
 def _input_dtype(ednn):
@@ -105,11 +125,16 @@ class SpaceEvaluator:
     ``__call__(batch)`` returns numpy ``energy`` (B,) eV, ``energies`` (B, N) eV per atom, ``forces``
     (B, N, 2) eV/A and ``virial`` (B, 2, 2) = ``dE/deps`` eV (symmetrised), all without ``e0``.
     Positions and cells are float64 (large sheets keep their sub-pixel coordinates). ``derivatives=False``:
-    energies only (forces and virial 0, no gradient pass).
+    energies only (forces and virial 0, no gradient pass). ``precision="bfloat16"``: the density
+    network in bfloat16 (:func:`bf16_subnet`; its measured error and speed are in
+    ``docs/performance.md``).
     """
 
-    def __init__(self, potential, derivatives=True):
+    def __init__(self, potential, derivatives=True, precision="float32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.potential, self.derivatives = potential, bool(derivatives)
+        self.subnet = bf16_subnet(potential.ednn.subnet) if precision == "bfloat16" else None
         C = len(potential.channels) if potential.channels else 1
         f64, i32 = tf.float64, tf.int32
         spec = {"positions": tf.TensorSpec((None, None, 2), f64), "cell": tf.TensorSpec((None, 2, 2), f64),
@@ -122,11 +147,11 @@ class SpaceEvaluator:
         pos = batch["positions"]
         strain = tf.zeros((tf.shape(pos)[0], 2, 2), tf.float64)
         if not self.derivatives:
-            e = atom_energies(self.potential, batch, strain)
+            e = atom_energies(self.potential, batch, strain, subnet=self.subnet)
             return sum_tiles(e, axis=1), e, tf.zeros_like(pos), strain
         with tf.GradientTape(persistent=False) as tape:
             tape.watch([pos, strain])
-            e = atom_energies(self.potential, {**batch, "positions": pos}, strain)
+            e = atom_energies(self.potential, {**batch, "positions": pos}, strain, subnet=self.subnet)
             total = sum_tiles(e, axis=1)
         d_pos, d_strain = tape.gradient(total, [pos, strain])
         return total, e, -d_pos, 0.5 * (d_strain + tf.linalg.matrix_transpose(d_strain))
