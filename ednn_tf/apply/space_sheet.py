@@ -123,7 +123,7 @@ def evaluate_sheet(potential, sheet, state, *, block=128, rank=0, ranks=1, check
     """Evaluate the bands of process ``rank`` of ``ranks`` not yet in ``state.bands`` and return
     ``state``; ``checkpoint(state)`` is called after a band when ``checkpoint_s`` seconds have passed
     since the last call, and at the end."""
-    block = check_int("block", block, minimum=8)
+    block = check_int("block", block, minimum=1)
     rank, ranks = check_int("rank", rank, minimum=0), check_int("ranks", ranks, minimum=1)
     if rank >= ranks:
         raise ValueError(f"rank must be below ranks={ranks}, got {rank}")
