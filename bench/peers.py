@@ -18,7 +18,10 @@ graphene sheet (rectangular 4-atom cells, a = 2.46 A, rattle 0.05 A) of about th
     .venv-mace/bin/pip install mace-torch -e ".[oracles]"``, then ``.venv-mace/bin/python
     bench/peers.py --mace-model M.model``. Without it the bench prints why and skips MACE.
 Each point: median of ``--repeats`` calls after a warm-up (the first call traces and builds neighbour
-lists), peak RSS of the process (``ru_maxrss``). Writes ``--out`` (JSON) and prints the table with the
+lists), peak RSS of the process (``ru_maxrss``). EDNN sizes above ``--sample-above`` atoms make one
+call that checks, frames and cuts the whole structure as always but evaluates only its first
+``--sample-blocks`` blocks: the time is the set-up plus the measured time per block times the number
+of blocks (every block has the same window), the memory is the full call's. Writes ``--out`` (JSON) and prints the table with the
 EDNN / peer ratios of the same run.
 """
 from __future__ import annotations
@@ -32,20 +35,32 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV1 = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
         "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def sheet(n_atoms, seed=0):
-    """A rattled graphene sheet of about ``n_atoms`` atoms (a multiple of 4), roughly square."""
-    from ednn_tf.atoms.structures import honeycomb_sheet
+    """A rattled graphene sheet of about ``n_atoms`` atoms (a multiple of 4), roughly square, built
+    with numpy (no temporary copies: the 10^7-atom sheet is 0.3 GB)."""
+    from ase import Atoms
 
+    from ednn_tf.atoms.structures import FRACTIONAL
+
+    a, b = 2.46, 2.46 * math.sqrt(3.0)
     nx = max(1, round(math.sqrt(n_atoms / 4 * math.sqrt(3))))
-    at = honeycomb_sheet(nx, max(1, round(n_atoms / 4 / nx)))
-    at.rattle(0.05, seed=seed)
-    at.positions[:, 2] = at.cell[2, 2] / 2
-    return at
+    ny = max(1, round(n_atoms / 4 / nx))
+    pos = np.zeros((nx, ny, 4, 3))
+    pos[..., 0] = (np.arange(nx)[:, None, None] + FRACTIONAL[None, None, :, 0]) * a
+    pos[..., 1] = (np.arange(ny)[None, :, None] + FRACTIONAL[None, None, :, 1]) * b
+    pos[..., 2] = 10.0
+    pos = pos.reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    for k in range(0, len(pos), 10 ** 6):
+        pos[k:k + 10 ** 6, :2] += rng.normal(0.0, 0.05, (len(pos[k:k + 10 ** 6]), 2))
+    return Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=[nx * a, ny * b, 20.0], pbc=(True, True, False))
 
 
 def _calculator(code):
@@ -75,16 +90,49 @@ def _calculator(code):
     raise ValueError(f"unknown code {code!r}")
 
 
-def child(code, n_atoms, repeats, md_steps):
-    """One point in this process: JSON on stdout."""
-    import numpy as np
+def _sampled_ednn(calc, at, k_blocks):
+    """One EDNN energy + forces call on ``at`` that evaluates only its first ``k_blocks`` blocks (the
+    whole structure is checked, framed and cut as in a full call, so the memory is the full call's):
+    the figures of a full call extrapolated by the number of blocks."""
+    import itertools
 
+    from ednn_tf.apply import space
+
+    seen, marks, full = [], {}, space.block_frames
+
+    def sampled(frame, block, pitch, context, gamma):
+        marks["blocks"] = int(np.prod(space.block_counts(frame, block, pitch)))
+        for k, f in enumerate(itertools.islice(full(frame, block, pitch, context, gamma), k_blocks)):
+            if k == 1:                              # after the first block: set-up and tracing done
+                marks["eval_start"] = time.perf_counter()
+            if k:
+                seen.append(f.read)
+            yield f
+
+    space.block_frames = sampled
+    t0 = time.perf_counter()
+    calc.calculate(at, ["energy", "forces"], ["positions"])
+    t1 = time.perf_counter()
+    space.block_frames = full
+    per_block = (t1 - marks["eval_start"]) / len(seen)
+    total = (marks["eval_start"] - t0) + per_block * marks["blocks"]
+    return {"seconds": total, "sampled_blocks": len(seen), "blocks": marks["blocks"],
+            "setup_s": marks["eval_start"] - t0, "atoms_per_s_in_blocks": sum(seen) / (t1 - marks["eval_start"])}
+
+
+def child(code, n_atoms, repeats, md_steps, sample_blocks=0):
+    """One point in this process: JSON on stdout."""
     try:
         calc = _calculator(code)
     except Exception as exc:       # an optional peer that is not installed: skipped with the reason
         return {"code": code, "skipped": f"{type(exc).__name__}: {exc}"}
     at = sheet(n_atoms)
     at.calc = calc
+    if sample_blocks and code == "ednn":
+        out = {"code": code, "atoms": len(at), **_sampled_ednn(calc, at, sample_blocks)}
+        out["atoms_per_s"] = len(at) / out["seconds"]
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return out
     props = ["energy", "forces"]
     t0 = time.perf_counter()
     calc.calculate(at, props, ["positions"])       # warm-up: tracing, neighbour lists
@@ -109,8 +157,9 @@ def child(code, n_atoms, repeats, md_steps):
     return out
 
 
-def run_point(code, n, repeats, md_steps=0, timeout=7200):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", code, str(n), str(repeats), str(md_steps)]
+def run_point(code, n, repeats, md_steps=0, sample_blocks=0, timeout=7200):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", code, str(n), str(repeats), str(md_steps),
+           str(sample_blocks)]
     env = {**os.environ, **ENV1}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -129,12 +178,15 @@ def main(argv=None):
     ap.add_argument("--md-atoms", type=float, default=1e5, help="sheet of the MD steps/s (0: none)")
     ap.add_argument("--md-steps", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(REPO, "results", "bench_peers.json"))
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--sample-above", type=float, default=2e6,
+                    help="EDNN sizes above this evaluate --sample-blocks blocks of the whole call and extrapolate")
+    ap.add_argument("--sample-blocks", type=int, default=300)
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         sys.path.insert(0, REPO)
-        code, n, rep, md = args.child
-        print(json.dumps(child(code, int(float(n)), int(rep), int(md))))
+        code, n, rep, md, sample = args.child
+        print(json.dumps(child(code, int(float(n)), int(rep), int(md), int(sample))))
         return None
     if args.mace_model:
         os.environ["EDNN_BENCH_MACE_MODEL"] = os.path.abspath(args.mace_model)
@@ -143,7 +195,8 @@ def main(argv=None):
         for n in args.sizes:
             if code == "gfn1-xtb" and n > args.gfn1_max:
                 continue
-            r = run_point(code, int(n), args.repeats if n < 1e6 else 1)
+            sample = args.sample_blocks if code == "ednn" and n > args.sample_above else 0
+            r = run_point(code, int(n), args.repeats if n < 1e6 else 1, sample_blocks=sample)
             if "skipped" in r:
                 skipped[code] = r["skipped"]
                 print(f"{code}: skipped ({r['skipped']})", flush=True)

@@ -66,6 +66,13 @@ def _evaluator(potential, derivatives, precision="float32"):
     return cache[derivatives, precision]
 
 
+def _e0_per_atom(potential, numbers):
+    """(N,) reference energy of each atom (eV), by element."""
+    kinds = np.unique(numbers)
+    table = np.array([potential.e0[int(z)] for z in kinds])
+    return table[np.searchsorted(kinds, numbers)]
+
+
 def _accumulate(a, res, b, f, move, w):
     """Add row ``b`` of an evaluation of frame ``f`` (turned and moved by ``move = (T, shift)``) with
     weight ``w`` to the structure's sums ``a``."""
@@ -128,8 +135,10 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
             _accumulate(acc[s], res, b, f, move, 1.0 / K)
     out = []
     for atoms, a in zip(structures, acc):
-        e0 = np.array([potential.e0[int(z)] for z in atoms.numbers])
-        out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"] + e0,
-                    "forces": a["forces"] + 0.0 if derivatives else None,
+        e0 = _e0_per_atom(potential, atoms.numbers)
+        a["energies"] += e0                                     # in place: large structures
+        a["forces"] += 0.0                                       # no -0.0 in the z column
+        out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"],
+                    "forces": a["forces"] if derivatives else None,
                     "stress": stress_voigt(atoms, a["virial"]) if derivatives else None})
     return out

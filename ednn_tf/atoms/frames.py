@@ -178,7 +178,7 @@ def space_frame(xy, cell, pbc, pitch, context, gamma):
     f_lo, f_hi = corners.min(0), corners.max(0)
     n_lo = np.where(pbc, np.floor(f_lo - frac.max(0)), 0).astype(np.int64)
     n_hi = np.where(pbc, np.ceil(f_hi - frac.min(0)), 0).astype(np.int64)
-    idx, shift = [np.arange(len(xy))], [np.zeros((len(xy), 2), np.int64)]
+    idx, shift = [np.arange(len(xy), dtype=np.int32 if len(xy) < 2 ** 31 else np.int64)], [np.zeros((len(xy), 2), np.int32)]
     for n in ((i, j) for i in range(n_lo[0], n_hi[0] + 1) for j in range(n_lo[1], n_hi[1] + 1)):
         if n == (0, 0):
             continue
@@ -187,7 +187,8 @@ def space_frame(xy, cell, pbc, pitch, context, gamma):
         p = xy[rows] + np.asarray(n) @ lattice
         rows = rows[np.all((p >= box_lo) & (p <= box_hi), axis=1)]
         idx.append(rows)
-        shift.append(np.tile(np.asarray(n, np.int64), (len(rows), 1)))
+        shift.append(np.tile(np.asarray(n, np.int32), (len(rows), 1)))
+        idx[-1] = idx[-1].astype(idx[0].dtype)
     idx, shift = np.concatenate(idx), np.concatenate(shift)
     return Frame(xy, lattice, idx, shift, origin, shape)
 
@@ -240,17 +241,22 @@ def block_frames(frame, block, pitch, context, gamma):
     shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context))
     rb = int(math.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (block * pitch)))   # bins to search
     width = int(counts[1]) + 2 * rb + 3
-    cand = frame.xy[frame.idx] + frame.shift @ frame.cell
-    cbin = np.floor(cand / (block * pitch) - first / block).astype(np.int64) + rb + 1
-    key = cbin[:, 0] * width + cbin[:, 1]
-    order = np.argsort(key, kind="stable")
-    skey = key[order]
-    home = (pix - first) // block
+    home = (pix - first) // block                   # each temporary freed once used: the peak memory
+    del pix                                         # of a 10^7-atom structure stays near 1 GB
     hkey = home[:, 0] * width + home[:, 1]
+    del home
     horder = np.argsort(hkey, kind="stable")
     shkey = hkey[horder]
-    del pix, home, cbin, key
-    for k in np.unique(hkey):
+    del hkey
+    cand = frame.xy[frame.idx] + frame.shift @ frame.cell
+    key = np.floor(cand[:, 0] / (block * pitch) - first[0] / block).astype(np.int64) + rb + 1
+    key *= width
+    key += np.floor(cand[:, 1] / (block * pitch) - first[1] / block).astype(np.int64) + rb + 1
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    del key
+    homes = shkey[np.r_[True, shkey[1:] != shkey[:-1]]]
+    for k in homes:
         bi, bj = divmod(int(k), width)
         targets = horder[np.searchsorted(shkey, k, "left"):np.searchsorted(shkey, k, "right")]
         origin = first + np.array([bi, bj]) * block - SPLINE_HALF_WIDTH - int(context)
