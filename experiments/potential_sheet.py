@@ -135,7 +135,10 @@ def _finish(args, sheet, potential, meta, size, peaks):
     st = merge_states(paths, meta)
     if len(st.bands) < n_bands:
         raise SystemExit(f"only {len(st.bands)} of {n_bands} bands done: run the ranks again to finish")
-    walls = [float(np.load(p)["seconds"]) for p in paths]
+    walls = []
+    for p in paths:
+        with np.load(p) as z:
+            walls.append(float(z["seconds"]))
     out = _summary(args, st, sheet, potential, walls, peaks, size)
     write_json_atomic(out, os.path.join(args.out, "results.json"))
     if args.record:
@@ -188,6 +191,7 @@ def main(argv=None):
         rec = os.path.join(args.out, f"peak_rss_mb_rank{r}of{size}.txt")
         peaks.append(float(open(rec).read()) if os.path.exists(rec) else float(np.nan))
     return _finish(args, sheet, potential, meta, size, peaks)
+
 
 if __name__ == "__main__":
     main()

@@ -84,12 +84,12 @@ boundary {bnd}
 region box prism 0 {xhi!r} 0 {yhi!r} 0 {zhi!r} {xy!r} {xz!r} {yz!r} units box
 create_box {len(kinds)} box
 """)
-        x = self.prism.vector_to_lammps(atoms.positions)
+        x = self._to_lammps(atoms.positions)
         cell = self.cell()
         shift = np.where(self.pbc, np.floor(x @ np.linalg.inv(cell)), 0).astype(np.int64)   # LAMMPS keeps them
         x = x - shift @ cell                                           # in the box, the images remember
         image = ((shift[:, 2] + _IMGMAX) << (2 * _IMGBITS)) | ((shift[:, 1] + _IMGMAX) << _IMGBITS) | (shift[:, 0] + _IMGMAX)
-        v = self.prism.vector_to_lammps(atoms.get_velocities()) * (1000.0 * units.fs)       # A/ps
+        v = self._to_lammps(atoms.get_velocities()) * (1000.0 * units.fs)       # A/ps
         n = len(atoms)
         self.lmp.create_atoms(n, list(range(1, n + 1)), self.types.tolist(), x.ravel().tolist(), v.ravel().tolist(),
                               image.tolist())
@@ -98,6 +98,14 @@ create_box {len(kinds)} box
             self.lmp.command(f"mass {t} {float(masses[self.numbers == z][0])!r}")
         self.lmp.commands_string("fix ednn all external pf/callback 1 1\nfix_modify ednn energy yes virial yes")
         self.lmp.set_fix_external_callback("ednn", self._callback, None)
+
+    def _to_lammps(self, v):
+        """Vectors (rows) of the structure's frame turned into LAMMPS's (never wrapped)."""
+        return np.asarray(v) @ self.prism.rot_mat
+
+    def _to_ase(self, v):
+        """Vectors (rows) of LAMMPS's frame turned back into the structure's."""
+        return np.asarray(v) @ self.prism.rot_mat.T
 
     def command(self, text):
         """Run LAMMPS input ``text`` (one or several lines)."""
@@ -113,7 +121,7 @@ create_box {len(kinds)} box
         lo = np.asarray(self.lmp.extract_box()[0])
         cell = self.cell()
         r = unwrap(x, image, cell) - lo
-        return self.prism.vector_to_ase(r), self.prism.vector_to_ase(cell)
+        return self._to_ase(r), self._to_ase(cell)
 
     def _callback(self, caller, step, nlocal, tag, x, f):
         from ase import Atoms
@@ -123,7 +131,7 @@ create_box {len(kinds)} box
         pos, cell = self._local_ase(np.asarray(x[:nlocal]), image)
         at = Atoms(numbers=self.numbers[ids], positions=pos, cell=cell, pbc=self.pbc)
         res = self._predict(self.potential, [at], orientations=self.orientations)[0]
-        f[:nlocal] = self.prism.vector_to_lammps(res["forces"])
+        f[:nlocal] = self._to_lammps(res["forces"])
         self.net_force = float(np.linalg.norm(res["forces"].sum(0)))
         self.energy = res["energy"]
         self.lmp.fix_external_set_energy_global("ednn", float(res["energy"]))
@@ -144,13 +152,13 @@ create_box {len(kinds)} box
         x = self._gathered("x")
         image = np.ctypeslib.as_array(self.lmp.gather_atoms("image", 0, 1))
         r = unwrap(x, image, self.cell()) - np.asarray(self.lmp.extract_box()[0])
-        return self.prism.vector_to_ase(r)
+        return self._to_ase(r)
 
     def velocities(self):
         """(N, 3) velocities in ASE units (A per ASE time unit), structure's frame."""
         from ase import units
 
-        return self.prism.vector_to_ase(self._gathered("v")) / (1000.0 * units.fs)
+        return self._to_ase(self._gathered("v")) / (1000.0 * units.fs)
 
     def close(self):
         self.lmp.close()
