@@ -35,6 +35,34 @@ def cpu_flags():
     return model, flags
 
 
+def paper_cnn_sheet(cells=1, repeats=2):
+    """The paper CNN (f = 64, c = 32, 13 conv + 2 dense, untrained, seed 0: the 1 um^2 run's model) on
+    ``cells x cells`` porous training cells at the run's pixel size (384 px a cell: 6 x 6 tiles),
+    float32 against bfloat16: seconds (best of ``repeats``) and the relative energy difference."""
+    import keras
+    import numpy as np
+
+    from ednn_tf import EDNN, networks
+    from ednn_tf.atoms.sheets import PorousSheet
+    from ednn_tf.atoms.space_tf import bf16_subnet
+
+    keras.utils.set_random_seed(0)
+    net = networks.paper_cnn(128, width=1.0, seed=0)
+    models = {"float32": EDNN(net, focus=64, context=32), "bfloat16": EDNN(bf16_subnet(net), focus=64, context=32)}
+    sheet = PorousSheet((14 * cells, 8 * cells), seed=0)
+    n = 384 * cells
+    img = sheet.row_source((n, n))(0, n)[None].astype("float32")
+    out = {}
+    for name, m in models.items():
+        m.predict_total(img)
+        best = min(timed(lambda: m.predict_total(img))[1] for _ in range(repeats))
+        out[name] = {"energy": float(np.asarray(m.predict_total(img)).ravel()[0]), "seconds": best}
+    out["relative_energy_difference"] = abs(out["bfloat16"]["energy"] / out["float32"]["energy"] - 1.0)
+    out["speedup_bf16"] = out["float32"]["seconds"] / out["bfloat16"]["seconds"]
+    out["tiles"] = (n // 64) ** 2
+    return out
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -85,6 +113,7 @@ def main(argv=None):
            "vs_labels": {"float32": label_errors(f32), "bfloat16": label_errors(b16)},
            "seconds": sec, "speedup_bf16": {"E": sec["float32 E"] / sec["bfloat16 E"],
                                             "E+F": sec["float32 E+F"] / sec["bfloat16 E+F"]},
+           "paper_cnn_sheet": paper_cnn_sheet(),
            "command": "python bench/precision.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M")}
     print(json.dumps(out, indent=1))
     write_json_atomic(out, args.out)
