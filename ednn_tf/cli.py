@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from .committee import Committee
+
 __all__ = ["main", "parse_setting", "read_structures", "write_labelled"]
 
 
@@ -47,10 +49,12 @@ def read_structures(path, index=":"):
     return frames
 
 
-def write_labelled(path, structures, energies, forces, info=None, stresses=None, atom_energies=None):
+def write_labelled(path, structures, energies, forces, info=None, stresses=None, atom_energies=None, extras=None):
     """Write ``structures`` with their energies (eV) and forces (eV/A) as extxyz, atomically; with
-    ``stresses`` (6,) eV/A^3 (or None) and per-atom ``atom_energies`` (N,) eV when given."""
+    ``stresses`` (6,) eV/A^3 (or None) and per-atom ``atom_energies`` (N,) eV when given; ``extras``:
+    one dict per structure of scalars (written to its info) and per-atom arrays (to its arrays)."""
     import ase.io
+    import numpy as np
     from ase.calculators.singlepoint import SinglePointCalculator
 
     from .util import atomic_path
@@ -61,6 +65,11 @@ def write_labelled(path, structures, energies, forces, info=None, stresses=None,
         a.info.update(info or {})
         extra = {} if stresses is None or stresses[i] is None else {"stress": stresses[i]}
         extra.update({} if atom_energies is None else {"energies": atom_energies[i]})
+        for k, v in ({} if extras is None else extras[i]).items():
+            if np.ndim(v):
+                a.arrays[k] = np.asarray(v)
+            else:
+                a.info[k] = float(v)
         a.calc = SinglePointCalculator(a, energy=float(e), forces=f, **extra)
         out.append(a)
     with atomic_path(path) as tmp:
@@ -110,6 +119,8 @@ def _train(args):
     structures = read_structures(args.data)
     energies = labelled_energies(structures, args.energy_key)
     forces = labelled_forces(structures, args.forces_key) if args.forces_key else None
+    if args.committee > 1:
+        return _train_committee(args, structures, energies, forces)
     _, metrics = train_potential(structures, energies, args.out, forces=forces, energy_weight=args.energy_weight,
                                  force_weight=args.force_weight, pixel_size=args.pixel_size, gamma=args.gamma,
                                  context=args.context, filters=args.filters, epochs=args.epochs,
@@ -126,6 +137,62 @@ def _train(args):
     print(f"{args.out}: validation energy MAE {metrics['val']['energy_mae_meV_per_atom']:.2f} meV/atom "
           f"on {metrics['n_val']} structures" + (f", force MAE {metrics['val']['force_mae_xy_eV_per_A']:.3f} eV/A "
                                                  "(in-plane)" if forces is not None else ""))
+
+
+def _train_committee(args, structures, energies, forces):
+    """``--committee K``: K members (seeds ``seed .. seed + K - 1``: initial weights, data order and
+    augmentation; one validation split, from ``seed``), each resumable in its own workdir, then the
+    card ``OUT`` with ``.keras`` replaced by ``.committee.json``."""
+    from .apply.fit import train_potential
+    from .committee import save_committee
+    from .util import write_json_atomic
+
+    stem = os.path.splitext(args.out)[0]
+    paths, maes = [], []
+    for k in range(args.committee):
+        out = f"{stem}.member{k}.keras"
+        _, metrics = train_potential(structures, energies, out, forces=forces, energy_weight=args.energy_weight,
+                                     force_weight=args.force_weight, pixel_size=args.pixel_size, gamma=args.gamma,
+                                     context=args.context, filters=args.filters, epochs=args.epochs,
+                                     batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+                                     seed=args.seed + k, split_seed=args.seed, progress=not args.no_progress,
+                                     card=_provenance(args, structures), augment=not args.no_augment,
+                                     workdir=f"{args.workdir or args.out + '.train'}.member{k}",
+                                     readout=args.readout, init_from=args.init_from)
+        write_json_atomic(metrics, f"{stem}.member{k}.metrics.json")
+        paths.append(out)
+        maes.append(metrics["val"]["energy_mae_meV_per_atom"])
+        print(f"member {k}: validation energy MAE {maes[-1]:.2f} meV/atom")
+    card = save_committee(stem + ".committee.json", paths, {"members": args.committee, "seeds": [
+        args.seed + k for k in range(args.committee)], "split_seed": args.seed, "member_val_energy_mae_meV_per_atom":
+        maes, "command": "ednn-tf " + " ".join(args.argv)})
+    print(f"committee of {args.committee} -> {card}")
+
+
+def _select(args):
+    import ase.io
+
+    from .apply.uncertainty import predict_committee, select_frames
+    from .util import atomic_path
+
+    pot = _model(args.model)
+    if not isinstance(pot, Committee):
+        raise ValueError(f"select needs a committee (a NAME.committee.json card), got the single potential "
+                         f"{args.model!r}")
+    structures = read_structures(args.data)
+    res = predict_committee(pot, structures, progress=not args.no_progress)
+    dev = [r["max_force_dev"] for r in res]
+    picked = select_frames(dev, args.n, args.trust_lo, args.trust_hi)
+    out = []
+    for i in picked:
+        a = structures[i].copy()
+        a.calc = None
+        a.info.update(max_force_dev=float(dev[i]), source_index=int(i), source=os.fspath(args.data))
+        out.append(a)
+    with atomic_path(args.out) as tmp:
+        ase.io.write(tmp, out, format="extxyz")
+    print(f"picked {len(out)} of {len(structures)} frames (max force deviation in [{args.trust_lo:g}, "
+          f"{args.trust_hi:g}) eV/A, highest first) -> {args.out}")
 
 
 def _eval(args):
@@ -162,6 +229,9 @@ def _predict(args):
     from .apply.fit import predict_energies_forces
 
     pot = _model(args.model)
+    if (args.uncertainty or args.map) and not isinstance(pot, Committee):
+        raise ValueError(f"--uncertainty and --map need a committee (a NAME.committee.json card, e.g. from "
+                         f"`ednn-tf train --committee K`), got the single potential {args.model!r}")
     structures = read_structures(args.data)
     info = {"model": os.fspath(args.model)}
     if pot.readout == "atoms":
@@ -169,8 +239,16 @@ def _predict(args):
 
         res = predict_structures(pot, structures, progress=not args.no_progress, orientations=args.orientations,
                                  precision=args.precision)
+        extras = None
+        if args.uncertainty:
+            keys = ("energy_std", "max_force_dev", "force_dev", "energies_std")
+            extras = [{k: r[k] for k in keys} for r in res]
         write_labelled(args.out, structures, [r["energy"] for r in res], [r["forces"] for r in res], info,
-                       [r["stress"] for r in res], [r["energies"] for r in res])
+                       [r["stress"] for r in res], [r["energies"] for r in res], extras)
+        if args.map:
+            from .apply.uncertainty import plot_uncertainty_map
+
+            plot_uncertainty_map(structures[0], res[0]["force_dev"], args.map)
     else:
         if args.orientations is not None or args.precision != "float32":
             raise ValueError(f"--orientations {args.orientations} / --precision {args.precision} need a potential "
@@ -249,6 +327,8 @@ def _parser():
                    help="atoms (default): space frame, any cell, per-atom energies, stress; cell: the first form")
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="start from the network weights of MODEL (a .keras path or shipped name; same architecture)")
+    p.add_argument("--committee", type=int, default=1, metavar="K",
+                   help="train K members (seeds seed..seed+K-1, one split) and write OUT's .committee.json card")
     p.add_argument("--workdir", default=None,
                    help="training backup and log.csv (default OUT.train); a rerun with the same one resumes")
     p.set_defaults(run=_train)
@@ -265,10 +345,21 @@ def _parser():
                    help="average over K turned copies (atoms readout; default: the model's own K)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="the density network's precision (atoms readout; docs/performance.md: error, speed)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="a committee's spreads: energy_std, max_force_dev (info), force_dev, energies_std (arrays)")
+    p.add_argument("--map", metavar="PNG", help="the first structure's atoms coloured by force deviation (committee)")
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--out", required=True)
     p.set_defaults(run=_predict)
+    p = sub.add_parser("select", help="pick frames for labelling by a committee's force deviation")
+    p.add_argument("data")
+    p.add_argument("--model", required=True, help="a committee card (NAME.committee.json) or shipped committee")
+    p.add_argument("--n", type=int, required=True, help="at most this many frames")
+    p.add_argument("--trust-lo", type=float, default=0.0, help="eV/A: frames below are skipped (default 0)")
+    p.add_argument("--trust-hi", type=float, default=float("inf"), help="eV/A: frames at or above are skipped")
+    p.add_argument("--out", required=True, help="extxyz of the picked frames, ready for `ednn-tf label`")
+    p.set_defaults(run=_select)
     p = sub.add_parser("info", help="print a model's card as JSON")
     p.add_argument("model")
     p.set_defaults(run=_info)

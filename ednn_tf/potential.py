@@ -40,6 +40,7 @@ import os
 import keras
 import numpy as np
 
+from .committee import Committee, is_committee_file, read_committee_card
 from .model import load_ednn
 from .util import (check_choice, check_float, check_int, check_model_file, check_positive, check_positive_axes,
                    to_jsonable)
@@ -173,10 +174,15 @@ def fit_reference_energies(structures, energies) -> dict:
 
 
 def shipped_models() -> dict:
-    """``{name: path}`` of the models shipped in :data:`MODELS_DIR`."""
+    """``{name: path}`` of the models shipped in :data:`MODELS_DIR` (``.keras`` files, and committee
+    cards ``NAME.committee.json``, whose name is ``NAME``; a committee wins over a file of its name)."""
     if not os.path.isdir(MODELS_DIR):
         return {}
-    return {f[:-6]: os.path.join(MODELS_DIR, f) for f in sorted(os.listdir(MODELS_DIR)) if f.endswith(".keras")}
+    files = sorted(os.listdir(MODELS_DIR))
+    out = {f[:-6]: os.path.join(MODELS_DIR, f) for f in files if f.endswith(".keras")}
+    out.update({f[:-len(".committee.json")]: os.path.join(MODELS_DIR, f) for f in files
+                if f.endswith(".committee.json")})
+    return out
 
 
 def resolve_model_path(name_or_path) -> str:
@@ -203,11 +209,16 @@ def model_card(name_or_path) -> dict:
 
 def load_potential(name_or_path):
     """A :class:`Potential` from the path of a ``.keras`` file or the name of a shipped model
-    (:func:`shipped_models`); ValueError naming the value for a missing file, an unknown name or a
+    (:func:`shipped_models`), or a :class:`~ednn_tf.committee.Committee` from a committee card
+    (``NAME.committee.json``); ValueError naming the value for a missing file, an unknown name or a
     file that holds something else."""
-    if isinstance(name_or_path, Potential):
+    if isinstance(name_or_path, (Potential, Committee)):
         return name_or_path
-    path = check_model_file(resolve_model_path(name_or_path))   # a truncated file says so
+    path = resolve_model_path(name_or_path)
+    if is_committee_file(path):
+        files, card = read_committee_card(path)
+        return Committee([load_potential(f) for f in files], card, path)
+    path = check_model_file(path)   # a truncated file says so
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for bad archives

@@ -51,6 +51,7 @@ from ..atoms import cells
 from ..atoms.frames import check_structure
 from ..atoms.render_tf import render_tf
 from ..model import load_ednn, sum_tiles
+from ..committee import Committee, is_committee_file
 from ..potential import Potential, load_potential
 from ..util import check_int, check_positive, check_positive_axes
 
@@ -107,7 +108,10 @@ def image_settings(model, shape=None, pixel_size=None, channels=None):
 class EDNNCalculator(Calculator):
     """ASE calculator: energy (eV), per-tile energies (eV) and forces (eV/A) of a trained EDNN.
 
-    ``model`` is a :class:`~ednn_tf.potential.Potential` (alone: it carries every image setting), an
+    ``model`` is a :class:`~ednn_tf.potential.Potential` (alone: it carries every image setting), a
+    :class:`~ednn_tf.committee.Committee` (or its card: the mean of the members, and the properties
+    ``energy_std`` eV, ``energies_std`` (N,) eV, ``force_dev`` (N,) eV/A, ``max_force_dev`` eV/A of
+    :mod:`ednn_tf.apply.uncertainty`), an
     ``ednn_tf.EDNN``, the path of either as a ``.keras`` file, or a shipped model name. For an EDNN
     give either ``shape``, a fixed grid ``(nx, ny[, nz])`` (multiples of the focus; e.g. ``(256, 256)``
     for the paper's 60-atom cells), or ``pixel_size`` (Angstrom, one number or one per axis; the grid
@@ -129,13 +133,14 @@ class EDNNCalculator(Calculator):
     not a multiple of the focus.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "tile_energies", "stretch"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "tile_energies", "stretch",
+                              "energy_std", "energies_std", "force_dev", "max_force_dev"]
     nolabel = True
 
     def __init__(self, model, shape=None, pixel_size=None, gamma=None, cutoff=None, channels=None, max_cached=8,
                  orientations=None, precision="float32", **kwargs):
         model = resolve_model(model)
-        self.potential = model if isinstance(model, Potential) else None
+        self.potential = model if isinstance(model, (Potential, Committee)) else None
         if self.potential is not None:
             refuse_settings(shape=shape, pixel_size=pixel_size, gamma=gamma, cutoff=cutoff, channels=channels)
             pot = self.potential
@@ -256,7 +261,7 @@ class EDNNCalculator(Calculator):
         """The space frame (:func:`ednn_tf.apply.space.predict_structures`, one traced graph)."""
         from .space import predict_structures
 
-        derivatives = bool({"forces", "stress"} & set(properties))
+        derivatives = bool({"forces", "stress", "force_dev", "max_force_dev"} & set(properties))
         r = predict_structures(self.potential, [atoms], derivatives=derivatives, orientations=self._orientations,
                                precision=self._precision)[0]
         if not math.isfinite(r["energy"]):
@@ -266,6 +271,8 @@ class EDNNCalculator(Calculator):
                                               f"(pbc = {atoms.pbc.tolist()}, cell = {atoms.cell.array.round(4).tolist()})")
         self.results.update(energy=r["energy"], free_energy=r["energy"], energies=r["energies"])
         self.results.update({k: r[k] for k in ("forces", "stress") if r[k] is not None})
+        self.results.update({k: r[k] for k in ("energy_std", "energies_std", "force_dev", "max_force_dev")
+                             if r.get(k) is not None})
 
     def _stretch(self, lengths, shape):
         """``|n p - L| / L`` per axis in pixel-size mode (None for a fixed ``shape``)."""
@@ -303,7 +310,9 @@ def resolve_model(model):
         return model
     if not os.path.isfile(os.fspath(model)):
         return load_potential(model)   # a shipped name, or ValueError naming the value
-    return load_potential(model) if _holds_potential(model) else load_ednn(model)
+    if is_committee_file(model) or _holds_potential(model):
+        return load_potential(model)
+    return load_ednn(model)
 
 
 def _holds_potential(path):

@@ -105,7 +105,7 @@ class GridBatches(ShapeBatches):
 def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, gamma=0.3, context=16, filters=32,
                     epochs=100, batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True,
                     card=None, augment=True, energy_weight=1.0, force_weight=10.0, readout="atoms", init_from=None,
-                    max_height=None, min_vacuum=None):
+                    max_height=None, min_vacuum=None, split_seed=None):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
@@ -123,7 +123,9 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     form (``n = round(L / p)`` pixels per axis, orthorhombic cells). ``init_from``: a Potential (or
     path) whose network weights start the training (same architecture). ``max_height`` and
     ``min_vacuum`` (A): the structures the potential accepts (default: the training set's largest
-    distance from its plane plus 0.5 A, and 10 A), recorded in the file.
+    distance from its plane plus 0.5 A, and 10 A), recorded in the file. ``seed`` draws the initial
+    weights, the data order and the augmentation; ``split_seed`` (default ``seed``) the validation
+    split, so the members of a committee (``seed`` k) share one split.
     """
     n = len(structures)
     energies = np.asarray(energies, dtype=np.float64)
@@ -136,7 +138,8 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     lr = check_float("lr", lr, minimum=0.0, strict=True)
     energy_weight = check_float("energy_weight", energy_weight, minimum=0.0)
     force_weight = check_float("force_weight", force_weight, minimum=0.0)
-    train, val = data.split_indices(n, (1 - val_fraction, val_fraction), seed=seed)
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, minimum=0)
+    train, val = data.split_indices(n, (1 - val_fraction, val_fraction), seed=split_seed)
     if not len(val) or not len(train):
         raise ValueError(f"val_fraction={val_fraction} of {n} structures leaves {len(train)} training and {len(val)} "
                          "validation structures; both need at least one")
@@ -178,7 +181,7 @@ def _fit_and_record(pot, model, batches, structures, energies, forces, out, trai
     training.save_model_atomic(pot, out)   # first: the backup is gone once fit completes, whatever fails next
     val_rows = [structures[i] for i in val]
     metrics = {"n_train": len(train), "n_val": len(val), "split": f"data.split_indices(n, ({1 - val_fraction:g}, "
-               f"{val_fraction:g}), seed={kw['seed']})", "val_indices": [int(i) for i in val],
+               f"{val_fraction:g}), seed={kw['split_seed']})", "val_indices": [int(i) for i in val],
                "training": {"forces": forces is not None, "epochs": epochs, "lr": lr, "batch_size": kw["batch_size"],
                             "augment": bool(kw["augment"]), "readout": pot.readout,
                             "init_from": None if kw["init_from"] is None else str(kw["init_from"])},

@@ -96,10 +96,17 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     graph per potential (:class:`~ednn_tf.atoms.space_tf.SpaceEvaluator`). A potential with
     ``orientations`` K > 1 averages over K copies turned by ``90 k / K`` degrees and moved by a
     sub-pixel offset (forces, stress turned back); ``orientations`` overrides K. ``derivatives=False``:
-    energies only, ``forces`` and ``stress`` None. ``precision``: ``"float32"`` or ``"bfloat16"`` (the
+    energies only, ``forces`` and ``stress`` None. A :class:`~ednn_tf.committee.Committee` gives the
+    members' mean and spreads (:func:`ednn_tf.apply.uncertainty.predict_committee`). ``precision``: ``"float32"`` or ``"bfloat16"`` (the
     density network only; error and speed measured in ``docs/performance.md``)."""
     from ..atoms.space_tf import PRECISIONS
+    from ..committee import Committee
 
+    if isinstance(potential, Committee):          # the members' mean, with the spreads
+        from .uncertainty import predict_committee
+
+        return predict_committee(potential, structures, batch_size=batch_size, progress=progress, block=block,
+                                 derivatives=derivatives, orientations=orientations, precision=precision)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if potential.readout != "atoms":
