@@ -126,3 +126,39 @@ def test_bfloat16_within_its_documented_error(potential):
         assert 0.0 < np.abs(a["forces"] - b["forces"]).mean() < 0.06          # a different path, close
     with pytest.raises(ValueError, match="precision must be one of"):
         predict_structures(potential, cells[:1], precision="float16")
+
+
+_HVD_SCRIPT = """
+import json, sys
+import numpy as np
+from ednn_tf import distributed, load_potential
+from ednn_tf.apply.space import predict_structures
+from ednn_tf.atoms.sheets import PorousSheet
+distributed.init()
+at = PorousSheet((14, 8), seed=3).to_atoms()
+r = predict_structures(load_potential("hexagonal-gfn1"), [at], block=int(sys.argv[2]))[0]
+if distributed.rank() == 0:
+    json.dump({"energy": r["energy"], "forces": r["forces"].tolist(), "energies": r["energies"].tolist(),
+               "stress": r["stress"].tolist(), "size": distributed.size()}, open(sys.argv[1], "w"))
+"""
+
+
+@requires_horovod
+def test_predict_structures_blocks_shared_by_two_horovod_ranks(tmp_path):
+    """Blocks of 40 px shared by two ranks give the numbers of one process (which equal the one-piece
+    evaluation: the tests above)."""
+    script = tmp_path / "run.py"
+    script.write_text(_HVD_SCRIPT)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": REPO}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json"), "40"], env=env, check=True,
+                   cwd=REPO, timeout=300)
+    cmd = [shutil.which("horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(script),
+           str(tmp_path / "two.json"), "40"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    a, b = (json.load(open(tmp_path / f)) for f in ("one.json", "two.json"))
+    assert b["size"] == 2
+    assert b["energy"] == pytest.approx(a["energy"], rel=1e-12)
+    np.testing.assert_allclose(b["energies"], a["energies"], atol=1e-9)
+    np.testing.assert_allclose(b["forces"], a["forces"], atol=1e-9)
+    np.testing.assert_allclose(b["stress"], a["stress"], atol=1e-12)

@@ -66,6 +66,26 @@ def _evaluator(potential, derivatives, precision="float32"):
     return cache[derivatives, precision]
 
 
+def _shard():
+    """``(rank, size)`` of this process among Horovod ranks, ``(0, 1)`` without Horovod."""
+    from .. import distributed
+
+    return (distributed.rank(), distributed.size()) if distributed.is_distributed() else (0, 1)
+
+
+def _add_up(acc):
+    """Sum every structure's accumulators over the Horovod ranks (one allreduce per structure)."""
+    from .. import distributed
+
+    for a in acc:
+        n = len(a["energies"])
+        flat = distributed.allreduce_sum(np.concatenate([[a["energy"]], a["energies"], a["forces"].ravel(),
+                                                         a["virial"].ravel()]))
+        a["energy"], a["energies"] = float(flat[0]), flat[1:1 + n].copy()
+        a["forces"] = flat[1 + n:1 + 4 * n].reshape(n, 3).copy()
+        a["virial"] = flat[1 + 4 * n:].reshape(2, 2).copy()
+
+
 def _e0_per_atom(potential, numbers):
     """(N,) reference energy of each atom (eV), by element."""
     kinds = np.unique(numbers)
@@ -92,7 +112,8 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     checked first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and
     what is wrong, before any evaluation). A structure wider than ``block`` readout pixels is
     evaluated by blocks with halos (:func:`ednn_tf.atoms.frames.block_frames`; the same numbers,
-    memory bounded by the block); batches hold frames of similar window size, all through one traced
+    memory bounded by the block); under Horovod the ranks share the evaluations and every rank
+    returns the sums (the same numbers for any number of ranks); batches hold frames of similar window size, all through one traced
     graph per potential (:class:`~ednn_tf.atoms.space_tf.SpaceEvaluator`). A potential with
     ``orientations`` K > 1 averages over K copies turned by ``90 k / K`` degrees and moved by a
     sub-pixel offset (forces, stress turned back); ``orientations`` overrides K. ``derivatives=False``:
@@ -132,6 +153,10 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     blocks = ([(s, move, f, w[f.atoms])] for s, move, frame, w in big        # made one at a time,
               for f in block_frames(frame, block, p, c, gamma))              # evaluated one at a time
     chunks = itertools.chain(chunks, blocks)
+    rank, size = _shard()
+    if size > 1:                                   # Horovod ranks share the calls, then add up
+        chunks = (c for k, c in enumerate(chunks) if k % size == rank)
+        n_calls = (n_calls + size - 1 - rank) // size
     if progress:
         from tqdm import tqdm
 
@@ -140,6 +165,8 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
         res = evaluator(pack_frames([r[2] for r in rows], [r[3] for r in rows]))
         for b, (s, move, f, _) in enumerate(rows):
             _accumulate(acc[s], res, b, f, move, 1.0 / K)
+    if size > 1:
+        _add_up(acc)
     out = []
     for atoms, a in zip(structures, acc):
         e0 = _e0_per_atom(potential, atoms.numbers)
