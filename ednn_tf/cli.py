@@ -116,6 +116,9 @@ def _train(args):
     from .apply.fit import labelled_energies, labelled_forces, train_potential
     from .util import write_json_atomic
 
+    if args.committee < 1 or (args.committee > 1 and args.readout != "atoms"):
+        raise ValueError(f"--committee must be an integer >= 1, with the atoms readout for more than one member; "
+                         f"got --committee {args.committee} --readout {args.readout}")
     structures = read_structures(args.data)
     energies = labelled_energies(structures, args.energy_key)
     forces = labelled_forces(structures, args.forces_key) if args.forces_key else None
@@ -140,32 +143,17 @@ def _train(args):
 
 
 def _train_committee(args, structures, energies, forces):
-    """``--committee K``: K members (seeds ``seed .. seed + K - 1``: initial weights, data order and
-    augmentation; one validation split, from ``seed``), each resumable in its own workdir, then the
-    card ``OUT`` with ``.keras`` replaced by ``.committee.json``."""
-    from .apply.fit import train_potential
-    from .committee import save_committee
-    from .util import write_json_atomic
+    """``--committee K``: :func:`ednn_tf.apply.fit.train_committee` (K members, one split, a card)."""
+    from .apply.fit import train_committee
 
-    stem = os.path.splitext(args.out)[0]
-    paths, maes = [], []
-    for k in range(args.committee):
-        out = f"{stem}.member{k}.keras"
-        _, metrics = train_potential(structures, energies, out, forces=forces, energy_weight=args.energy_weight,
-                                     force_weight=args.force_weight, pixel_size=args.pixel_size, gamma=args.gamma,
-                                     context=args.context, filters=args.filters, epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-                                     seed=args.seed + k, split_seed=args.seed, progress=not args.no_progress,
-                                     card=_provenance(args, structures), augment=not args.no_augment,
-                                     workdir=f"{args.workdir or args.out + '.train'}.member{k}",
-                                     readout=args.readout, init_from=args.init_from)
-        write_json_atomic(metrics, f"{stem}.member{k}.metrics.json")
-        paths.append(out)
-        maes.append(metrics["val"]["energy_mae_meV_per_atom"])
-        print(f"member {k}: validation energy MAE {maes[-1]:.2f} meV/atom")
-    card = save_committee(stem + ".committee.json", paths, {"members": args.committee, "seeds": [
-        args.seed + k for k in range(args.committee)], "split_seed": args.seed, "member_val_energy_mae_meV_per_atom":
-        maes, "command": "ednn-tf " + " ".join(args.argv)})
+    card, metrics = train_committee(
+        structures, energies, args.out, args.committee, forces=forces, seed=args.seed, init_from=args.init_from,
+        workdir=args.workdir, energy_weight=args.energy_weight, force_weight=args.force_weight,
+        pixel_size=args.pixel_size, gamma=args.gamma, context=args.context, filters=args.filters, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, progress=not args.no_progress,
+        card=_provenance(args, structures), augment=not args.no_augment, readout=args.readout)
+    for k, m in enumerate(metrics):
+        print(f"member {k}: validation energy MAE {m['val']['energy_mae_meV_per_atom']:.2f} meV/atom")
     print(f"committee of {args.committee} -> {card}")
 
 

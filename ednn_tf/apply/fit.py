@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -298,3 +299,36 @@ def evaluate(potential, structures, energies, forces=None, kinds=None):
         result["by_kind"] = {k: errors(np.flatnonzero(kinds == k)) for k in sorted(set(kinds))}
     result["pred_energy"] = pred.tolist()
     return json.loads(json.dumps(result))
+
+
+def train_committee(structures, energies, out, k, *, forces=None, seed=0, init_from=None, workdir=None, **kwargs):
+    """Train ``k`` members of a committee (seeds ``seed .. seed + k - 1``: initial weights, data order
+    and augmentation; one validation split, from ``seed``) with :func:`train_potential` (``kwargs``),
+    each resumable in ``<workdir or out.train>.member<j>``, saved as ``<stem>.member<j>.keras`` with
+    its ``.metrics.json``, then the committee card ``<stem>.committee.json`` (returned with the
+    members' metrics). ``init_from``: a committee (or its card) whose member j starts member j, or one
+    potential that starts them all."""
+    from ..committee import Committee, save_committee
+    from ..potential import load_potential
+    from ..util import write_json_atomic
+
+    k = check_int("k", k, minimum=1)
+    start = None if init_from is None else load_potential(init_from)
+    if isinstance(start, Committee) and len(start) != k:
+        raise ValueError(f"init_from has {len(start)} members, the committee {k}")
+    stem = os.path.splitext(os.fspath(out))[0]
+    paths, metrics = [], []
+    for j in range(k):
+        path = f"{stem}.member{j}.keras"
+        init = start.members[j] if isinstance(start, Committee) else start
+        _, m = train_potential(structures, energies, path, forces=forces, seed=seed + j, split_seed=seed,
+                               init_from=init, workdir=f"{workdir or os.fspath(out) + '.train'}.member{j}", **kwargs)
+        write_json_atomic(m, f"{stem}.member{j}.metrics.json")
+        paths.append(path)
+        metrics.append(m)
+    maes = [m["val"]["energy_mae_meV_per_atom"] for m in metrics]
+    card = save_committee(stem + ".committee.json", paths, {
+        "members": k, "seeds": [seed + j for j in range(k)], "split_seed": seed,
+        "member_val_energy_mae_meV_per_atom": maes, **(kwargs.get("card") or {})})
+    return card, metrics
+
