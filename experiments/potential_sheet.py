@@ -72,8 +72,9 @@ def _command(args, size):
     return f"horovodrun -np {size} -H localhost:{size} --gloo {cmd}" if size > 1 and args.ranks == 1 else cmd
 
 
-def _energy_map(state, sheet, path):
-    """Per-atom energy (mean per bin, meV above the sheet's lowest bin) as a PNG."""
+def _energy_map(state, sheet, path, zoom=120.0):
+    """Per-atom energies as a PNG: the whole sheet (mean per bin, meV above the lowest bin) and the
+    atoms of a ``zoom`` A square at its corner, each coloured by its own energy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,15 +85,21 @@ def _energy_map(state, sheet, path):
 
     with np.errstate(invalid="ignore", divide="ignore"):
         m = state.map_sum / state.map_count
-    m = 1e3 * (m - np.nanmin(m))
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    e_min = np.nanmin(m)
+    m = 1e3 * (m - e_min)
+    fig, (ax, az) = plt.subplots(1, 2, figsize=(14, 6.2))
     im = ax.imshow(m.T, origin="lower", extent=(0, sheet.Lx / 1e4, 0, sheet.Ly / 1e4), cmap="magma",
                    vmax=np.nanpercentile(m, 99.5))
-    fig.colorbar(im, ax=ax, label="per-atom energy above the lowest bin (meV), bin mean")
+    fig.colorbar(im, ax=ax, label="mean per-atom energy of a bin above the lowest bin (meV)")
     ax.set(xlabel="x (um)", ylabel="y (um)",
-           title=f"{state.atoms:,} atoms, {m.shape[0]} x {m.shape[1]} bins ({sheet.Lx / m.shape[0]:.0f} A), white: no atom")
+           title=f"{state.atoms:,} atoms, {m.shape[0]} x {m.shape[1]} bins of {sheet.Lx / m.shape[0]:.0f} A")
+    xy, ids = sheet.atoms_in_box(0.0, zoom, 0.0, zoom, ids=True)
+    e = 1e3 * (state.energies[ids].astype(np.float64) - e_min)
+    sc = az.scatter(xy[:, 0], xy[:, 1], c=e, s=6, cmap="magma", vmax=np.percentile(e, 99.5), linewidths=0)
+    fig.colorbar(sc, ax=az, label="per-atom energy above the lowest bin mean (meV)")
+    az.set(aspect="equal", xlabel="x (A)", ylabel="y (A)", title=f"the corner {zoom:.0f} x {zoom:.0f} A, atom by atom")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
