@@ -82,8 +82,8 @@ def _add_up(acc):
         flat = distributed.allreduce_sum(np.concatenate([[a["energy"]], a["energies"], a["forces"].ravel(),
                                                          a["virial"].ravel()]))
         a["energy"], a["energies"] = float(flat[0]), flat[1:1 + n].copy()
-        a["forces"] = flat[1 + n:1 + 4 * n].reshape(n, 3).copy()
-        a["virial"] = flat[1 + 4 * n:].reshape(2, 2).copy()
+        a["forces"] = flat[1 + n:1 + 3 * n].reshape(n, 2).copy()
+        a["virial"] = flat[1 + 3 * n:].reshape(2, 2).copy()
 
 
 def _e0_per_atom(potential, numbers):
@@ -100,7 +100,7 @@ def _accumulate(a, res, b, f, move, w):
     forces = res["forces"][b, :len(f.xy)]
     a["energy"] += w * float(res["energy"][b])
     a["energies"][f.atoms[:f.read]] += w * res["energies"][b, :f.read]
-    np.add.at(a["forces"], (f.atoms, slice(0, 2)), w * forces @ T)
+    np.add.at(a["forces"], f.atoms, w * forces @ T)
     moved = np.outer(forces.sum(0), shift)          # the strain acted about the shifted origin
     a["virial"] += w * T.T @ (res["virial"][b] + 0.5 * (moved + moved.T)) @ T
 
@@ -138,7 +138,7 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     block = check_int("block", block, minimum=1)
     turns = [_rotation(90.0 * k / K) for k in range(K)]
     evaluator = _evaluator(potential, bool(derivatives), precision)
-    acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 3)), "virial": np.zeros((2, 2))}
+    acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 2)), "virial": np.zeros((2, 2))}
            for a in structures]
     jobs, big = [], []          # (structure, (turn, shift), frame, weights): one-block frames, and the others
     for s, atoms in enumerate(structures):
@@ -171,8 +171,11 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     for atoms, a in zip(structures, acc):
         e0 = _e0_per_atom(potential, atoms.numbers)
         a["energies"] += e0                                     # in place: large structures
-        a["forces"] += 0.0                                       # no -0.0 in the z column
-        out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"],
-                    "forces": a["forces"] if derivatives else None,
+        forces = None
+        if derivatives:                                          # (N, 3), z = 0 (+ 0.0: never -0.0)
+            forces, f2 = np.zeros((len(atoms), 3)), a.pop("forces")
+            f2 += 0.0
+            forces[:, :2] = f2
+        out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"], "forces": forces,
                     "stress": stress_voigt(atoms, a["virial"]) if derivatives else None})
     return out

@@ -157,7 +157,8 @@ class Frame:
 
     def __post_init__(self):
         self.read = len(self.xy) if self.read is None else int(self.read)
-        self.atoms = np.arange(len(self.xy)) if self.atoms is None else np.asarray(self.atoms)
+        self.atoms = (np.arange(len(self.xy), dtype=np.int32 if len(self.xy) < 2 ** 31 else np.int64)
+                      if self.atoms is None else np.asarray(self.atoms))
 
 
 def space_frame(xy, cell, pbc, pitch, context, gamma):
@@ -241,18 +242,20 @@ def block_frames(frame, block, pitch, context, gamma):
     shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context))
     rb = int(math.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (block * pitch)))   # bins to search
     width = int(counts[1]) + 2 * rb + 3
-    home = (pix - first) // block                   # each temporary freed once used: the peak memory
-    del pix                                         # of a 10^7-atom structure stays near 1 GB
-    hkey = home[:, 0] * width + home[:, 1]
+    small = np.int32 if (int(counts[0]) + 2 * rb + 3) * width < 2 ** 31 and len(frame.idx) < 2 ** 31 else np.int64
+    home = (pix - first) // block                   # each temporary freed once used, 32-bit where it fits:
+    del pix                                         # a 10^7-atom structure stays under 2 GB in all
+    hkey = (home[:, 0] * width + home[:, 1]).astype(small)
     del home
-    horder = np.argsort(hkey, kind="stable")
+    horder = np.argsort(hkey, kind="stable").astype(small)
     shkey = hkey[horder]
     del hkey
-    cand = frame.xy[frame.idx] + frame.shift @ frame.cell
-    key = np.floor(cand[:, 0] / (block * pitch) - first[0] / block).astype(np.int64) + rb + 1
+    cand = (frame.xy[frame.idx] + frame.shift @ frame.cell).astype(np.float32)    # for the halo test only
+    lo_pix = first / block - rb - 1
+    key = (np.floor(cand[:, 0] / np.float32(block * pitch) - lo_pix[0])).astype(small)
     key *= width
-    key += np.floor(cand[:, 1] / (block * pitch) - first[1] / block).astype(np.int64) + rb + 1
-    order = np.argsort(key, kind="stable")
+    key += (np.floor(cand[:, 1] / np.float32(block * pitch) - lo_pix[1])).astype(small)
+    order = np.argsort(key, kind="stable").astype(small)
     skey = key[order]
     del key
     homes = shkey[np.r_[True, shkey[1:] != shkey[:-1]]]
@@ -262,10 +265,10 @@ def block_frames(frame, block, pitch, context, gamma):
         origin = first + np.array([bi, bj]) * block - SPLINE_HALF_WIDTH - int(context)
         lo, hi = origin * pitch - reach, (origin + shape - 1) * pitch + reach
         near = [order[np.searchsorted(skey, q, "left"):np.searchsorted(skey, q, "right")]
-                for q in ((bi + rb + 1 + di) * width + bj + rb + 1 + dj
-                          for di in range(-rb, rb + 1) for dj in range(-rb, rb + 1))]
+                for q in (skey.dtype.type((bi + rb + 1 + di) * width + bj + rb + 1 + dj)   # the keys' dtype:
+                          for di in range(-rb, rb + 1) for dj in range(-rb, rb + 1))]   # no cast of skey
         near = np.concatenate(near)
-        sel = near[np.all((cand[near] >= lo) & (cand[near] <= hi), axis=1)]
+        sel = near[np.all((cand[near] >= lo - 1e-3) & (cand[near] <= hi + 1e-3), axis=1)]   # float32 margin
         halo = np.setdiff1d(np.unique(frame.idx[sel]), targets)
         local_ids = np.concatenate([targets, halo])
         rank = np.argsort(local_ids)
