@@ -244,7 +244,7 @@ def block_frames(frame, block, pitch, context, gamma):
     width = int(counts[1]) + 2 * rb + 3
     small = np.int32 if (int(counts[0]) + 2 * rb + 3) * width < 2 ** 31 and len(frame.idx) < 2 ** 31 else np.int64
     home = (pix - first) // block                   # each temporary freed once used, 32-bit where it fits:
-    del pix                                         # a 10^7-atom structure stays under 2 GB in all
+    del pix                                         # about 20 bytes an atom for the index below
     hkey = (home[:, 0] * width + home[:, 1]).astype(small)
     del home
     horder = np.argsort(hkey, kind="stable").astype(small)
