@@ -8,7 +8,8 @@ forces atoms/s and peak memory against the number of atoms, and MD steps/s of a 
 Every point runs in a fresh process (``--child``), one TensorFlow / OpenMP thread, on a rattled
 graphene sheet (rectangular 4-atom cells, a = 2.46 A, rattle 0.05 A) of about the asked size:
   * ``ednn``: the shipped ``hexagonal-gfn1`` (``EDNNCalculator``: energy, forces, stress), blocks of
-    ``apply.space.DEFAULT_BLOCK`` px;
+    ``apply.space.DEFAULT_BLOCK`` px; ``ednn-api``: the same through ``predict_structures`` directly
+    (ASE's ``Calculator`` keeps a copy of the structure: 32 bytes an atom);
   * ``tersoff``: LAMMPS Tersoff BNC (a classical potential's speed; the ``tersoff-bnc`` oracle);
   * ``gfn1-xtb``: the oracle (tblite, Gamma point, no supercell), up to ``--gfn1-max`` atoms;
   * ``mace``: a trained MACE model file (``--mace-model``; the issue's peer: 64 channels, L = 0,
@@ -63,7 +64,24 @@ def sheet(n_atoms, seed=0):
     return Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=[nx * a, ny * b, 20.0], pbc=(True, True, False))
 
 
+class _PredictStructures:
+    """``apply.space.predict_structures`` behind a calculator's ``calculate`` (no copy of the
+    structure kept, unlike ASE's ``Calculator``): the ``ednn-api`` code."""
+
+    def __init__(self):
+        from ednn_tf import load_potential
+
+        self.potential, self.results = load_potential("hexagonal-gfn1"), {}
+
+    def calculate(self, atoms, properties, changes):
+        from ednn_tf.apply.space import predict_structures
+
+        self.results = predict_structures(self.potential, [atoms])[0]
+
+
 def _calculator(code):
+    if code == "ednn-api":
+        return _PredictStructures()
     if code == "ednn":
         from ednn_tf import load_potential
         from ednn_tf.apply.calculator import EDNNCalculator
@@ -128,7 +146,7 @@ def child(code, n_atoms, repeats, md_steps, sample_blocks=0):
         return {"code": code, "skipped": f"{type(exc).__name__}: {exc}"}
     at = sheet(n_atoms)
     at.calc = calc
-    if sample_blocks and code == "ednn":
+    if sample_blocks and code.startswith("ednn"):
         out = {"code": code, "atoms": len(at), **_sampled_ednn(calc, at, sample_blocks)}
         out["atoms_per_s"] = len(at) / out["seconds"]
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -198,7 +216,7 @@ def main(argv=None):
         for n in args.sizes:
             if (code == "gfn1-xtb" and n > args.gfn1_max) or (code == "tersoff" and n > args.tersoff_max):
                 continue
-            sample = args.sample_blocks if code == "ednn" and n > args.sample_above else 0
+            sample = args.sample_blocks if code.startswith("ednn") and n > args.sample_above else 0
             r = run_point(code, int(n), args.repeats if n < 1e6 else 1, sample_blocks=sample)
             if "skipped" in r:
                 skipped[code] = r["skipped"]
