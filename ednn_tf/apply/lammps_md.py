@@ -172,7 +172,7 @@ def lammps_nve_run(potential, atoms, temperature_K, n_steps=2000, timestep_fs=0.
     from ase import units
     from tqdm.auto import tqdm
 
-    from .nve import thermal_velocities
+    from .nve import run_record, thermal_velocities
 
     n_steps = check_int("n_steps", n_steps, minimum=1)
     atoms = atoms.copy()
@@ -195,8 +195,4 @@ def lammps_nve_run(potential, atoms, temperature_K, n_steps=2000, timestep_fs=0.
         record()
     seconds = (time.perf_counter() - t0) / n_steps
     lmp.close()
-    out = {k: np.asarray(v) for k, v in rec.items()}
-    out.update(time_fs=np.arange(n_steps + 1) * timestep_fs, etot=out["epot"] + out["ekin"], n_atoms=len(atoms),
-               temperature_K=temperature_K, timestep_fs=timestep_fs, total_mass=float(masses.sum()),
-               seconds_per_step=seconds)
-    return out
+    return run_record(rec, len(atoms), float(masses.sum()), temperature_K, timestep_fs, seconds)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..util import check_float, check_int
 
-__all__ = ["nve_run", "drift_summary", "thermal_velocities"]
+__all__ = ["nve_run", "drift_summary", "thermal_velocities", "run_record"]
 
 
 def thermal_velocities(atoms, temperature_K, seed=0):
@@ -79,10 +79,17 @@ def nve_run(atoms, calculator, temperature_K, n_steps=2000, timestep_fs=0.5, see
         record()
         bar.update(1)
     bar.close()
+    return run_record(rec, len(atoms), float(masses.sum()), temperature_K, timestep_fs,
+                      (time.perf_counter() - t0) / n_steps)
+
+
+def run_record(rec, n_atoms, total_mass, temperature_K, timestep_fs, seconds_per_step):
+    """The record of an NVE run (:func:`nve_run`, ``apply.lammps_md.lammps_nve_run``) from its
+    per-step lists ``rec`` (``epot``, ``ekin``, ``net_force``, ``com_velocity``)."""
     out = {k: np.asarray(v) for k, v in rec.items()}
-    out.update(time_fs=np.arange(n_steps + 1) * timestep_fs, etot=out["epot"] + out["ekin"], n_atoms=len(atoms),
-               temperature_K=temperature_K, timestep_fs=timestep_fs, total_mass=float(masses.sum()),
-               seconds_per_step=(time.perf_counter() - t0) / n_steps)
+    out.update(time_fs=np.arange(len(out["epot"])) * timestep_fs, etot=out["epot"] + out["ekin"], n_atoms=n_atoms,
+               temperature_K=temperature_K, timestep_fs=timestep_fs, total_mass=total_mass,
+               seconds_per_step=seconds_per_step)
     return out
 
 

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from ..atoms.frames import RENDER_RANGE, SPLINE_HALF_WIDTH, Frame, pack_frames
+from ..atoms.frames import Frame, block_window, pack_frames
 from ..util import atomic_path, check_int
 from .space import _evaluator
 
@@ -40,11 +40,8 @@ def sheet_blocks(sheet, pitch, block):
 def block_frame(potential, sheet, I, J, block):
     """``(Frame, site ids (M,))`` of block ``(I, J)``: its target atoms first (``frame.read`` of
     them), then its halo; None when the block holds no atom of the sheet."""
-    p, c = potential.pitch, int(potential.ednn.context)
-    origin = np.array([I * block, J * block]) - SPLINE_HALF_WIDTH - c
-    shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * c)
-    reach = RENDER_RANGE * potential.gamma
-    lo, hi = origin * p - reach, (origin + shape - 1) * p + reach
+    p = potential.pitch
+    origin, shape, lo, hi = block_window((I * block, J * block), block, p, potential.ednn.context, potential.gamma)
     xy, ids = sheet.atoms_in_box(lo[0], hi[0] + 1e-9, lo[1], hi[1] + 1e-9, ids=True)
     pix = np.floor(xy / p).astype(np.int64)
     own = (np.all((pix >= (I * block, J * block)) & (pix < ((I + 1) * block, (J + 1) * block)), axis=1)

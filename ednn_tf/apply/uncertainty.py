@@ -40,12 +40,10 @@ def committee_spread(runs):
 
 def predict_committee(committee, structures, **kwargs):
     """:func:`ednn_tf.apply.space.predict_structures` through every member of ``committee``
-    (``kwargs`` go to it), then :func:`committee_spread` per structure. Every structure is checked
-    once, before any evaluation."""
-    from ..atoms.frames import check_structures
+    (``kwargs`` go to it), then :func:`committee_spread` per structure. The first member's call
+    checks every structure before any evaluation (the members share elements and limits)."""
     from .space import predict_structures
 
-    check_structures(committee.members[0], structures)
     runs = [predict_structures(m, structures, **kwargs) for m in committee.members]
     return [committee_spread([run[s] for run in runs]) for s in range(len(structures))]
 

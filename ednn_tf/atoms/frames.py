@@ -225,6 +225,16 @@ def block_counts(frame, block, pitch):
     return (pix.max(0) - pix.min(0)) // block + 1
 
 
+def block_window(start, block, pitch, context, gamma):
+    """``(origin, shape, lo, hi)`` of the block whose readout pixels start at pixel ``start`` (2,):
+    its window's first pixel and shape (the block, the spline's reach and the context on each side),
+    and the box ``lo .. hi`` (A) of the atoms it must render."""
+    origin = np.asarray(start) - SPLINE_HALF_WIDTH - int(context)
+    shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context))
+    reach = RENDER_RANGE * gamma
+    return origin, shape, origin * pitch - reach, (origin + shape - 1) * pitch + reach
+
+
 def block_frames(frame, block, pitch, context, gamma):
     """``frame`` cut into blocks of ``block`` x ``block`` readout pixels (a generator of
     :class:`Frame`; ``frame`` itself when it fits in one): a block reads out the atoms whose pixel
@@ -239,7 +249,6 @@ def block_frames(frame, block, pitch, context, gamma):
         yield frame
         return
     reach = RENDER_RANGE * gamma
-    shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context))
     rb = int(math.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (block * pitch)))   # bins to search
     width = int(counts[1]) + 2 * rb + 3
     small = np.int32 if (int(counts[0]) + 2 * rb + 3) * width < 2 ** 31 and len(frame.idx) < 2 ** 31 else np.int64
@@ -262,8 +271,7 @@ def block_frames(frame, block, pitch, context, gamma):
     for k in homes:
         bi, bj = divmod(int(k), width)
         targets = horder[np.searchsorted(shkey, k, "left"):np.searchsorted(shkey, k, "right")]
-        origin = first + np.array([bi, bj]) * block - SPLINE_HALF_WIDTH - int(context)
-        lo, hi = origin * pitch - reach, (origin + shape - 1) * pitch + reach
+        origin, shape, lo, hi = block_window(first + np.array([bi, bj]) * block, block, pitch, context, gamma)
         near = [order[np.searchsorted(skey, q, "left"):np.searchsorted(skey, q, "right")]
                 for q in (skey.dtype.type((bi + rb + 1 + di) * width + bj + rb + 1 + dj)   # the keys' dtype:
                           for di in range(-rb, rb + 1) for dj in range(-rb, rb + 1))]   # no cast of skey
@@ -282,7 +290,7 @@ def window_pixels(frame) -> int:
     return int(math.prod(int(s) for s in frame.shape))
 
 
-__all__ += ["block_counts", "block_frames", "window_pixels"]
+__all__ += ["block_counts", "block_window", "block_frames", "window_pixels"]
 
 
 def structure_frame(potential, atoms, checked=None):
