@@ -130,7 +130,7 @@ def _train(args):
                                  batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                                  seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures),
                                  augment=not args.no_augment, workdir=args.workdir, readout=args.readout,
-                                 init_from=args.init_from)
+                                 init_from=args.init_from, invariance_weight=args.invariance_weight)
     stem = os.path.splitext(args.out)[0]
     write_json_atomic(metrics, stem + ".metrics.json")
     val = metrics["val_indices"]
@@ -151,7 +151,8 @@ def _train_committee(args, structures, energies, forces):
         workdir=args.workdir, energy_weight=args.energy_weight, force_weight=args.force_weight,
         pixel_size=args.pixel_size, gamma=args.gamma, context=args.context, filters=args.filters, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, progress=not args.no_progress,
-        card=_provenance(args, structures), augment=not args.no_augment, readout=args.readout)
+        card=_provenance(args, structures), augment=not args.no_augment, readout=args.readout,
+        invariance_weight=args.invariance_weight)
     for k, m in enumerate(metrics):
         print(f"member {k}: validation energy MAE {m['val']['energy_mae_meV_per_atom']:.2f} meV/atom")
     print(f"committee of {args.committee} -> {card}")
@@ -315,6 +316,9 @@ def _parser():
                    help="atoms (default): space frame, any cell, per-atom energies, stress; cell: the first form")
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="start from the network weights of MODEL (a .keras path or shipped name; same architecture)")
+    p.add_argument("--invariance-weight", type=float, default=0.0, metavar="W",
+                   help="atoms readout: each batch holds every cell under two random isometries and W weighs "
+                        "the disagreement of their per-atom energies and turned forces (default 0: off)")
     p.add_argument("--committee", type=int, default=1, metavar="K",
                    help="train K members (seeds seed..seed+K-1, one split) and write OUT's .committee.json card")
     p.add_argument("--workdir", default=None,

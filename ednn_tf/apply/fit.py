@@ -106,7 +106,7 @@ class GridBatches(ShapeBatches):
 def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, gamma=0.3, context=16, filters=32,
                     epochs=100, batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True,
                     card=None, augment=True, energy_weight=1.0, force_weight=10.0, readout="atoms", init_from=None,
-                    max_height=None, min_vacuum=None, split_seed=None):
+                    max_height=None, min_vacuum=None, split_seed=None, invariance_weight=0.0):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
@@ -126,7 +126,9 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     ``min_vacuum`` (A): the structures the potential accepts (default: the training set's largest
     distance from its plane plus 0.5 A, and 10 A), recorded in the file. ``seed`` draws the initial
     weights, the data order and the augmentation; ``split_seed`` (default ``seed``) the validation
-    split, so the members of a committee (``seed`` k) share one split.
+    split, so the members of a committee (``seed`` k) share one split. ``invariance_weight`` (``"atoms"``
+    readout, needs ``augment``): every batch holds each structure under two random isometries and the
+    loss asks its per-atom energies and turned-back forces to agree (:mod:`ednn_tf.apply.space_training`).
     """
     n = len(structures)
     energies = np.asarray(energies, dtype=np.float64)
@@ -140,6 +142,10 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     energy_weight = check_float("energy_weight", energy_weight, minimum=0.0)
     force_weight = check_float("force_weight", force_weight, minimum=0.0)
     split_seed = seed if split_seed is None else check_int("split_seed", split_seed, minimum=0)
+    invariance_weight = check_float("invariance_weight", invariance_weight, minimum=0.0)
+    if invariance_weight > 0 and (readout != "atoms" or not augment):
+        raise ValueError(f"invariance_weight={invariance_weight} needs readout='atoms' and augment=True "
+                         f"(got readout={readout!r}, augment={augment!r})")
     train, val = data.split_indices(n, (1 - val_fraction, val_fraction), seed=split_seed)
     if not len(val) or not len(train):
         raise ValueError(f"val_fraction={val_fraction} of {n} structures leaves {len(train)} training and {len(val)} "
@@ -190,7 +196,8 @@ def _fit_and_record(pot, model, batches, structures, energies, forces, out, trai
                                structure_kinds(val_rows))}
     if isinstance(model, ForceTrainer):
         metrics["training"].update(energy_weight=model.energy_weight, force_weight=model.force_weight,
-                                   energy_unit_eV_per_atom=model.energy_unit, force_unit_eV_per_A=model.force_unit)
+                                   energy_unit_eV_per_atom=model.energy_unit, force_unit_eV_per_A=model.force_unit,
+                                   invariance_weight=getattr(model, "invariance_weight", 0.0))
     card_metrics = {**metrics, "val": {k: v for k, v in metrics["val"].items() if k != "pred_energy"}}
     card_metrics.pop("val_indices")
     pot.card = {**pot.card, "metrics": card_metrics, **_composition(structures, train)}
@@ -215,10 +222,12 @@ def _train_space(structures, energies, forces, out, train, val, e0, ednn, residu
     if kw["init_from"] is not None:
         ednn.set_weights(load_potential(kw["init_from"]).ednn.get_weights())
     f_train = None if forces is None else [forces[i] for i in train]
-    batches = SpaceBatches(pot, rows, energies[train], f_train, kw["batch_size"], seed=kw["seed"], augment=kw["augment"])
+    w_inv = kw["invariance_weight"]
+    batches = SpaceBatches(pot, rows, energies[train], f_train, kw["batch_size"], seed=kw["seed"], augment=kw["augment"],
+                           pairs=w_inv > 0)
     f_unit = 1.0 if forces is None else float(np.sqrt(np.mean(np.concatenate([f[:, :2].ravel() for f in f_train]) ** 2)))
     model = SpaceTrainer(pot, kw["energy_weight"], kw["force_weight"] if forces is not None else 0.0,
-                         energy_unit=pot.scale, force_unit=f_unit)
+                         energy_unit=pot.scale, force_unit=f_unit, invariance_weight=w_inv)
     return _fit_and_record(pot, model, batches, structures, energies, forces, out, train, val, kw)
 
 

@@ -212,9 +212,13 @@ class ForceTrainer(keras.Model):
         return self.energy_and_forces(x, training)[0]
 
     def _loss(self, x, y, training):
+        return self._errors(*self.energy_and_forces(x, training), x, y)
+
+    def _errors(self, energy, forces, x, y):
+        """``(loss, (energy MAE meV/atom, force MAE eV/A), batch size)`` of predicted ``energy`` (B,) and
+        ``forces`` (B, N, 2) against the labels ``y`` (the module docstring's loss)."""
         import tensorflow as tf
 
-        energy, forces = self.energy_and_forces(x, training)
         de = (energy - y["energy"]) / x["n_atoms"]
         mask = x["mask"][..., None]
         df = tf.cast((forces - y["forces"]) * mask, tf.float64)
