@@ -14,6 +14,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 OTHER = "data/potentials/hexagonal_othersizes_gfn1_sc2.extxyz"
+COMMAND = ("ednn-tf train data/potentials/hexagonal_varied_c012_gfn1_sc2.extxyz --forces-key forces "
+           "--force-weight 10 --epochs 40 --lr 2e-3 --init-from PREVIOUS --out "
+           "results/potentials/hexagonal-gfn1-space.keras --workdir data/potentials/train/hexagonal-gfn1-space "
+           "(PREVIOUS: tests/fixtures/hexagonal-gfn1-cellgrid.keras, the cell-grid model shipped until e5182ed; "
+           "started with --epochs 50, stopped at epoch 12 and resumed with --epochs 40 to fit the session)")
+TRAINING = ("space frame ('atoms' readout), energy + forces (w_E 1, w_F 10), 40 epochs, Adam 2e-3 cosine, "
+            "batch 8 of similar cell size, a random rotation, mirror and sub-pixel shift of every structure "
+            "in every batch; network weights started from the previous (cell-grid) hexagonal-gfn1; "
+            "2 CPU threads shared with other work, 1 h 26 min")
 
 
 def main():
@@ -25,6 +34,8 @@ def main():
     ap.add_argument("--checks-k", nargs="*", default=[], metavar="K=RESULTS",
                     help="results.json of the checks with orientations K (recorded for comparison)")
     ap.add_argument("--out", default="ednn_tf/models/hexagonal-gfn1.keras")
+    ap.add_argument("--command", default=COMMAND, help="the training command recorded in the card")
+    ap.add_argument("--training", default=TRAINING, help="the training, in words, recorded in the card")
     args = ap.parse_args()
 
     import ase.io
@@ -48,15 +59,8 @@ def main():
                  "8 sizes, own lattice constants, +-2% strain, 0-2 vacancies, rattle 0.03-0.10 A), labelled with "
                  "energies and forces by `bash data/potentials/label.sh 0 1 2` (ednn-tf label --oracle gfn1-xtb "
                  "--oracle-setting supercell=2)"),
-        "command": ("ednn-tf train data/potentials/hexagonal_varied_c012_gfn1_sc2.extxyz --forces-key forces "
-                    "--force-weight 10 --epochs 40 --lr 2e-3 --init-from PREVIOUS --out "
-                    "results/potentials/hexagonal-gfn1-space.keras --workdir data/potentials/train/hexagonal-gfn1-space "
-                    "(PREVIOUS: tests/fixtures/hexagonal-gfn1-cellgrid.keras, the cell-grid model shipped until e5182ed; "
-                    "started with --epochs 50, stopped at epoch 12 and resumed with --epochs 40 to fit the session)"),
-        "training": ("space frame ('atoms' readout), energy + forces (w_E 1, w_F 10), 40 epochs, Adam 2e-3 cosine, "
-                     "batch 8 of similar cell size, a random rotation, mirror and sub-pixel shift of every structure "
-                     "in every batch; network weights started from the previous (cell-grid) hexagonal-gfn1; "
-                     "2 CPU threads shared with other work, 1 h 26 min"),
+        "command": args.command,
+        "training": args.training,
         "val_by_kind": {k: round(v["energy_mae_meV_per_atom"], 2) for k, v in val["by_kind"].items()},
         "other_sizes_test": {
             "data": (f"{OTHER}: 4 graphene 12.30 x 12.78 A cells at a = 2.46 A (60 atoms) and 4 varied cells of "

@@ -58,7 +58,9 @@ def rotation_scan(potential, atoms, angles):
 def rotated_errors(potential, structures, energies, forces, seed=0):
     """Errors of ``potential`` on ``structures`` as they are and turned by random angles (seeded):
     energy MAE (meV/atom), force MAE (eV/A, in-plane components), the mean |E(turned) - E| (meV/atom)
-    and the MAE between the turned structure's forces and the turned forces of the original."""
+    and the MAE between the turned structure's forces and the turned forces of the original; the mean
+    |e_i(turned) - e_i| of the per-atom energies (meV: each atom's share, which a local potential's
+    isometry leaves unchanged, not only their sum)."""
     rng = np.random.default_rng(seed)
     angles = rng.uniform(0.0, 360.0, len(structures))
     n = np.array([len(a) for a in structures], dtype=np.float64)
@@ -80,7 +82,9 @@ def rotated_errors(potential, structures, energies, forces, seed=0):
             "turned_energy_mae_meV_per_atom": e1, "turned_force_mae_eV_per_A": f1,
             "rotation_mean_abs_dE_meV_per_atom": 1e3 * float(np.mean(np.abs(change))),
             "rotation_max_abs_dE_meV_per_atom": 1e3 * float(np.max(np.abs(change))),
-            "rotated_forces_mae_eV_per_A": float(np.mean(np.abs(fturn)))}
+            "rotated_forces_mae_eV_per_A": float(np.mean(np.abs(fturn))),
+            "rotation_atom_energy_mean_abs_change_meV": 1e3 * float(np.mean(np.abs(np.concatenate(
+                [b["energies"] - a["energies"] for a, b in zip(plain, turn)]))))}
 
 
 def stress_errors(potential, structures):
