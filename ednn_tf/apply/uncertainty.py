@@ -64,8 +64,9 @@ def select_frames(deviations, n, trust_lo=0.0, trust_hi=np.inf):
     return order[:n]
 
 
-def plot_uncertainty_map(atoms, values, path, label="force deviation (eV/A)"):
-    """The atoms of a sheet seen from above, coloured by ``values`` (one per atom), as a PNG."""
+def plot_uncertainty_map(atoms, values, path, label="force deviation (eV/A)", boxes=()):
+    """The atoms of a sheet seen from above, coloured by ``values`` (one per atom), as a PNG;
+    ``boxes``: ``(centre xy, side)`` squares (A) to outline, e.g. the cells cut around spots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,6 +81,9 @@ def plot_uncertainty_map(atoms, values, path, label="force deviation (eV/A)"):
     size = max(0.05, min(30.0, 4e4 / max(len(xy), 1)))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap="viridis", linewidths=0)
     fig.colorbar(sc, ax=ax, label=label, shrink=0.8)
+    for centre, side in boxes:
+        ax.add_patch(matplotlib.patches.Rectangle(np.asarray(centre)[:2] - side / 2, side, side, fill=False,
+                                                  edgecolor="red", linewidth=1.0))
     ax.set(aspect="equal", xlabel="x (A)", ylabel="y (A)", title=f"{len(xy):,} atoms, max {values.max():.3g}")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format="png")
