@@ -119,7 +119,7 @@ def _sampled_ednn(calc, at, k_blocks):
     seen, marks, full = [], {}, space.block_frames
 
     def sampled(frame, block, pitch, context, gamma):
-        marks["blocks"] = int(np.prod(space.block_counts(frame, block, pitch)))
+        marks["blocks"] = int(np.prod(space.block_counts(frame, block, pitch)[0]))
         for k, f in enumerate(itertools.islice(full(frame, block, pitch, context, gamma), k_blocks)):
             if k == 1:                              # after the first block: set-up and tracing done
                 marks["eval_start"] = time.perf_counter()

@@ -146,10 +146,10 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
         for k, T in enumerate(turns):
             shift = _offset(k) * p
             frame = moved_frame(frame0, T, shift, p, c, gamma) if k else frame0
-            (big if np.any(block_counts(frame, block, p) > 1) else jobs).append((s, (T, shift), frame, w))
+            (big if np.any(block_counts(frame, block, p)[0] > 1) else jobs).append((s, (T, shift), frame, w))
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     chunks = [[jobs[r] for r in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
-    n_calls = len(chunks) + sum(int(np.prod(block_counts(f, block, p))) for _, _, f, _ in big)
+    n_calls = len(chunks) + sum(int(np.prod(block_counts(f, block, p)[0])) for _, _, f, _ in big)
     blocks = ([(s, move, f, w[f.atoms])] for s, move, frame, w in big        # made one at a time,
               for f in block_frames(frame, block, p, c, gamma))              # evaluated one at a time
     chunks = itertools.chain(chunks, blocks)

@@ -220,39 +220,45 @@ def pack_frames(frames, weights, shape=None):
 
 
 def block_counts(frame, block, pitch):
-    """(2,) numbers of ``block``-pixel blocks along x and y that cover ``frame``'s readout pixels."""
+    """``(counts, sides)``: the (2,) numbers of blocks along x and y that cover ``frame``'s readout
+    pixels, and their (2,) sides in pixels. An axis spanning ``n`` pixels gets ``max(1, round(n /
+    block))`` blocks of equal side ``ceil(n / count)`` (between about 2/3 and 1.5 ``block``): no
+    nearly empty edge block costs a full window (see :func:`block_frames`)."""
     pix = np.floor(frame.xy / pitch).astype(np.int64)
-    return (pix.max(0) - pix.min(0)) // block + 1
+    span = pix.max(0) - pix.min(0) + 1
+    counts = np.maximum(1, np.floor(span / block + 0.5).astype(np.int64))
+    return counts, -(-span // counts)
 
 
 def block_window(start, block, pitch, context, gamma):
-    """``(origin, shape, lo, hi)`` of the block whose readout pixels start at pixel ``start`` (2,):
-    its window's first pixel and shape (the block, the spline's reach and the context on each side),
-    and the box ``lo .. hi`` (A) of the atoms it must render."""
+    """``(origin, shape, lo, hi)`` of the block of ``block`` (one side, or (2,)) readout pixels whose
+    first pixel is ``start`` (2,): its window's first pixel and shape (the block, the spline's reach and
+    the context on each side), and the box ``lo .. hi`` (A) of the atoms it must render."""
     origin = np.asarray(start) - SPLINE_HALF_WIDTH - int(context)
-    shape = np.full(2, block + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context))
+    shape = np.broadcast_to(np.asarray(block, np.int64) + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context), (2,)).copy()
     reach = RENDER_RANGE * gamma
     return origin, shape, origin * pitch - reach, (origin + shape - 1) * pitch + reach
 
 
 def block_frames(frame, block, pitch, context, gamma):
-    """``frame`` cut into blocks of ``block`` x ``block`` readout pixels (a generator of
-    :class:`Frame`; ``frame`` itself when it fits in one): a block reads out the atoms whose pixel
-    lies in it and renders its own halo from the frame's atoms and images, so the blocks' per-atom
-    energies are the frame's, their energies sum to its energy and their forces, added up on
-    ``atoms``, to its forces; memory scales with the block, not with the structure (the blocks are
-    made one at a time). Every block has the same window shape."""
+    """``frame`` cut into blocks of about ``block`` x ``block`` readout pixels (a generator of
+    :class:`Frame`; ``frame`` itself when it fits in one; the counts and sides of
+    :func:`block_counts`): a block reads out the atoms whose pixel lies in it and renders its own
+    halo from the frame's atoms and images, so the blocks' per-atom energies are the frame's, their
+    energies sum to its energy and their forces, added up on ``atoms``, to its forces; memory scales
+    with the block, not with the structure (the blocks are made one at a time). Every block has the
+    same window shape."""
     pix = np.floor(frame.xy / pitch).astype(np.int64)
     first = pix.min(0)
-    counts = (pix.max(0) - first) // block + 1
+    counts, side = block_counts(frame, block, pitch)
     if np.all(counts == 1):
         yield frame
         return
     reach = RENDER_RANGE * gamma
-    rb = int(math.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (block * pitch)))   # bins to search
-    width = int(counts[1]) + 2 * rb + 3
-    small = np.int32 if (int(counts[0]) + 2 * rb + 3) * width < 2 ** 31 and len(frame.idx) < 2 ** 31 else np.int64
-    home = (pix - first) // block                   # each temporary freed once used, 32-bit where it fits:
+    rb = np.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (side * pitch)).astype(np.int64)  # bins
+    width = int(counts[1] + 2 * rb[1] + 3)
+    small = np.int32 if int(counts[0] + 2 * rb[0] + 3) * width < 2 ** 31 and len(frame.idx) < 2 ** 31 else np.int64
+    home = (pix - first) // side                    # each temporary freed once used, 32-bit where it fits:
     del pix                                         # about 20 bytes an atom for the index below
     hkey = (home[:, 0] * width + home[:, 1]).astype(small)
     del home
@@ -260,10 +266,10 @@ def block_frames(frame, block, pitch, context, gamma):
     shkey = hkey[horder]
     del hkey
     cand = (frame.xy[frame.idx] + frame.shift @ frame.cell).astype(np.float32)    # for the halo test only
-    lo_pix = first / block - rb - 1
-    key = (np.floor(cand[:, 0] / np.float32(block * pitch) - lo_pix[0])).astype(small)
+    lo_pix = first / side - rb - 1
+    key = (np.floor(cand[:, 0] / np.float32(side[0] * pitch) - lo_pix[0])).astype(small)
     key *= width
-    key += (np.floor(cand[:, 1] / np.float32(block * pitch) - lo_pix[1])).astype(small)
+    key += (np.floor(cand[:, 1] / np.float32(side[1] * pitch) - lo_pix[1])).astype(small)
     order = np.argsort(key, kind="stable").astype(small)
     skey = key[order]
     del key
@@ -271,10 +277,10 @@ def block_frames(frame, block, pitch, context, gamma):
     for k in homes:
         bi, bj = divmod(int(k), width)
         targets = horder[np.searchsorted(shkey, k, "left"):np.searchsorted(shkey, k, "right")]
-        origin, shape, lo, hi = block_window(first + np.array([bi, bj]) * block, block, pitch, context, gamma)
+        origin, shape, lo, hi = block_window(first + np.array([bi, bj]) * side, side, pitch, context, gamma)
         near = [order[np.searchsorted(skey, q, "left"):np.searchsorted(skey, q, "right")]
-                for q in (skey.dtype.type((bi + rb + 1 + di) * width + bj + rb + 1 + dj)   # the keys' dtype:
-                          for di in range(-rb, rb + 1) for dj in range(-rb, rb + 1))]   # no cast of skey
+                for q in (skey.dtype.type((bi + rb[0] + 1 + di) * width + bj + rb[1] + 1 + dj)   # the keys' dtype:
+                          for di in range(-rb[0], rb[0] + 1) for dj in range(-rb[1], rb[1] + 1))]   # no cast of skey
         near = np.concatenate(near)
         sel = near[np.all((cand[near] >= lo - 1e-3) & (cand[near] <= hi + 1e-3), axis=1)]   # float32 margin
         halo = np.setdiff1d(np.unique(frame.idx[sel]), targets)
