@@ -316,9 +316,8 @@ def _parser():
                    help="atoms (default): space frame, any cell, per-atom energies, stress; cell: the first form")
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="start from the network weights of MODEL (a .keras path or shipped name; same architecture)")
-    p.add_argument("--invariance-weight", type=float, default=0.0, metavar="W",
-                   help="atoms readout: each batch holds every cell under two random isometries and W weighs "
-                        "the disagreement of their per-atom energies and turned forces (default 0: off)")
+    p.add_argument("--invariance-weight", type=float, default=0.0, metavar="W", help="W > 0: every cell twice a "
+                   "batch, two random isometries; W weighs their per-atom energy and force disagreement (docs/potentials.md)")
     p.add_argument("--committee", type=int, default=1, metavar="K",
                    help="train K members (seeds seed..seed+K-1, one split) and write OUT's .committee.json card")
     p.add_argument("--workdir", default=None,
