@@ -34,37 +34,10 @@ from ednn_tf.apply.runs import script_environment  # noqa: E402
 REPO = script_environment(__name__ == "__main__")   # before numpy: single-threaded BLAS/OpenMP (render, tblite)
 import numpy as np  # noqa: E402
 
+from ednn_tf.apply.studies import time_evaluations  # noqa: E402
 from ednn_tf.util import ArgumentError, argument_errors, check_float, check_int  # noqa: E402
 
-PAPER_SECONDS = {"ednn_per_energy": 0.39, "dft_per_energy": 9.9}
-
-PRESETS = {
-    # seconds: a 1-epoch toy density potential on coarse 0.4 A pixels, a few MD steps and MC sweeps
-    "tiny": dict(n_train=24, n_val=8, pixel_size=0.4, gamma=0.5, context=4, filters=4, epochs=1, batch_size=8,
-                 lr=3e-3, rattle=(0.01, 0.10), oracle="rebo",
-                 md_steps=60, md_equil=20, md_every=5, mc_tune=1, mc_sweeps=2, mc_every=1,
-                 r_max=6.0, n_bins=120, timing_repeats=2),
-    # minutes: the density potential of the shipped hexagonal-gfn1 model (0.25 A pixels, gamma 0.3 A)
-    # with a context of 8 px (2 A each side) and 16 filters, trained on REBO energies of 2000 rattled
-    # cells (in-plane sigma 0.01-0.10 A; 1000 K MD gives ~0.054 A). Not yet measured with this potential
-    # (the numbers in docs/results.md are those of the former tile demo EDNN).
-    "quick": dict(n_train=2000, n_val=200, pixel_size=0.25, gamma=0.3, context=8, filters=16, epochs=20,
-                  batch_size=16, lr=3e-3, rattle=(0.01, 0.10), oracle="rebo",
-                  md_steps=3500, md_equil=500, md_every=10, mc_tune=30, mc_sweeps=300, mc_every=2,
-                  r_max=6.0, n_bins=240, timing_repeats=10),
-    # the paper's 0.05 A / gamma 0.2 A image is replaced by 0.1 A pixels with the paper's physical context
-    # (32 px = 3.2 A), 5 ps of GFN1-xTB MD; meant for --model or a GPU
-    "paper": dict(n_train=5000, n_val=500, pixel_size=0.1, gamma=0.2, context=32, filters=32, epochs=200,
-                  batch_size=32, lr=1e-3, rattle=(0.01, 0.10), oracle="gfn1-xtb",
-                  md_steps=6000, md_equil=1000, md_every=10, mc_tune=100, mc_sweeps=3000, mc_every=5,
-                  r_max=6.0, n_bins=240, timing_repeats=10),
-}
-TEMPERATURE_K = 1000.0
-#: Preset keys that ``--md-steps`` etc. override.
-OVERRIDES = ("md_steps", "md_equil", "md_every", "mc_sweeps", "epochs", "n_train")
-#: Preset keys of the demo potential (its card records them; another value trains a new one).
-DEMO_KEYS = ("n_train", "n_val", "pixel_size", "gamma", "context", "filters", "epochs", "batch_size", "lr", "rattle")
-DEFAULT_REPEAT = (5, 3)
+from graphene_mc_presets import DEFAULT_REPEAT, DEMO_KEYS, OVERRIDES, PAPER_SECONDS, PRESETS, TEMPERATURE_K  # noqa
 
 
 def _parser():
@@ -274,50 +247,6 @@ def run_mc(pot, atoms0, cfg, temperature, seed, path, progress):
            "cache_drift_eV": drift, "energy": rec["energy"]}
     np.savez(path, frames=rec["positions"], **out)
     return rec["positions"], out, le
-
-
-def time_evaluations(pot, le, atoms0, oracle, repeats, rng, other_oracles=True):
-    """Median seconds per energy evaluation: EDNN full (ASE calculator; numpy render + model), EDNN
-    local (one single-atom dE), oracle (one energy of the cell, as ``oracle.energy``)."""
-    from ednn_tf.apply.calculator import EDNNCalculator
-
-    calc = EDNNCalculator(pot)
-    cells = []
-    for _ in range(repeats + 1):
-        a = atoms0.copy()
-        a.positions[:, :2] += rng.normal(0, 0.05, (len(a), 2))
-        cells.append(a)
-    calc.get_potential_energy(cells[-1])            # trace once
-
-    from ednn_tf.timing import median_seconds as per_call   # median: robust to load spikes
-
-    out = {"ednn_full_calculator_s": per_call(calc.get_potential_energy, cells[:repeats])}
-    calc.get_forces(cells[-1])
-    out["ednn_energy_and_forces_s"] = per_call(calc.get_forces, cells[:repeats])
-    out["ednn_full_numpy_render_s"] = per_call(lambda _: le.full_energy(), range(repeats))
-    moves = [(int(i), le.positions[i] + np.r_[rng.uniform(-0.05, 0.05, 2), 0.0])
-             for i in rng.integers(len(atoms0), size=10 * repeats)]
-    le.delta_energy(*moves[0])
-    out["ednn_local_dE_s"] = per_call(lambda m: le.delta_energy(*m), moves)
-    le.reject()
-    oracle.energy(cells[-1])
-    out["oracle_energy_s"] = per_call(oracle.energy, cells[:repeats])
-    out["oracle"] = oracle.name
-    if other_oracles:          # the other installed reference codes on the same cells, for scale
-        from ednn_tf.labels import oracles
-
-        out["other_oracles_energy_s"] = {}
-        for name, ok in oracles.available_oracles().items():
-            if ok and name not in (oracle.name, "lj") and "/" not in name:
-                other = oracles.get_oracle(name)
-                try:
-                    other.energy(cells[-1])
-                    out["other_oracles_energy_s"][name] = per_call(other.energy, cells[:min(repeats, 3)])
-                except Exception as exc:  # a broken optional code must not sink the run
-                    out["other_oracles_energy_s"][name] = f"failed: {type(exc).__name__}: {exc}"
-    out["oracle_over_ednn_full"] = out["oracle_energy_s"] / out["ednn_full_calculator_s"]
-    out["full_over_local"] = out["ednn_full_calculator_s"] / out["ednn_local_dE_s"]
-    return out
 
 
 def compare_gr(md_frames, mc_frames, cell, cfg):

@@ -29,39 +29,11 @@ from ednn_tf.apply.runs import script_environment  # noqa: E402
 REPO = script_environment(__name__ == "__main__")   # before numpy: single-threaded BLAS (stable render latency)
 import numpy as np  # noqa: E402
 
+from ednn_tf.apply.runs import porous_figures  # noqa: E402
 from ednn_tf.util import argument_errors, check_batch_size  # noqa: E402
 
-PAPER_MEDIAN_MEV_PER_A2 = 1.685
-#: the paper's focus/context at its 384 px per cell; other grids scale them (same Angstrom)
-PAPER_PIXELS, PAPER_FOCUS, PAPER_CONTEXT = 384, 64, 32
-CELL_NOTE = "14x8 rectangular graphene cells, a=2.46"
-
-#: shared by every preset: 1000 K Langevin MD from 2000 K Maxwell-Boltzmann velocities, He-normal CNN
-_COMMON = dict(temperature=1000.0, initial_temperature=2000.0, timestep=1.0, friction=0.02, focus=None, context=None,
-               init="he")
-PRESETS = {
-    # Paper Sec. 3.2.2 / Table 1: 3137 geometries (349 test), 384 x 384 grid, f=64, c=32, full-width
-    # paper CNN, batch 64, Adam 1e-6, MSE, 500 epochs, no baseline. 180 snapshots per trajectory
-    # gives ~565k snapshots (paper: 501,473 + 60,744). X alone is then ~330 GB (float32) and the MD
-    # ~6.3 M REBO steps (~10 core-hours): for a GPU node with the disk for it.
-    "paper": dict(_COMMON, n_geometries=3137, val_fraction=0.0, test_fraction=349 / 3137, pixels_per_cell=384,
-                  width=1.0, dense=1024, batch_size=64, lr=1e-6, lr_decay=False, warmup_epochs=0, epochs=500, equilibration=200,
-                  steps=2000, every=10, baseline="none", augment=False),
-    # 2 shared CPU cores, ~20-30 min: 400 geometries x 10 snapshots (unseen geometries are what the test
-    # measures, so geometries beat snapshots), 96 px per cell (0.36 A/px; f=16, c=8 = the paper's
-    # 5.7 A / 2.9 A), the same 13-conv + 2-dense CNN at a quarter of the filters and dense 256,
-    # cosine-decayed Adam, the linear atom-count baseline, exact-symmetry augmentation. Two epochs of
-    # warm-up: at the full lr 1e-3 from step one, Adam's first steps can collapse the ReLU stack onto
-    # the constant predictor (loss flat at the residuals' variance, 235 eV^2, for 12+ epochs: median
-    # 8.24 = the baseline alone); with the warm-up the same data gives 1.546 meV/A^2.
-    "cpu": dict(_COMMON, n_geometries=400, val_fraction=0.09, test_fraction=0.11, pixels_per_cell=96, width=0.25,
-                dense=256, batch_size=16, lr=1e-3, lr_decay=True, warmup_epochs=2, epochs=40, equilibration=100, steps=300, every=20,
-                baseline="linear", augment=True),
-    # seconds, for tests of the script itself
-    "tiny": dict(_COMMON, n_geometries=6, val_fraction=0.17, test_fraction=0.33, pixels_per_cell=24, width=0.125,
-                 dense=16, batch_size=4, lr=1e-3, lr_decay=False, warmup_epochs=0, epochs=2, equilibration=10, steps=40, every=10,
-                 baseline="linear", augment=True),
-}
+from porous_graphene_presets import (  # noqa: E402  (beside this script)
+    CELL_NOTE, PAPER_CONTEXT, PAPER_FOCUS, PAPER_MEDIAN_MEV_PER_A2, PAPER_PIXELS, PRESETS)
 
 
 def _parser():
@@ -322,23 +294,6 @@ def evaluate(model, path, meta, test_idx, base, results):
     return pred
 
 
-def make_plots(out, path, meta, test_idx, pred, cfg, oracle_name, median):
-    """Fig. 7 parity/error plot of the test set and the training curve (every epoch, across resumes)."""
-    from ednn_tf import data, plots, training
-
-    y, a_t, n_t = meta["Y"][test_idx, 0], meta["areas"][test_idx], meta["n_atoms"][test_idx]
-    example = data.read_arrays(path, ["X"], indices=test_idx[:1])["X"][0]
-    Lx, Ly = meta["cell"][test_idx[0], 0, 0], meta["cell"][test_idx[0], 1, 1]
-    plots.porous_parity(example, (0, Lx, 0, Ly), y / a_t, pred / a_t, os.path.join(out, "fig7_parity_error.png"),
-                        color=n_t, label="atoms",
-                        title=f"EDNN f={cfg['focus']} c={cfg['context']} px ({cfg['pixels_per_cell']} px/cell), "
-                              f"{oracle_name} test set: median |err| {median:.3f} meV/A^2")
-    log = training.read_log(os.path.join(out, "train"))
-    curves = {k: log[k] for k in ("loss", "val_loss") if k in log}
-    if curves:
-        plots.training_curves(curves, os.path.join(out, "training_loss.png"), key="loss [eV^2]")
-
-
 # ------------------------------------------------------------------------------------------------
 def main(argv=None):
     args, cfg = parse_args(argv)
@@ -385,7 +340,7 @@ def main(argv=None):
     results["params"] = int(model.count_params())
     # 6. test, plots
     pred = evaluate(model, path, meta, test_idx, base, results)
-    make_plots(args.out, path, meta, test_idx, pred, cfg, oracle.name, results["test"]["meV_per_A2"]["median_abs_error"])
+    porous_figures(args.out, path, meta, test_idx, pred, cfg, oracle.name, results["test"]["meV_per_A2"]["median_abs_error"])
     save_results()
     print(f"wrote {args.out}/results.json, model.keras, model.json and plots in {time.time() - t_start:.0f} s")
     return results

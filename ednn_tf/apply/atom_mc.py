@@ -1,13 +1,11 @@
 """Atom moves: local energy differences and Metropolis Monte Carlo for atomic structures
 (Sec. 3.4 / Fig. 13 of Mills et al. 2019), with an EDNN of rendered Gaussian images as the energy.
 
-Two exact local updates, one per kind of EDNN. A tile EDNN (focus f > 1): the tiles whose window
-holds a changed pixel are re-evaluated (tile bookkeeping from ``tiling.TileIndex``, values from
-``EDNN.tile_values``). A density EDNN (:class:`~ednn_tf.model.DensityEDNN`, f = 1, context c): the
-pixel values that change are those within c of a changed pixel (``tiling.density_window``); they
-come from one pass of the density network over the periodic crop that is c wider again
-(``DensityEDNN.density``), and replace the cached per-pixel values. Every sum of terms goes
-through ``model.sum_tiles``.
+Two exact local updates, one per kind of EDNN. A tile EDNN (f > 1): the tiles whose window holds a changed
+pixel are re-evaluated (``tiling.TileIndex``, ``EDNN.tile_values``). A density EDNN (``DensityEDNN``, f = 1,
+context c): the pixel values within c of a changed pixel (``tiling.density_window``) come from one pass of
+the network over the periodic crop c wider again (``DensityEDNN.density``) and replace the cached ones.
+Every sum of terms goes through ``model.sum_tiles``.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Studies of a trained EDNN on atomistic sheets (Mills et al. 2019, Secs. 3.2.1, 3.3; Figs. 6, 9) for
-``experiments/hexagonal.py``: test errors, transfer to ``k x k`` sheets, timing, blurred tiles.
+``experiments/hexagonal.py``: test errors, transfer to ``k x k`` sheets, timing, blurred tiles; and
+``experiments/graphene_mc.py``'s seconds per energy evaluation.
 Energies in eV; errors per unit as ``metrics.energy_errors`` (eV, meV/A^2, meV/atom)."""
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 
 from ..metrics import energy_errors, fit_exponent, ratio_entries, ratio_summary
 
-__all__ = ["test_errors", "comparison", "symmetrised_test", "transfer_study", "timing_study", "blur_study"]
+__all__ = ["test_errors", "comparison", "symmetrised_test", "transfer_study", "timing_study", "blur_study",
+           "time_evaluations"]
 
 
 def test_errors(name, model, x, y, n_atoms, areas):
@@ -219,3 +221,47 @@ def blur_study(ednn, x, y, areas, clean, sigma_A, pixel_A, widths, n=None):
         print(f"blur {area:5d} px ({area / t ** 2:5.1%} of tile): MAE edge {bl['edge_mae_meV_per_A2'][-1]:.3f}, "
               f"centre {bl['centre_mae_meV_per_A2'][-1]:.3f} meV/A^2")
     return bl
+
+
+def time_evaluations(pot, le, atoms0, oracle, repeats, rng, other_oracles=True):
+    """Median seconds per energy evaluation (``experiments/graphene_mc.py``): EDNN full (ASE calculator; numpy render + model), EDNN
+    local (one single-atom dE), oracle (one energy of the cell, as ``oracle.energy``)."""
+    from ednn_tf.apply.calculator import EDNNCalculator
+
+    calc = EDNNCalculator(pot)
+    cells = []
+    for _ in range(repeats + 1):
+        a = atoms0.copy()
+        a.positions[:, :2] += rng.normal(0, 0.05, (len(a), 2))
+        cells.append(a)
+    calc.get_potential_energy(cells[-1])            # trace once
+
+    from ednn_tf.timing import median_seconds as per_call   # median: robust to load spikes
+
+    out = {"ednn_full_calculator_s": per_call(calc.get_potential_energy, cells[:repeats])}
+    calc.get_forces(cells[-1])
+    out["ednn_energy_and_forces_s"] = per_call(calc.get_forces, cells[:repeats])
+    out["ednn_full_numpy_render_s"] = per_call(lambda _: le.full_energy(), range(repeats))
+    moves = [(int(i), le.positions[i] + np.r_[rng.uniform(-0.05, 0.05, 2), 0.0])
+             for i in rng.integers(len(atoms0), size=10 * repeats)]
+    le.delta_energy(*moves[0])
+    out["ednn_local_dE_s"] = per_call(lambda m: le.delta_energy(*m), moves)
+    le.reject()
+    oracle.energy(cells[-1])
+    out["oracle_energy_s"] = per_call(oracle.energy, cells[:repeats])
+    out["oracle"] = oracle.name
+    if other_oracles:          # the other installed reference codes on the same cells, for scale
+        from ednn_tf.labels import oracles
+
+        out["other_oracles_energy_s"] = {}
+        for name, ok in oracles.available_oracles().items():
+            if ok and name not in (oracle.name, "lj") and "/" not in name:
+                other = oracles.get_oracle(name)
+                try:
+                    other.energy(cells[-1])
+                    out["other_oracles_energy_s"][name] = per_call(other.energy, cells[:min(repeats, 3)])
+                except Exception as exc:  # a broken optional code must not sink the run
+                    out["other_oracles_energy_s"][name] = f"failed: {type(exc).__name__}: {exc}"
+    out["oracle_over_ednn_full"] = out["oracle_energy_s"] / out["ednn_full_calculator_s"]
+    out["full_over_local"] = out["ednn_full_calculator_s"] / out["ednn_local_dE_s"]
+    return out
