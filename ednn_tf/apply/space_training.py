@@ -14,10 +14,10 @@ structure of a batch appears twice, under two independent random isometries, and
 
     w_I * [ MSE(e_i(T_1 s) - e_i(T_2 s)) / u_E^2 + w_F * MSE(F_i(T_1 s) T_1 - F_i(T_2 s) T_2) / u_F^2 ]
 
-over the atoms ``i`` (the units and ``w_F`` of the label loss): each per-atom energy must not depend on the orientation and sub-pixel position
-of the grid, and the forces must turn with the structure. No label is needed for it; augmentation
-alone only asks for invariance as far as it lowers the label error.
-"""
+over the atoms ``i`` (the units and ``w_F`` of the label loss): each per-atom energy must not depend
+on the orientation and sub-pixel position of the grid, and the forces must turn with the structure.
+No label is needed for it; augmentation alone only asks for invariance as far as it lowers the label
+error. Measured in docs/potentials.md ("Invariance pairs")."""
 from __future__ import annotations
 
 import math
