@@ -225,7 +225,11 @@ def block_counts(frame, block, pitch):
     block))`` blocks of equal side ``ceil(n / count)`` (between about 2/3 and 1.5 ``block``): no
     nearly empty edge block costs a full window (see :func:`block_frames`)."""
     pix = np.floor(frame.xy / pitch).astype(np.int64)
-    span = pix.max(0) - pix.min(0) + 1
+    return _balanced(pix.max(0) - pix.min(0) + 1, block)
+
+
+def _balanced(span, block):
+    """``(counts, sides)`` of :func:`block_counts` for axes spanning ``span`` (2,) pixels."""
     counts = np.maximum(1, np.floor(span / block + 0.5).astype(np.int64))
     return counts, -(-span // counts)
 
@@ -250,7 +254,7 @@ def block_frames(frame, block, pitch, context, gamma):
     same window shape."""
     pix = np.floor(frame.xy / pitch).astype(np.int64)
     first = pix.min(0)
-    counts, side = block_counts(frame, block, pitch)
+    counts, side = _balanced(pix.max(0) - first + 1, block)
     if np.all(counts == 1):
         yield frame
         return
