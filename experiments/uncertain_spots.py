@@ -46,7 +46,8 @@ def parse_args(argv=None):
         check_int("--n", args.n, minimum=1)
         check_int("--relax-steps", args.relax_steps, minimum=0)
         check_int("--seed", args.seed, minimum=0)
-        for name in ("sheet_size", "size", "keep_radius", "min_separation"):
+        check_float("--sheet-size", args.sheet_size, minimum=10.0)
+        for name in ("size", "keep_radius", "min_separation"):
             check_float("--" + name.replace("_", "-"), getattr(args, name), minimum=0.0, strict=name != "min_separation")
         if 2 * args.keep_radius + 2.0 > args.size:
             raise ArgumentError(f"--keep-radius {args.keep_radius} leaves no seam in a --size {args.size} cell "

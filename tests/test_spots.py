@@ -43,9 +43,11 @@ def test_cut_spot_keeps_the_core_exactly_and_leaves_no_overlap():
     assert np.allclose(cell.cell.lengths()[:2], size) and list(cell.pbc) == [True, True, False]
 
 
-def test_cut_spot_refuses_a_core_that_leaves_no_seam():
+def test_cut_spot_refuses_a_core_that_leaves_no_seam_and_a_cell_wider_than_the_sheet():
     with pytest.raises(ValueError, match="keep_radius 6.0 A and min_distance 1.0 A leave no seam in a 13.0 A cell"):
         cut_spot(_sheet_with_vacancy(), (5.0, 5.0), 13.0, 6.0)
+    with pytest.raises(ValueError, match="a 30.0 A cell does not fit in the structure's periodic length 29.52 A"):
+        cut_spot(_sheet_with_vacancy(), (5.0, 5.0), 30.0, 4.0)
 
 
 def test_relax_shell_moves_only_the_shell_and_lowers_the_energy():

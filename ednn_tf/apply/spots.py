@@ -21,7 +21,8 @@ __all__ = ["uncertain_spots", "cut_spot", "relax_shell"]
 
 def uncertain_spots(values, positions, n, min_separation=8.0):
     """Indices of up to ``n`` atoms with the largest ``values`` (N,), each at least ``min_separation``
-    (A, in the plane) from the ones picked before it (greedy, highest first; ties by index)."""
+    (A, plain in-plane distance, no periodic image) from the ones picked before it (greedy, highest
+    first; ties by index)."""
     from ..util import check_float, check_int
 
     values, positions = np.asarray(values, np.float64), np.asarray(positions, np.float64)
@@ -68,6 +69,11 @@ def cut_spot(atoms, center, size, keep_radius, min_distance=1.0, vacuum=20.0):
     if 2 * keep_radius + 2 * min_distance > size:
         raise ValueError(f"keep_radius {keep_radius} A and min_distance {min_distance} A leave no seam in a "
                          f"{size} A cell: need 2 keep_radius + 2 min_distance <= size")
+    for axis in range(2):
+        length = float(np.linalg.norm(atoms.cell[axis, :2]))
+        if atoms.pbc[axis] and size > length:
+            raise ValueError(f"a {size} A cell does not fit in the structure's periodic length {length:.2f} A "
+                             f"along axis {axis}: cut a smaller cell or repeat the structure")
     d = _centred(atoms, center)
     inside = np.all((d >= -size / 2) & (d < size / 2), axis=1)
     idx = np.flatnonzero(inside)
