@@ -77,3 +77,30 @@ def test_pairs_need_augmentation_and_a_nonnegative_weight(potential):
         SpaceBatches(potential, _cells(), [0.0] * 4, batch_size=2, augment=False, pairs=True)
     with pytest.raises(ValueError, match="invariance_weight"):
         SpaceTrainer(potential, invariance_weight=-1.0)
+
+
+def test_cli_trains_with_pairs_and_refuses_them_without_augmentation(potential, tmp_path, capsys):
+    import json
+
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from ednn_tf import cli
+
+    cells = _cells()
+    for a, r in zip(cells, predict_structures(potential, cells)):
+        a.calc = SinglePointCalculator(a, energy=r["energy"], forces=r["forces"])
+    data = tmp_path / "cells.extxyz"
+    ase.io.write(data, cells)
+    common = ["train", str(data), "--forces-key", "forces", "--epochs", "1", "--context", "2", "--filters", "4",
+              "--pixel-size", "0.45", "--gamma", "0.45", "--batch-size", "2", "--val-fraction", "0.25", "--no-progress"]
+    assert cli.main(common + ["--invariance-weight", "1", "--no-augment", "--out", str(tmp_path / "x.keras")]) == 2
+    assert "invariance_weight=1.0 needs readout='atoms' and augment=True" in capsys.readouterr().err
+    assert cli.main(common + ["--invariance-weight", "-1", "--out", str(tmp_path / "x.keras")]) == 2
+    assert "invariance_weight" in capsys.readouterr().err and not (tmp_path / "x.keras").exists()
+    assert cli.main(common + ["--invariance-weight", "0.5", "--out", str(tmp_path / "m.keras")]) == 0
+    metrics = json.loads((tmp_path / "m.metrics.json").read_text())
+    assert metrics["training"]["invariance_weight"] == 0.5
+    log = (tmp_path / "m.keras.train" / "log.csv").read_text().splitlines()
+    row = dict(zip(log[0].split(","), log[1].split(",")))
+    assert float(row["atom_spread"]) > 0 and float(row["turned_force"]) > 0
