@@ -165,6 +165,10 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
         res = evaluator(pack_frames([r[2] for r in rows], [r[3] for r in rows]))
         for b, (s, move, f, _) in enumerate(rows):
             _accumulate(acc[s], res, b, f, move, 1.0 / K)
+    jobs.clear()                                   # the frames and channel weights (about 40 bytes
+    big.clear()                                    # an atom): freed before the (N, 3) forces are made
+    del chunks, blocks
+    frame0 = frame = w = None
     if size > 1:
         _add_up(acc)
     out = []
