@@ -153,3 +153,18 @@ def smooth_subnet(t, dtype, seed=1, channels=1):
     h = keras.layers.Conv2D(4, 3, strides=2, activation="tanh", dtype=dtype, kernel_initializer=init(1))(h)
     out = keras.layers.Dense(1, dtype=dtype, kernel_initializer=init(2))(keras.layers.Flatten(dtype=dtype)(h))
     return keras.Model(inp, out)
+
+
+def perturbed_member(path, noise, seed):
+    """A copy of the shipped ``hexagonal-gfn1`` with each network weight scaled by ``1 + noise * N(0, 1)``
+    (seeded), saved to ``path``: a committee member that differs from the others by a known amount."""
+    import numpy as np
+
+    import ednn_tf
+
+    p = ednn_tf.load_potential("hexagonal-gfn1")
+    rng = np.random.default_rng(seed)
+    for w in p.ednn.subnet.weights:
+        w.assign(w.numpy() * (1.0 + noise * rng.standard_normal(w.shape)).astype("float32"))
+    p.save(path)
+    return str(path)

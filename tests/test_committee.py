@@ -4,6 +4,7 @@ rotation invariance of the force deviation, frame selection, and `ednn-tf train 
 import ase.io
 import numpy as np
 import pytest
+from conftest import perturbed_member
 
 import ednn_tf
 from ednn_tf import cli
@@ -14,19 +15,10 @@ from ednn_tf.committee import Committee, save_committee
 from ednn_tf.atoms.structures import hexagonal_cell
 
 
-def _member(path, noise, seed):
-    p = ednn_tf.load_potential("hexagonal-gfn1")
-    rng = np.random.default_rng(seed)
-    for w in p.ednn.subnet.weights:
-        w.assign(w.numpy() * (1.0 + noise * rng.standard_normal(w.shape)).astype("float32"))
-    p.save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     d = tmp_path_factory.mktemp("committee")
-    return [_member(str(d / f"m{k}.keras"), 0.0 if k == 0 else 0.03, k) for k in range(3)]
+    return [perturbed_member(str(d / f"m{k}.keras"), 0.0 if k == 0 else 0.03, k) for k in range(3)]
 
 
 @pytest.fixture(scope="module")

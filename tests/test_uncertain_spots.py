@@ -4,24 +4,14 @@ import json
 
 import ase.io
 import numpy as np
-from conftest import run_script
+from conftest import perturbed_member, run_script
 
-import ednn_tf
 from ednn_tf.committee import save_committee
-
-
-def _member(path, noise, seed):
-    p = ednn_tf.load_potential("hexagonal-gfn1")
-    rng = np.random.default_rng(seed)
-    for w in p.ednn.subnet.weights:
-        w.assign(w.numpy() * (1.0 + noise * rng.standard_normal(w.shape)).astype("float32"))
-    p.save(path)
-    return str(path)
 
 
 def test_spots_of_a_porous_sheet(tmp_path):
     card = save_committee(tmp_path / "c.committee.json",
-                          [_member(tmp_path / f"m{k}.keras", 0.03 * k, k) for k in range(2)])
+                          [perturbed_member(tmp_path / f"m{k}.keras", 0.03 * k, k) for k in range(2)])
     out = tmp_path / "out"
     run_script("uncertain_spots", "--model", card, "--sheet-size", 40, "--n", 3, "--size", 12, "--keep-radius", 4,
                "--min-separation", 9, "--relax-steps", 5, "--out", out)
