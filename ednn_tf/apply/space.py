@@ -140,16 +140,18 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     evaluator = _evaluator(potential, bool(derivatives), precision)
     acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 2)), "virial": np.zeros((2, 2))}
            for a in structures]
-    jobs, big = [], []          # (structure, (turn, shift), frame, weights): one-block frames, and the others
+    jobs, big, n_blocks = [], [], 0     # (structure, (turn, shift), frame, weights): one-block frames, the others
     for s, atoms in enumerate(structures):
         frame0, w = structure_frame(potential, atoms, checked[s])
         for k, T in enumerate(turns):
             shift = _offset(k) * p
             frame = moved_frame(frame0, T, shift, p, c, gamma) if k else frame0
-            (big if np.any(block_counts(frame, block, p)[0] > 1) else jobs).append((s, (T, shift), frame, w))
+            counts = block_counts(frame, block, p)[0]
+            (big if np.any(counts > 1) else jobs).append((s, (T, shift), frame, w))
+            n_blocks += int(np.prod(counts)) if np.any(counts > 1) else 0
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     chunks = [[jobs[r] for r in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
-    n_calls = len(chunks) + sum(int(np.prod(block_counts(f, block, p)[0])) for _, _, f, _ in big)
+    n_calls = len(chunks) + n_blocks
     blocks = ([(s, move, f, w[f.atoms])] for s, move, frame, w in big        # made one at a time,
               for f in block_frames(frame, block, p, c, gamma))              # evaluated one at a time
     chunks = itertools.chain(chunks, blocks)
