@@ -48,3 +48,21 @@ def test_one_round_and_a_resume_after_an_interruption(tmp_path):
         held["energy_mae_meV_per_atom"], rel=0.05)
     bad = run_script("active_learning", "--trust-lo", "0.3", "--trust-hi", "0.1", check=False)
     assert bad.returncode == 2 and "--trust-hi must be above --trust-lo 0.3" in bad.stderr
+
+
+def test_explore_keeps_every_atom_in_its_plane_at_1500_K():
+    """Langevin's random kicks are three-dimensional: without the z constraint a hot 2D run lifts
+    atoms out of the plane until the potential refuses the structure."""
+    import ednn_tf
+    from ednn_tf.apply.active import explore
+    from ednn_tf.atoms.structures import varied_hexagonal_cell
+
+    start = varied_hexagonal_cell(5)
+    start.pbc = [True, True, False]
+    frames = explore(ednn_tf.load_potential("hexagonal-gfn1"), [start], seed=1, temperatures=(1500.0,),
+                     md_steps=30, every=15, vacancy_p=0.0)
+    assert [f.info["step"] for f in frames] == [0, 15, 30]
+    for f in frames[1:]:
+        np.testing.assert_array_equal(f.positions[:, 2], frames[0].positions[:, 2])
+        assert np.abs(f.positions[:, :2] - frames[0].positions[:, :2]).max() > 0.02     # it moved in-plane
+        assert not f.constraints

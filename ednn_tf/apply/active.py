@@ -29,10 +29,11 @@ def _variant(atoms, rng, max_strain, vacancy_p):
 def explore(committee, starts, seed, *, temperatures=(300.0, 1500.0), md_steps=40, every=10, timestep_fs=1.0,
             max_strain=0.04, vacancy_p=0.3, progress=False):
     """Candidate frames: for each start structure (and each temperature) a strained, turned copy
-    (maybe with a vacancy), then ASE Langevin MD with the committee's mean forces, a snapshot every
-    ``every`` steps. Deterministic from ``seed``. Returns a list of Atoms (no calculator) with
+    (maybe with a vacancy), then ASE Langevin MD with the committee's mean forces, in-plane (every z
+    held: a 2D potential's structure limit), a snapshot every ``every`` steps. Deterministic from ``seed``. Returns a list of Atoms (no calculator) with
     ``info`` ``source`` (start index), ``temperature_K`` and ``step``."""
     from ase import units
+    from ase.constraints import FixCartesian
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from tqdm.auto import tqdm
@@ -52,8 +53,9 @@ def explore(committee, starts, seed, *, temperatures=(300.0, 1500.0), md_steps=4
         if not md_steps:
             continue
         a.calc = calc
-        MaxwellBoltzmannDistribution(a, temperature_K=T, rng=rng)
-        a.set_momenta(a.get_momenta() * [1.0, 1.0, 0.0])          # a 2D potential: in-plane motion
+        a.set_constraint(FixCartesian(range(len(a)), mask=(False, False, True)))   # a 2D potential: the
+        MaxwellBoltzmannDistribution(a, temperature_K=T, rng=rng)               # thermostat's kicks in z
+        a.set_momenta(a.get_momenta() * [1.0, 1.0, 0.0])                         # would lift atoms off
         dyn = Langevin(a, timestep_fs * units.fs, temperature_K=T, friction=0.02, rng=rng, fixcm=False)
         for step in range(every, md_steps + 1, every):
             dyn.run(every)
@@ -64,6 +66,7 @@ def explore(committee, starts, seed, *, temperatures=(300.0, 1500.0), md_steps=4
 def _frame(atoms, source, T, step):
     f = atoms.copy()
     f.calc = None
+    f.set_constraint()
     f.set_velocities(np.zeros((len(f), 3)))
     f.info.update(source=int(source), temperature_K=float(T), step=int(step))
     return f
