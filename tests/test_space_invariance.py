@@ -79,6 +79,17 @@ def test_pairs_need_augmentation_and_a_nonnegative_weight(potential):
         SpaceTrainer(potential, invariance_weight=-1.0)
 
 
+def test_the_invariance_term_refuses_a_batch_that_is_not_pairs(potential):
+    import tensorflow as tf
+
+    cells = _cells()[:2]
+    del cells[1][[0]]                                  # 8 and 7 atoms: the halves differ
+    x, y = SpaceBatches(potential, cells, [0.0, 0.0], batch_size=2, seed=1)[0]
+    paired = SpaceTrainer(potential, 1.0, 0.0, invariance_weight=1.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"needs batches of SpaceBatches\(pairs=True\)"):
+        paired._loss(x, y, False)
+
+
 def test_cli_trains_with_pairs_and_refuses_them_without_augmentation(potential, tmp_path, capsys):
     import json
 

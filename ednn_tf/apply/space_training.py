@@ -146,6 +146,9 @@ class SpaceTrainer(ForceTrainer):
         if self.invariance_weight <= 0:
             return loss, maes, batch
         half = tf.shape(e)[0] // 2
+        tf.debugging.assert_equal(x["n_atoms"][:half], x["n_atoms"][half:], message=(
+            "invariance_weight > 0 needs batches of SpaceBatches(pairs=True): the two halves of this batch hold "
+            "different structures"))
         mask = tf.cast(x["mask"][:half], tf.float64)
         de = tf.cast(e[:half] - e[half:], tf.float64) * mask
         back = tf.cast(tf.einsum("bni,bij->bnj", forces, x["rot"]), tf.float64)   # F T: the unturned frame
