@@ -91,7 +91,7 @@ def main(argv=None):
     run = predict_structures(model, [sheet])[0]
     t_eval = time.perf_counter() - t0
     dev = run["force_dev"]
-    spots = uncertain_spots(dev, sheet.positions, args.n, args.min_separation)
+    spots = uncertain_spots(dev, sheet.positions, args.n, args.min_separation, sheet.cell.array, sheet.pbc)
     calc, cells, t0 = EDNNCalculator(model), [], time.perf_counter()
     for i in spots:
         cell = cut_spot(sheet, sheet.positions[i, :2], args.size, args.keep_radius)

@@ -22,6 +22,9 @@ def test_uncertain_spots_are_highest_first_and_apart():
     assert uncertain_spots(vals, pos, 3, min_separation=8.0) == [0, 2, 3]
     assert uncertain_spots(vals, pos, 2, min_separation=0.0) == [0, 1]
     assert uncertain_spots(vals, pos, 9, min_separation=8.0) == [0, 2, 3]     # fewer exist
+    cell = np.diag([22.0, 30.0, 20.0])                                   # x periodic: 0 and 20 are 2 A apart
+    assert uncertain_spots(vals, pos, 3, min_separation=8.0, cell=cell, pbc=(True, False, False)) == [0, 2]
+    assert uncertain_spots(vals, pos, 3, min_separation=8.0, cell=cell, pbc=(False, True, False)) == [0, 2, 3]
     with pytest.raises(ValueError, match=r"one finite number per atom: got shape \(3,\) for 5 atoms"):
         uncertain_spots(vals[:3], pos, 1)
 

@@ -19,10 +19,12 @@ import numpy as np
 __all__ = ["uncertain_spots", "cut_spot", "relax_shell"]
 
 
-def uncertain_spots(values, positions, n, min_separation=8.0):
+def uncertain_spots(values, positions, n, min_separation=8.0, cell=None, pbc=(False, False, False)):
     """Indices of up to ``n`` atoms with the largest ``values`` (N,), each at least ``min_separation``
-    (A, plain in-plane distance, no periodic image) from the ones picked before it (greedy, highest
-    first; ties by index)."""
+    (A, in-plane) from the ones picked before it (greedy, highest first; ties by index). With ``cell``
+    (3, 3) the distance is the minimum image along the axes that ``pbc`` marks periodic."""
+    from ase.geometry import find_mic
+
     from ..util import check_float, check_int
 
     values, positions = np.asarray(values, np.float64), np.asarray(positions, np.float64)
@@ -31,10 +33,15 @@ def uncertain_spots(values, positions, n, min_separation=8.0):
                          f"{len(positions)} atoms")
     n = check_int("n", n, minimum=1)
     min_separation = check_float("min_separation", min_separation, minimum=0.0)
+    periodic = cell is not None and any(pbc[:2])
+    mask = [bool(pbc[0]), bool(pbc[1]), False]
     picked = []
     for i in np.argsort(-values, kind="stable"):
-        xy = positions[i, :2]
-        if all(np.linalg.norm(xy - positions[j, :2]) >= min_separation for j in picked):
+        d = np.zeros((len(picked), 3))
+        d[:, :2] = positions[picked, :2] - positions[i, :2]
+        if periodic and len(picked):
+            d = find_mic(d, cell, mask)[0]
+        if not len(picked) or np.linalg.norm(d[:, :2], axis=1).min() >= min_separation:
             picked.append(int(i))
             if len(picked) == n:
                 break
