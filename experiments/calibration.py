@@ -121,7 +121,7 @@ def spread_model(args):
 
 def calibrate(predict, sets):
     """Per set and over all frames: errors, spreads and :func:`rank_summary` of each pair."""
-    from ednn_tf.apply.calibration import PAIRS, frame_table, rank_summary, reliability
+    from ednn_tf.apply.calibration import BASELINES, PAIRS, frame_table, rank_summary, reliability
 
     tables, out = {}, {}
     for name, (structures, energies, forces) in sets.items():
@@ -132,7 +132,7 @@ def calibrate(predict, sets):
                      "energy_mae_meV_per_atom": float(t["energy_error"].mean()),
                      "force_mae_xy_eV_per_A": float(np.average(t["force_mae"], weights=t["n"])),
                      "mean_max_force_dev": float(t["max_force_dev"].mean()),
-                     **{f"{p}~{a}": rank_summary(t[p], t[a]) for p, a in PAIRS}}
+                     **{f"{p}~{a}": rank_summary(t[p], t[a]) for p, a in PAIRS + BASELINES}}
     out["all"]["reliability_force_rms"] = reliability(tables_all["force_dev_rms"], tables_all["force_rms"], bins=8)
     return tables, out
 
@@ -171,7 +171,7 @@ def main(argv=None):
         print(f"{name:22s} {r['frames']:4d} frames  E {r['energy_mae_meV_per_atom']:6.2f} meV/atom  "
               f"F {r['force_mae_xy_eV_per_A']:.3f} eV/A  spearman(max) {s['spearman']:.2f}  "
               f"rms {r['force_dev_rms~force_rms']['spearman']:.2f}  E {r['energy_std~energy_error']['spearman']:.2f}  "
-              f">3x {s['above_3x']:.2f}")
+              f">3x {s['above_3x']:.2f}  baseline |F| {r['force_norm_rms~force_rms']['spearman']:.2f}")
     return 0
 
 

@@ -26,6 +26,7 @@ def test_frame_table_equals_a_hand_computation():
     assert t["energy_error"][0] == pytest.approx(300.0 / n)          # meV/atom
     assert t["energy_std"][0] == pytest.approx(20.0 / n)
     assert t["force_dev_rms"][0] == pytest.approx(np.sqrt(np.mean(dev ** 2)))
+    assert t["max_force_norm"][0] == pytest.approx(np.hypot(F[:, 0], F[:, 1]).max())
 
 
 def test_rank_summary_and_reliability_numbers():

@@ -6,7 +6,10 @@ Per frame (N atoms, in-plane forces, eV and eV/A):
 * actual: ``force_rms`` ``sqrt(mean_i |dF_i|^2)``, ``max_force_error`` ``max_i |dF_i|``,
   ``force_mae`` (mean over components) and ``energy_error`` ``|dE| / N`` (meV/atom);
 * predicted: ``force_dev_rms`` ``sqrt(mean_i force_dev_i^2)`` (a calibrated committee has
-  ``force_rms = force_dev_rms`` on average), ``max_force_dev`` and ``energy_std / N`` (meV/atom).
+  ``force_rms = force_dev_rms`` on average), ``max_force_dev`` and ``energy_std / N`` (meV/atom);
+* a baseline that needs no spread: the predicted forces' own size, ``force_norm_rms``
+  ``sqrt(mean_i |F_i|^2)`` and ``max_force_norm`` (larger forces tend to have larger errors; a spread
+  is worth its cost only where it ranks the errors better than this).
 
 The spreads come from a :class:`~ednn_tf.committee.Committee` or, for a single potential, from
 :func:`isometry_runs`: the same potential on K copies turned by random angles and moved by random
@@ -19,10 +22,12 @@ import numpy as np
 
 from ..util import check_int
 
-__all__ = ["isometry_runs", "frame_table", "rank_summary", "reliability", "plot_calibration", "PAIRS"]
+__all__ = ["isometry_runs", "frame_table", "rank_summary", "reliability", "plot_calibration", "PAIRS", "BASELINES"]
 
 #: (predicted, actual) columns of :func:`frame_table` compared by :func:`rank_summary`.
 PAIRS = (("max_force_dev", "max_force_error"), ("force_dev_rms", "force_rms"), ("energy_std", "energy_error"))
+#: The same comparison for the baseline of the predicted forces' size.
+BASELINES = (("max_force_norm", "max_force_error"), ("force_norm_rms", "force_rms"))
 
 
 def isometry_runs(potential, structures, k, seed=0, **kwargs):
@@ -56,7 +61,7 @@ def frame_table(predictions, energies, forces):
     """Columns (one value per frame) of the module docstring from ``predictions`` (dicts with the
     keys of :func:`~ednn_tf.apply.uncertainty.committee_spread`) and the labels (eV, (N, 3) eV/A)."""
     cols = {k: [] for k in ("n", "force_rms", "max_force_error", "force_mae", "energy_error", "force_dev_rms",
-                            "max_force_dev", "energy_std")}
+                            "max_force_dev", "energy_std", "force_norm_rms", "max_force_norm")}
     for r, e, f in zip(predictions, energies, forces):
         n = len(f)
         d = r["forces"][:, :2] - np.asarray(f)[:, :2]
@@ -69,6 +74,9 @@ def frame_table(predictions, energies, forces):
         cols["force_dev_rms"].append(float(np.sqrt(np.mean(r["force_dev"] ** 2))))
         cols["max_force_dev"].append(float(r["max_force_dev"]))
         cols["energy_std"].append(1e3 * float(r["energy_std"]) / n)
+        size = np.sqrt((r["forces"][:, :2] ** 2).sum(1))
+        cols["force_norm_rms"].append(float(np.sqrt(np.mean(size ** 2))))
+        cols["max_force_norm"].append(float(size.max()))
     return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
 
