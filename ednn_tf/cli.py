@@ -218,18 +218,22 @@ def _predict(args):
     from .apply.fit import predict_energies_forces
 
     pot = _model(args.model)
-    if (args.uncertainty or args.map) and not isinstance(pot, Committee):
-        raise ValueError(f"--uncertainty and --map need a committee (a NAME.committee.json card, e.g. from "
-                         f"`ednn-tf train --committee K`), got the single potential {args.model!r}")
+    spread = bool(args.uncertainty or args.map) and not isinstance(pot, Committee)   # over K orientations
+    if spread and (pot.readout != "atoms" or (args.orientations or 4) < 2):
+        raise ValueError(f"--uncertainty and --map need a committee (a NAME.committee.json card) or a potential "
+                         f"with the 'atoms' readout and --orientations K >= 2 (default 4); got {args.model!r} "
+                         f"(readout {pot.readout!r}) with --orientations {args.orientations}")
     structures = read_structures(args.data)
     info = {"model": os.fspath(args.model)}
     if pot.readout == "atoms":
         from .apply.space import predict_structures
 
-        res = predict_structures(pot, structures, progress=not args.no_progress, orientations=args.orientations,
-                                 precision=args.precision)
+        K = (args.orientations or max(4, pot.orientations)) if spread else args.orientations
+        res = predict_structures(pot, structures, progress=not args.no_progress, orientations=K,
+                                 precision=args.precision, spread=spread)
         extras = None
         if args.uncertainty:
+            info["uncertainty"] = f"spread over {K} orientations" if spread else f"committee of {len(pot)}"
             keys = ("energy_std", "max_force_dev", "force_dev", "energies_std")
             extras = [{k: r[k] for k in keys} for r in res]
         write_labelled(args.out, structures, [r["energy"] for r in res], [r["forces"] for r in res], info,
@@ -337,8 +341,9 @@ def _parser():
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="the density network's precision (atoms readout; docs/performance.md: error, speed)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="a committee's spreads: energy_std, max_force_dev (info), force_dev, energies_std (arrays)")
-    p.add_argument("--map", metavar="PNG", help="the first structure's atoms coloured by force deviation (committee)")
+                   help="spreads: energy_std, max_force_dev (info), force_dev, energies_std (arrays); a committee's, "
+                        "or one potential's over --orientations K copies (default 4; docs/uncertainty.md)")
+    p.add_argument("--map", metavar="PNG", help="the first structure's atoms coloured by force deviation (as --uncertainty)")
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--out", required=True)

@@ -9,14 +9,14 @@ that model's numerics), labelled with GFN1-xTB (``supercell=2``) through a check
 Step 2 (``--model M``): the spread against the actual errors on four held-out sets: the 150
 validation cells turned by random angles, ``checks_strained`` (2.5-4 % strain, beyond training),
 ``hexagonal_othersizes`` and ``checks_hot``. The spread is that of a committee (``M`` a
-``.committee.json`` card, or ``--members A B ..``) or, for one potential, that of ``--isometries K``
-random isometries (a committee with no training: the grid's share of the error). Per set and over
+``.committee.json`` card, or ``--members A B ..``) or, for one potential, that of its ``--orientations K``
+(K copies turned by 90 k / K deg and moved by sub-pixel offsets: a committee with no training). Per set and over
 all frames: Spearman of max force deviation against max force error, of RMS deviation against RMS
 error and of energy spread against energy error; the fraction of frames above 3 x the spread; a
 reliability table. Writes ``OUT/results.json`` and ``OUT/calibration.png``.
 
     python experiments/calibration.py --label                                 # ~10 min of one core, once
-    python experiments/calibration.py --model hexagonal-gfn1 --isometries 4 --out results/calibration-iso4
+    python experiments/calibration.py --model hexagonal-gfn1 --orientations 4 --out results/calibration-K4
     python experiments/calibration.py --model m.committee.json --out results/calibration-committee
 """
 import argparse
@@ -97,9 +97,7 @@ def held_out(data=DATA, seed=1):
 
 def spread_model(args):
     """``(predict, description)``: ``predict(structures)`` gives committee_spread dicts."""
-    from ednn_tf.apply.calibration import isometry_runs
     from ednn_tf.apply.space import predict_structures
-    from ednn_tf.apply.uncertainty import committee_spread
     from ednn_tf.committee import Committee
     from ednn_tf.potential import load_potential
 
@@ -109,14 +107,10 @@ def spread_model(args):
     pot = load_potential(args.model)
     if isinstance(pot, Committee):
         return (lambda s: predict_structures(pot, s)), f"committee {args.model} ({len(pot)} members)"
-    if not args.isometries:
-        raise SystemExit(f"{args.model} is one potential: give --isometries K (K >= 2) or a committee")
-
-    def predict(structures):
-        runs = isometry_runs(pot, structures, args.isometries, seed=args.seed)
-        return [committee_spread([run[s] for run in runs]) for s in range(len(structures))]
-
-    return predict, f"{args.model}, spread over {args.isometries} random isometries"
+    if not args.orientations:
+        raise SystemExit(f"{args.model} is one potential: give --orientations K (K >= 2) or a committee")
+    return ((lambda s: predict_structures(pot, s, orientations=args.orientations, spread=True)),
+            f"{args.model}, spread over {args.orientations} orientations")
 
 
 def calibrate(predict, sets):
@@ -142,17 +136,16 @@ def main(argv=None):
     ap.add_argument("--label", action="store_true", help="make and label the hot frames")
     ap.add_argument("--md-model", default="hexagonal-gfn1", help="the model that explores the hot frames")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--model", help="a committee card, or one potential with --isometries K")
+    ap.add_argument("--model", help="a committee card, or one potential with --orientations K")
     ap.add_argument("--members", nargs="+", help="potentials that make an ad-hoc committee")
-    ap.add_argument("--isometries", type=int, default=0, help="K >= 2: spread over K random isometries")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--orientations", type=int, default=0, help="K >= 2: one potential's spread over K orientations")
     ap.add_argument("--data", default=DATA, help="the folder of the labelled sets")
     ap.add_argument("--out", default="results/calibration")
     args = ap.parse_args(argv)
     if not (args.label or args.model or args.members):
         ap.error("give --label and/or --model MODEL (or --members A B ..)")
-    if args.isometries and args.isometries < 2:
-        ap.error(f"--isometries must be at least 2, got {args.isometries}")
+    if args.orientations and args.orientations < 2:
+        ap.error(f"--orientations must be at least 2, got {args.orientations}")
     if args.label:
         label(args.md_model, args.workers, args.data)
     if not (args.model or args.members):

@@ -2,14 +2,12 @@
 ``experiments/calibration.py``)."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_script
 
-from ednn_tf.apply.calibration import frame_table, isometry_runs, rank_summary, reliability
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ednn_tf.apply.calibration import frame_table, rank_summary, reliability
 
 
 def test_frame_table_equals_a_hand_computation():
@@ -47,29 +45,6 @@ def test_rank_summary_and_reliability_numbers():
         rank_summary(p, a[:3])
 
 
-def test_isometry_runs_turn_the_forces_back():
-    """Each copy's forces, turned back, agree with the unmoved structure's forces to the model's own
-    rotation error (about 0.2 eV/A), far below the forces themselves: a wrong turn would leave errors of
-    the forces' size."""
-    import ednn_tf
-    from ednn_tf.apply.space import predict_structures
-    from ednn_tf.atoms.structures import varied_hexagonal_cell
-
-    pot = ednn_tf.load_potential("hexagonal-gfn1")
-    a = varied_hexagonal_cell(3)
-    a.pbc = [True, True, False]
-    a.rattle(0.08, seed=1)
-    plain = predict_structures(pot, [a])[0]
-    runs = isometry_runs(pot, [a], 2, seed=4)
-    scale = np.abs(plain["forces"][:, :2]).mean()
-    assert scale > 1.0
-    for run in runs:
-        assert np.abs(run[0]["forces"][:, :2] - plain["forces"][:, :2]).mean() < 0.25 * scale
-        assert abs(run[0]["energy"] - plain["energy"]) / len(a) < 0.03      # eV/atom
-    with pytest.raises(ValueError, match="k must be an integer >= 2, got k=1"):
-        isometry_runs(pot, [a], 1)
-
-
 def test_calibration_script_end_to_end(tmp_path):
     """The script on a tiny labelled set (labels: the model's own prediction plus known noise)."""
     import ase.io
@@ -79,9 +54,6 @@ def test_calibration_script_end_to_end(tmp_path):
     from ednn_tf.atoms.structures import varied_hexagonal_cell
     from ednn_tf.cli import write_labelled
 
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import calibration
-
     cells = [varied_hexagonal_cell(k, repeats=((2, 2),)) for k in range(4)]
     for c in cells:
         c.pbc = [True, True, False]
@@ -90,8 +62,9 @@ def test_calibration_script_end_to_end(tmp_path):
     forces = [r["forces"] + rng.normal(0.0, 0.1 * (k + 1), r["forces"].shape) * [1, 1, 0] for k, r in enumerate(res)]
     write_labelled(str(tmp_path / "checks_strained_gfn1_sc2.extxyz"), cells, [r["energy"] for r in res], forces)
     out = tmp_path / "out"
-    assert calibration.main(["--model", "hexagonal-gfn1", "--isometries", "2", "--data", str(tmp_path),
-                             "--out", str(out)]) == 0
+    proc = run_script("calibration", "--model", "hexagonal-gfn1", "--orientations", "2", "--data", tmp_path,
+                      "--out", out)
+    assert "checks_strained" in proc.stdout
     r = json.load(open(out / "results.json"))["sets"]
     assert r["checks_strained"]["frames"] == r["all"]["frames"] == 4
     assert 0.1 < r["all"]["force_mae_xy_eV_per_A"] < 0.6

@@ -75,7 +75,28 @@ def test_calculator_cli_and_api_agree(members, cells, tmp_path):
         assert b.info["max_force_dev"] == pytest.approx(a["max_force_dev"], abs=2e-5)
         assert b.info["energy_std"] == pytest.approx(a["energy_std"], abs=1e-4)
     assert png.stat().st_size > 1000
-    assert cli.main(["predict", "hexagonal-gfn1", str(data), "--out", str(out), "--uncertainty"]) == 2
+
+
+def test_one_potential_spreads_over_its_orientations_alike_everywhere(cells, tmp_path, capsys):
+    """A single potential's spread over K orientations: the same numbers through the calculator, the
+    CLI (default K = 4) and the API; K = 1 has nothing to spread over and is refused by name."""
+    api = predict_structures(ednn_tf.load_potential("hexagonal-gfn1"), cells, orientations=4, spread=True)
+    assert all(r["max_force_dev"] > 0.01 for r in api)
+    at = cells[1].copy()
+    at.calc = EDNNCalculator("hexagonal-gfn1", orientations=4)
+    np.testing.assert_allclose(at.calc.get_property("force_dev", at), api[1]["force_dev"], atol=1e-10)
+    assert at.get_potential_energy() == pytest.approx(api[1]["energy"], rel=1e-12)
+    data, out = tmp_path / "d.extxyz", tmp_path / "p.extxyz"
+    ase.io.write(data, cells)
+    assert cli.main(["predict", "hexagonal-gfn1", str(data), "--out", str(out), "--uncertainty", "--no-progress"]) == 0
+    for b, a in zip(ase.io.read(out, ":"), api):
+        np.testing.assert_allclose(b.arrays["force_dev"], a["force_dev"], atol=2e-5)
+        assert b.info["uncertainty"] == "spread over 4 orientations"
+        assert b.get_potential_energy() == pytest.approx(a["energy"], abs=1e-4)
+    capsys.readouterr()
+    assert cli.main(["predict", "hexagonal-gfn1", str(data), "--out", str(out), "--uncertainty",
+                     "--orientations", "1"]) == 2
+    assert "or a potential with the 'atoms' readout and --orientations K >= 2" in capsys.readouterr().err
 
 
 def test_force_deviation_is_rotation_invariant(members, cells, tmp_path):

@@ -260,6 +260,35 @@ def test_blocks_equal_the_one_piece_evaluation(potential, block):
     np.testing.assert_allclose(parts["stress"], whole["stress"], atol=1e-12)
 
 
+def test_orientation_spread_equals_the_copies_evaluated_one_by_one(potential):
+    """spread=True: the K orientation copies as a committee; mean and spreads equal numpy over the
+    copies evaluated separately (forces turned back), whole and by blocks smaller than the context."""
+    from ednn_tf.apply.space import _rotation
+
+    g = _sheet()
+    copies, angles = [g], (0.0, 30.0, 60.0)
+    for k, t in ((1, 30.0), (2, 60.0)):
+        c = turned(g, t)
+        c.positions[:, :2] += 0.3 * np.array([(k * 1.6180339887498949) % 1, (k * 2.618033988749895) % 1])
+        copies.append(c)
+    parts = [predict_structures(potential, [c])[0] for c in copies]
+    E = np.array([q["energy"] for q in parts])
+    e = np.stack([q["energies"] for q in parts])
+    F = np.stack([q["forces"][:, :2] @ _rotation(t) for q, t in zip(parts, angles)])
+    dev = np.sqrt(((F - F.mean(0)) ** 2).sum(-1).mean(0))
+    assert dev.max() > 1e-4                                     # a generic network: the copies differ
+    for block in (1000, 5):
+        r = predict_structures(potential, [g], orientations=3, spread=True, block=block)[0]
+        assert r["energy"] == pytest.approx(E.mean(), rel=1e-9)
+        assert r["energy_std"] == pytest.approx(E.std(), rel=1e-5, abs=1e-9)
+        np.testing.assert_allclose(r["energies_std"], e.std(0), rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(r["forces"][:, :2], F.mean(0), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(r["force_dev"], dev, rtol=1e-5, atol=1e-8)
+        assert r["max_force_dev"] == pytest.approx(dev.max(), rel=1e-5)
+    with pytest.raises(ValueError, match="spread=True needs at least 2 orientations to spread over, got orientations=1"):
+        predict_structures(potential, [g], spread=True)
+
+
 def test_orientation_average_is_conservative_and_turns_back(potential, tmp_path):
     """orientations=3: the mean over copies turned by 0, 30, 60 degrees and moved by golden-ratio
     sub-pixel offsets; forces are still -dE/dr,

@@ -122,6 +122,8 @@ class EDNNCalculator(Calculator):
     ``max_cached`` compiled graphs are kept (one per atom count, numbers, cell and grid);
     ``orientations`` K (``"atoms"`` readout): average over K turned copies instead of the
     potential's own K (``Potential.orientations``; docs/potentials.md has what each K costs and gains);
+    with K >= 2 a Potential also gives the four spread properties, over its K copies
+    (docs/uncertainty.md: how well they rank the errors);
     ``precision`` (``"atoms"`` readout): ``"float32"`` (default) or ``"bfloat16"`` for the density
     network (docs/performance.md has its error and speed); ``**kwargs`` go to :class:`ase.calculators.calculator.Calculator`.
 
@@ -262,8 +264,10 @@ class EDNNCalculator(Calculator):
         from .space import predict_structures
 
         derivatives = bool({"forces", "stress", "force_dev", "max_force_dev"} & set(properties))
+        K = self._orientations or self.potential.orientations
+        spread = K >= 2 and not isinstance(self.potential, Committee)      # the copies' spread: no extra cost
         r = predict_structures(self.potential, [atoms], derivatives=derivatives, orientations=self._orientations,
-                               precision=self._precision)[0]
+                               precision=self._precision, spread=spread)[0]
         if not math.isfinite(r["energy"]):
             raise RuntimeError(f"the EDNN returned a non-finite energy {r['energy']!r}")
         if "stress" in properties and r["stress"] is None:

@@ -11,10 +11,10 @@ Per frame (N atoms, in-plane forces, eV and eV/A):
   ``sqrt(mean_i |F_i|^2)`` and ``max_force_norm`` (larger forces tend to have larger errors; a spread
   is worth its cost only where it ranks the errors better than this).
 
-The spreads come from a :class:`~ednn_tf.committee.Committee` or, for a single potential, from
-:func:`isometry_runs`: the same potential on K copies turned by random angles and moved by random
-sub-pixel vectors, a committee that costs no training and measures how much the prediction depends
-on the grid.
+The spreads come from a :class:`~ednn_tf.committee.Committee` or, for a single potential, from its
+K orientations (``predict_structures(..., orientations=K, spread=True)``): the same potential on K
+copies turned by ``90 k / K`` degrees and moved by sub-pixel offsets, a committee that costs no
+training and measures how much the prediction depends on the grid.
 """
 from __future__ import annotations
 
@@ -22,39 +22,12 @@ import numpy as np
 
 from ..util import check_int
 
-__all__ = ["isometry_runs", "frame_table", "rank_summary", "reliability", "plot_calibration", "PAIRS", "BASELINES"]
+__all__ = ["frame_table", "rank_summary", "reliability", "plot_calibration", "PAIRS", "BASELINES"]
 
 #: (predicted, actual) columns of :func:`frame_table` compared by :func:`rank_summary`.
 PAIRS = (("max_force_dev", "max_force_error"), ("force_dev_rms", "force_rms"), ("energy_std", "energy_error"))
 #: The same comparison for the baseline of the predicted forces' size.
 BASELINES = (("max_force_norm", "max_force_error"), ("force_norm_rms", "force_rms"))
-
-
-def isometry_runs(potential, structures, k, seed=0, **kwargs):
-    """``k`` lists of :func:`~ednn_tf.apply.space.predict_structures` results, one per copy: every
-    structure turned about z by a random angle and moved in-plane by a random vector of up to one
-    pitch (seeded; a fresh draw per copy and structure), forces turned back to the structure's own
-    frame. Energies and per-atom energies are invariant, so their spread is the grid's share."""
-    from .checks import turned
-    from .space import _rotation, predict_structures
-
-    k = check_int("k", k, minimum=2)
-    rng = np.random.default_rng([int(seed), 28])
-    runs = []
-    for _ in range(k):
-        angles = rng.uniform(0.0, 360.0, len(structures))
-        moved = []
-        for a, t in zip(structures, angles):
-            b = turned(a, t)
-            b.positions[:, :2] += rng.uniform(0.0, potential.pitch, 2)
-            moved.append(b)
-        res = predict_structures(potential, moved, **kwargs)
-        for r, t in zip(res, angles):
-            if r["forces"] is not None:
-                r["forces"][:, :2] = r["forces"][:, :2] @ _rotation(t)   # back: F T, T turned by t
-            r["stress"] = None                                             # not turned back here
-        runs.append(res)
-    return runs
 
 
 def frame_table(predictions, energies, forces):

@@ -106,40 +106,40 @@ def _accumulate(a, res, b, f, move, w):
 
 
 def predict_structures(potential, structures, batch_size=8, progress=False, block=DEFAULT_BLOCK, derivatives=True,
-                       orientations=None, precision="float32"):
+                       orientations=None, precision="float32", spread=False):
     """One dict per structure: ``energy`` (eV), ``energies`` (N,) eV per atom (they sum to the
-    energy), ``forces`` (N, 3) eV/A (z = 0), ``stress`` (6,) eV/A^3 or None. Every structure is
-    checked first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and
-    what is wrong, before any evaluation). A structure wider than ``block`` readout pixels is
-    evaluated by blocks with halos (:func:`ednn_tf.atoms.frames.block_frames`; the same numbers,
-    memory bounded by the block); under Horovod the ranks share the evaluations and every rank
-    returns the sums (the same numbers for any number of ranks); batches hold frames of similar window size, all through one traced
-    graph per potential (:class:`~ednn_tf.atoms.space_tf.SpaceEvaluator`). A potential with
-    ``orientations`` K > 1 averages over K copies turned by ``90 k / K`` degrees and moved by a
-    sub-pixel offset (forces, stress turned back); ``orientations`` overrides K. ``derivatives=False``:
-    energies only, ``forces`` and ``stress`` None. A :class:`~ednn_tf.committee.Committee` gives the
-    members' mean and spreads (:func:`ednn_tf.apply.uncertainty.predict_committee`). ``precision``: ``"float32"`` or ``"bfloat16"`` (the
-    density network only; error and speed measured in ``docs/performance.md``)."""
-    from ..atoms.space_tf import PRECISIONS
+    energy), ``forces`` (N, 3) eV/A (z = 0), ``stress`` (6,) eV/A^3 or None. Every structure is checked
+    first (:func:`ednn_tf.atoms.frames.check_structure`: ValueError naming the structure and what is
+    wrong, before any evaluation). A structure wider than ``block`` readout pixels is evaluated by
+    blocks with halos (:func:`ednn_tf.atoms.frames.block_frames`; the same numbers, memory bounded by
+    the block); under Horovod the ranks share the evaluations and every rank returns the sums (the same
+    numbers for any number of ranks); batches hold frames of similar window size, all through one
+    traced graph per potential (:class:`~ednn_tf.atoms.space_tf.SpaceEvaluator`). ``orientations`` K
+    (default the potential's own) > 1 averages over K copies turned by ``90 k / K`` degrees and moved
+    by a sub-pixel offset (forces, stress turned back); ``spread=True`` treats them as a committee's
+    members and adds their spreads ``energy_std``, ``energies_std``, ``force_dev``, ``max_force_dev``
+    (:func:`ednn_tf.apply.uncertainty.committee_spread`; calibration in ``docs/uncertainty.md``).
+    ``derivatives=False``: energies only, ``forces`` and ``stress`` None. A
+    :class:`~ednn_tf.committee.Committee` gives the members' mean and spreads
+    (:func:`ednn_tf.apply.uncertainty.predict_committee`). ``precision``: ``"float32"`` or
+    ``"bfloat16"`` (the density network only; error and speed in ``docs/performance.md``)."""
     from ..committee import Committee
 
     if isinstance(potential, Committee):          # the members' mean, with the spreads
         from .uncertainty import predict_committee
 
+        if spread:
+            raise ValueError("spread=True is for one potential's orientations; a committee has its members' spread")
         return predict_committee(potential, structures, batch_size=batch_size, progress=progress, block=block,
                                  derivatives=derivatives, orientations=orientations, precision=precision)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if potential.readout != "atoms":
-        raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
+    K, block = _check_settings(potential, orientations, precision, spread, block)
     checked = check_structures(potential, structures)      # every structure, before any work
     p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
-    K = potential.orientations if orientations is None else check_int("orientations", orientations, minimum=1)
-    block = check_int("block", block, minimum=1)
     turns = [_rotation(90.0 * k / K) for k in range(K)]
     evaluator = _evaluator(potential, bool(derivatives), precision)
+    copies = K if spread else 1                    # accumulators a structure: one per copy for a spread
     acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 2)), "virial": np.zeros((2, 2))}
-           for a in structures]
+           for a in structures for _ in range(copies)]
     jobs, big, n_blocks = [], [], 0     # (structure, (turn, shift), frame, weights): one-block frames, the others
     for s, atoms in enumerate(structures):
         frame0, w = structure_frame(potential, atoms, checked[s])
@@ -147,7 +147,7 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
             shift = _offset(k) * p
             frame = moved_frame(frame0, T, shift, p, c, gamma) if k else frame0
             counts = block_counts(frame, block, p)[0]
-            (big if np.any(counts > 1) else jobs).append((s, (T, shift), frame, w))
+            (big if np.any(counts > 1) else jobs).append((s * copies + k % copies, (T, shift), frame, w))
             n_blocks += int(np.prod(counts)) if np.any(counts > 1) else 0
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     chunks = [[jobs[r] for r in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
@@ -166,22 +166,43 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     for rows in chunks:
         res = evaluator(pack_frames([r[2] for r in rows], [r[3] for r in rows]))
         for b, (s, move, f, _) in enumerate(rows):
-            _accumulate(acc[s], res, b, f, move, 1.0 / K)
+            _accumulate(acc[s], res, b, f, move, 1.0 / (K // copies))
     jobs.clear()                                   # the frames and channel weights (about 40 bytes
     big.clear()                                    # an atom): freed before the (N, 3) forces are made
     del chunks, blocks
     frame0 = frame = w = None
     if size > 1:
         _add_up(acc)
-    out = []
-    for atoms, a in zip(structures, acc):
-        e0 = _e0_per_atom(potential, atoms.numbers)
-        a["energies"] += e0                                     # in place: large structures
-        forces = None
-        if derivatives:                                          # (N, 3), z = 0 (+ 0.0: never -0.0)
-            forces, f2 = np.zeros((len(atoms), 3)), a.pop("forces")
-            f2 += 0.0
-            forces[:, :2] = f2
-        out.append({"energy": a["energy"] + float(e0.sum()), "energies": a["energies"], "forces": forces,
-                    "stress": stress_voigt(atoms, a["virial"]) if derivatives else None})
+    out = [_result(potential, structures[j // copies], a, derivatives) for j, a in enumerate(acc)]
+    if spread:
+        from .uncertainty import committee_spread
+
+        return [committee_spread(out[s * K:(s + 1) * K]) for s in range(len(structures))]
     return out
+
+
+def _check_settings(potential, orientations, precision, spread, block):
+    """``(K, block)`` of :func:`predict_structures`, checked (ValueError naming the value)."""
+    from ..atoms.space_tf import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if potential.readout != "atoms":
+        raise ValueError(f"predict_structures needs a potential with the 'atoms' readout, got {potential.readout!r}")
+    K = potential.orientations if orientations is None else check_int("orientations", orientations, minimum=1)
+    if spread and K < 2:
+        raise ValueError(f"spread=True needs at least 2 orientations to spread over, got orientations={K}")
+    return K, check_int("block", block, minimum=1)
+
+
+def _result(potential, atoms, a, derivatives):
+    """A structure's result dict from its accumulator ``a`` (module units; the reference energies added)."""
+    e0 = _e0_per_atom(potential, atoms.numbers)
+    a["energies"] += e0                                     # in place: large structures
+    forces = None
+    if derivatives:                                          # (N, 3), z = 0 (+ 0.0: never -0.0)
+        forces, f2 = np.zeros((len(atoms), 3)), a.pop("forces")
+        f2 += 0.0
+        forces[:, :2] = f2
+    return {"energy": a["energy"] + float(e0.sum()), "energies": a["energies"], "forces": forces,
+            "stress": stress_voigt(atoms, a["virial"]) if derivatives else None}
