@@ -89,6 +89,7 @@ def plot_calibration(tables, path, title=""):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.2))
     for name, t in tables.items():
@@ -98,13 +99,12 @@ def plot_calibration(tables, path, title=""):
     alla = np.concatenate([t["force_rms"] for t in tables.values()])
     rel = reliability(allp, alla, bins=8)
     bx.plot(rel["predicted"], rel["actual_rms"], "o-", label="frames binned by spread")
-    for x, lim in ((ax, (np.concatenate([t["max_force_dev"] for t in tables.values()]),
-                         np.concatenate([t["max_force_error"] for t in tables.values()]))),
-                   (bx, (allp, alla))):
-        lo = max(1e-4, float(min(lim[0].min(), lim[1].min())))
-        hi = float(max(lim[0].max(), lim[1].max()))
+    for x, lim in ((ax, np.concatenate([t["max_force_dev"] for t in tables.values()])),
+                   (bx, np.array([0.0] + rel["predicted"]))):
+        lo, hi = max(1e-4, float(lim.min())) if x is ax else 0.0, 1.1 * float(lim.max())
         x.plot([lo, hi], [lo, hi], "k--", lw=1, label="actual = predicted")
         x.plot([lo, hi], [3 * lo, 3 * hi], "k:", lw=1, label="3 x predicted")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel="predicted: max force deviation (eV/A)", ylabel="actual: max |dF| of the frame (eV/A)",
            title="each frame")
     bx.set(xlabel="predicted: RMS force deviation (eV/A)", ylabel="actual: RMS |dF| (eV/A)",
