@@ -1,7 +1,8 @@
 """The most uncertain places of a large sheet, cut into small periodic cells for the oracle (issue
 "know where the model is wrong", item 4, large systems).
 
-A committee evaluates the sheet (by blocks: any size); the atoms with the largest force deviation, at
+A committee (or one potential, spread over ``--orientations K`` copies: ``docs/uncertainty.md``)
+evaluates the sheet (by blocks: any size); the atoms with the largest force deviation, at
 least ``--min-separation`` apart, are the spots; around each an ``--size`` x ``--size`` periodic cell is
 cut (atoms within ``--keep-radius`` of the spot unchanged, overlaps of the new boundary removed) and
 its outer shell relaxed with the committee's mean (``ednn_tf.apply.spots``). Written to ``--out``:
@@ -13,6 +14,7 @@ its outer shell relaxed with the committee's mean (``ednn_tf.apply.spots``). Wri
 
     python experiments/uncertain_spots.py --model COMMITTEE.committee.json                  # porous sheet
     python experiments/uncertain_spots.py --model COMMITTEE.committee.json --sheet big.extxyz --n 20
+    python experiments/uncertain_spots.py --model hexagonal-gfn1 --orientations 4     # one potential
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from ednn_tf.util import ArgumentError, argument_errors, check_float, check_int 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a committee card (NAME.committee.json) or shipped name")
+    ap.add_argument("--model", required=True, help="a committee card (NAME.committee.json), a potential, a shipped name")
+    ap.add_argument("--orientations", type=int, default=4, help="one potential's spread: over K copies (default 4)")
     ap.add_argument("--sheet", default=None, help="extxyz of the large structure (default: a porous sheet)")
     ap.add_argument("--sheet-size", type=float, default=120.0, help="A, the default porous sheet's side (~5,000 atoms)")
     ap.add_argument("--n", type=int, default=8, help="number of spots (default 8)")
@@ -84,15 +87,18 @@ def main(argv=None):
     from ednn_tf.util import atomic_path, write_json_atomic
 
     model = load_potential(args.model)
-    if not isinstance(model, Committee):
-        raise SystemExit(f"--model {args.model!r} is a single potential: spots need a committee's force deviation")
+    single = not isinstance(model, Committee)                # then the spread over its orientations
+    if single and args.orientations < 2:
+        raise SystemExit(f"--model {args.model!r} is a single potential: its spread needs --orientations K >= 2, "
+                         f"got {args.orientations}")
     os.makedirs(args.out, exist_ok=True)
     sheet, t0 = _sheet(args), time.perf_counter()
-    run = predict_structures(model, [sheet])[0]
+    run = predict_structures(model, [sheet], orientations=args.orientations if single else None, spread=single)[0]
     t_eval = time.perf_counter() - t0
     dev = run["force_dev"]
     spots = uncertain_spots(dev, sheet.positions, args.n, args.min_separation, sheet.cell.array, sheet.pbc)
-    calc, cells, t0 = EDNNCalculator(model), [], time.perf_counter()
+    calc = EDNNCalculator(model, orientations=args.orientations if single else None)
+    cells, t0 = [], time.perf_counter()
     for i in spots:
         cell = cut_spot(sheet, sheet.positions[i, :2], args.size, args.keep_radius)
         if args.relax_steps:
@@ -104,7 +110,8 @@ def main(argv=None):
         ase.io.write(tmp, cells, format="extxyz")
     plot_uncertainty_map(sheet, dev, os.path.join(args.out, "map.png"),
                          boxes=[(sheet.positions[i, :2], args.size) for i in spots])
-    record = {"model": args.model, "sheet": args.sheet or f"porous_graphene({args.sheet_size}, seed={args.seed})",
+    record = {"model": args.model, "spread": f"{args.orientations} orientations" if single else "committee",
+              "sheet": args.sheet or f"porous_graphene({args.sheet_size}, seed={args.seed})",
               "atoms": len(sheet), "max_force_dev_eV_per_A": float(dev.max()),
               "median_force_dev_eV_per_A": float(np.median(dev)),
               "spots": [{"atom": int(i), "xy_A": [float(v) for v in sheet.positions[i, :2]], "force_dev": float(dev[i]),

@@ -27,5 +27,6 @@ def test_spots_of_a_porous_sheet(tmp_path):
         assert np.allclose(c.cell.lengths()[:2], 12.0) and c.info["source_atom"] == s["atom"]
     bad = run_script("uncertain_spots", "--model", card, "--keep-radius", 6, check=False)
     assert bad.returncode == 2 and "--keep-radius 6.0 leaves no seam in a --size 12.0 cell" in bad.stderr
-    single = run_script("uncertain_spots", "--model", "hexagonal-gfn1", "--out", tmp_path / "x", check=False)
-    assert single.returncode != 0 and "is a single potential" in single.stderr
+    single = run_script("uncertain_spots", "--model", "hexagonal-gfn1", "--orientations", 1, "--out", tmp_path / "x",
+                        check=False)
+    assert single.returncode != 0 and "its spread needs --orientations K >= 2, got 1" in single.stderr
