@@ -123,3 +123,24 @@ def test_rattle_has_the_requested_sigmas_and_keeps_atoms_apart():
 def test_bad_input_names_the_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_large_structures_use_the_neighbour_list_with_the_same_answers():
+    """Above 2,000 atoms the smallest distance and the pruning of porous sheets go through ASE's
+    neighbour list (O(N): a 10^5-atom sheet needed a 260 GB distance matrix): the same numbers as all
+    pairs."""
+    from ednn_tf.atoms import structures
+
+    big = structures.porous_graphene(80.0, n_pores=3, seed=2, rattle=0.05)
+    assert len(big) > 2000
+    d = structures._distance_matrix(big)
+    np.fill_diagonal(d, np.inf)
+    assert structures.min_interatomic_distance(big) == pytest.approx(d.min(), abs=1e-12)
+    cutoff = 1.2 * 2.46 / np.sqrt(3.0)
+    np.testing.assert_array_equal(structures._coordination(big, cutoff), (d < cutoff).sum(axis=1))
+    from ase import Atoms
+
+    g = 3.5 * np.stack(np.meshgrid(np.arange(46), np.arange(46), indexing="ij"), -1).reshape(-1, 2)
+    sparse = Atoms(f"C{len(g)}", positions=np.c_[g, np.full(len(g), 5.0)], cell=[161.0, 161.0, 10.0],
+                   pbc=[True, True, False])                   # 2,116 atoms, none within the first 3 A
+    assert structures.min_interatomic_distance(sparse) == pytest.approx(3.5)

@@ -75,12 +75,29 @@ def honeycomb_sheet(nx: int, ny: int, lattice_constant: float = 2.46, symbols=("
 
 def min_interatomic_distance(atoms: Atoms) -> float:
     """Smallest distance between two distinct atoms (Angstrom), minimum-image over periodic axes;
-    ``inf`` for fewer than two atoms."""
+    ``inf`` for fewer than two atoms. Up to 2,000 atoms from all pairs; above, from ASE's neighbour
+    list (O(N)) within a cutoff doubled from 3 A until a pair is found."""
     if len(atoms) < 2:
         return math.inf
-    d = _distance_matrix(atoms)
-    np.fill_diagonal(d, np.inf)
-    return float(d.min())
+    if len(atoms) <= 2000:
+        d = _distance_matrix(atoms)
+        np.fill_diagonal(d, np.inf)
+        return float(d.min())
+    from ase.neighborlist import neighbor_list
+
+    cutoff = 3.0
+    while True:
+        d = neighbor_list("d", atoms, cutoff)
+        if len(d) or cutoff > 2 * max(atoms.cell.lengths().max(), np.ptp(atoms.positions, axis=0).max()):
+            return float(d.min()) if len(d) else math.inf
+        cutoff *= 2.0
+
+
+def _coordination(atoms: Atoms, cutoff: float) -> np.ndarray:
+    """(N,) number of other atoms within ``cutoff`` A of each (ASE's neighbour list: O(N))."""
+    from ase.neighborlist import neighbor_list
+
+    return np.bincount(neighbor_list("i", atoms, cutoff), minlength=len(atoms))
 
 
 def _distance_matrix(atoms: Atoms) -> np.ndarray:
@@ -321,9 +338,7 @@ def porous_graphene(size: float = 35.0, n_pores: int | None = None, seed: int = 
     if prune_dangling and len(atoms):
         cutoff = 1.2 * a / math.sqrt(3.0)
         while len(atoms):
-            d = _distance_matrix(atoms)
-            coordination = (d < cutoff).sum(axis=1) - 1
-            low = coordination < 2
+            low = _coordination(atoms, cutoff) < 2
             if not low.any():
                 break
             atoms = atoms[~low]
