@@ -120,8 +120,14 @@ def _train(args):
         raise ValueError(f"--committee must be an integer >= 1, with the atoms readout for more than one member; "
                          f"got --committee {args.committee} --readout {args.readout}")
     structures = read_structures(args.data)
+    val_indices = None
+    if args.val_file:                       # validate on these, train on all of DATA
+        extra = read_structures(args.val_file)
+        val_indices = list(range(len(structures), len(structures) + len(extra)))
+        structures = structures + extra
     energies = labelled_energies(structures, args.energy_key)
     forces = labelled_forces(structures, args.forces_key) if args.forces_key else None
+    args.val_indices = val_indices
     if args.committee > 1:
         return _train_committee(args, structures, energies, forces)
     _, metrics = train_potential(structures, energies, args.out, forces=forces, energy_weight=args.energy_weight,
@@ -130,7 +136,8 @@ def _train(args):
                                  batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                                  seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures),
                                  augment=not args.no_augment, workdir=args.workdir, readout=args.readout,
-                                 init_from=args.init_from, invariance_weight=args.invariance_weight)
+                                 init_from=args.init_from, invariance_weight=args.invariance_weight,
+                                 val_indices=val_indices)
     stem = os.path.splitext(args.out)[0]
     write_json_atomic(metrics, stem + ".metrics.json")
     val = metrics["val_indices"]
@@ -152,7 +159,7 @@ def _train_committee(args, structures, energies, forces):
         pixel_size=args.pixel_size, gamma=args.gamma, context=args.context, filters=args.filters, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, progress=not args.no_progress,
         card=_provenance(args, structures), augment=not args.no_augment, readout=args.readout,
-        invariance_weight=args.invariance_weight)
+        invariance_weight=args.invariance_weight, val_indices=args.val_indices)
     for k, m in enumerate(metrics):
         print(f"member {k}: validation energy MAE {m['val']['energy_mae_meV_per_atom']:.2f} meV/atom")
     print(f"committee of {args.committee} -> {card}")
@@ -282,20 +289,8 @@ def _model(name_or_path):
     return load_potential(name_or_path)
 
 
-def _parser():
-    ap = argparse.ArgumentParser(prog="ednn-tf", description="Extensive deep neural network potentials.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("label", help="energies and forces of every structure in a file, from an oracle")
-    p.add_argument("data", help="structure file (any format ASE reads; all frames)")
-    p.add_argument("--oracle", required=True, help="gfn1-xtb, rebo, tersoff-bnc or lj")
-    p.add_argument("--oracle-setting", action="append", default=[], metavar="KEY=VALUE",
-                   help="oracle setting (repeatable; VALUE parsed as JSON), e.g. supercell=2")
-    p.add_argument("--out", required=True, help="labelled extxyz file (checkpoint: OUT.labels.npz)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="threads per worker (default cores / workers)")
-    p.add_argument("--stress", action="store_true",
-                   help="label the stress too (eV/A^3, kept in the checkpoint like the forces; ASE reads it back)")
-    p.set_defaults(run=_label)
+def _train_parser(sub):
+    """The ``train`` subcommand's arguments."""
     p = sub.add_parser("train", help="train a density potential on labelled structures")
     p.add_argument("data")
     p.add_argument("--energy-key", default="energy")
@@ -313,6 +308,8 @@ def _parser():
     p.add_argument("--lr", type=float, default=3e-3, help="Adam step, cosine-decayed (default 3e-3)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="seeded random validation fraction, never trained on (default 0.1)")
+    p.add_argument("--val-file", default=None, metavar="VAL",
+                   help="validate on VAL's structures instead (all of DATA is trained on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true",
                    help="no augmentation (atoms readout: random rotations, mirrors, sub-pixel shifts; cell: mirrors, x<->y)")
@@ -327,6 +324,23 @@ def _parser():
     p.add_argument("--workdir", default=None,
                    help="training backup and log.csv (default OUT.train); a rerun with the same one resumes")
     p.set_defaults(run=_train)
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="ednn-tf", description="Extensive deep neural network potentials.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("label", help="energies and forces of every structure in a file, from an oracle")
+    p.add_argument("data", help="structure file (any format ASE reads; all frames)")
+    p.add_argument("--oracle", required=True, help="gfn1-xtb, rebo, tersoff-bnc or lj")
+    p.add_argument("--oracle-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="oracle setting (repeatable; VALUE parsed as JSON), e.g. supercell=2")
+    p.add_argument("--out", required=True, help="labelled extxyz file (checkpoint: OUT.labels.npz)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="threads per worker (default cores / workers)")
+    p.add_argument("--stress", action="store_true",
+                   help="label the stress too (eV/A^3, kept in the checkpoint like the forces; ASE reads it back)")
+    p.set_defaults(run=_label)
+    _train_parser(sub)
     p = sub.add_parser("eval", help="errors of a model on labelled structures")
     p.add_argument("model")
     p.add_argument("data")

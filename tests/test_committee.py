@@ -172,3 +172,26 @@ def test_cli_trains_a_committee(tmp_path):
     assert not np.allclose(w0, w1)                         # different initial weights
     r = predict_structures(com, cells[:2])
     assert r[0]["max_force_dev"] > 0.0
+
+
+def test_cli_trains_with_a_given_validation_file(tmp_path):
+    """``--val-file``: every structure of DATA is trained on, VAL's are the validation (in order)."""
+    import json
+
+    from ase.calculators.lj import LennardJones
+
+    cells = [hexagonal_cell("graphene", s, repeat=(2, 1), rattle=0.08) for s in range(6)]
+    for c in cells:
+        c.calc = LennardJones(sigma=1.3, epsilon=0.1, rc=3.0)
+    lab, val = tmp_path / "lab.extxyz", tmp_path / "val.extxyz"
+    cli.write_labelled(lab, cells[:4], [c.get_potential_energy() for c in cells[:4]], [c.get_forces() for c in cells[:4]])
+    cli.write_labelled(val, cells[4:], [c.get_potential_energy() for c in cells[4:]], [c.get_forces() for c in cells[4:]])
+    common = ["train", str(lab), "--forces-key", "forces", "--epochs", "1", "--context", "2", "--filters", "4",
+              "--pixel-size", "0.45", "--gamma", "0.45", "--no-progress"]
+    assert cli.main(common + ["--val-file", str(val), "--out", str(tmp_path / "m.keras")]) == 0
+    m = json.loads((tmp_path / "m.metrics.json").read_text())
+    assert m["n_train"] == 4 and m["val_indices"] == [4, 5] and m["split"] == "given (val_indices)"
+    pot = ednn_tf.load_potential(str(tmp_path / "m.keras"))
+    pred = predict_structures(pot, cells[4:])
+    err = np.mean([abs(p["energy"] - c.get_potential_energy()) / len(c) for p, c in zip(pred, cells[4:])])
+    assert m["val"]["energy_mae_meV_per_atom"] == pytest.approx(1e3 * err, rel=1e-4)

@@ -106,7 +106,7 @@ class GridBatches(ShapeBatches):
 def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, gamma=0.3, context=16, filters=32,
                     epochs=100, batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True,
                     card=None, augment=True, energy_weight=1.0, force_weight=10.0, readout="atoms", init_from=None,
-                    max_height=None, min_vacuum=None, split_seed=None, invariance_weight=0.0):
+                    max_height=None, min_vacuum=None, split_seed=None, invariance_weight=0.0, val_indices=None):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
@@ -129,6 +129,8 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     split, so the members of a committee (``seed`` k) share one split. ``invariance_weight`` (``"atoms"``
     readout, needs ``augment``): every batch holds each structure under two random isometries and the
     loss asks its per-atom energies and turned-back forces to agree (:mod:`ednn_tf.apply.space_training`).
+    ``val_indices``: the validation structures given explicitly (the rest are trained on), instead of
+    the seeded random ``val_fraction``.
     """
     n = len(structures)
     energies = np.asarray(energies, dtype=np.float64)
@@ -146,7 +148,7 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     if invariance_weight > 0 and (readout != "atoms" or not augment):
         raise ValueError(f"invariance_weight={invariance_weight} needs readout='atoms' and augment=True "
                          f"(got readout={readout!r}, augment={augment!r})")
-    train, val = data.split_indices(n, (1 - val_fraction, val_fraction), seed=split_seed)
+    train, val = _split(n, val_fraction, split_seed, val_indices)
     if not len(val) or not len(train):
         raise ValueError(f"val_fraction={val_fraction} of {n} structures leaves {len(train)} training and {len(val)} "
                          "validation structures; both need at least one")
@@ -176,6 +178,16 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     return _fit_and_record(pot, model, batches, structures, energies, forces, out, train, val, locals())
 
 
+def _split(n, val_fraction, split_seed, val_indices):
+    """``(train, val)`` index arrays: the seeded random split, or ``val_indices`` and the rest."""
+    if val_indices is None:
+        return data.split_indices(n, (1 - val_fraction, val_fraction), seed=split_seed)
+    val = np.unique(np.asarray(val_indices, dtype=np.int64))
+    if val.ndim != 1 or (len(val) and (val[0] < 0 or val[-1] >= n)):
+        raise ValueError(f"val_indices must be indices of the {n} structures, got {list(val_indices)[:5]}...")
+    return np.setdiff1d(np.arange(n), val), val
+
+
 def _fit_and_record(pot, model, batches, structures, energies, forces, out, train, val, kw):
     """Fit ``model`` (the trainer of ``pot``) on ``batches``, save ``pot`` to ``out`` with its card
     completed by the validation errors; ``(pot, metrics)``."""
@@ -187,8 +199,9 @@ def _fit_and_record(pot, model, batches, structures, energies, forces, out, trai
                  progress=kw["progress"])
     training.save_model_atomic(pot, out)   # first: the backup is gone once fit completes, whatever fails next
     val_rows = [structures[i] for i in val]
-    metrics = {"n_train": len(train), "n_val": len(val), "split": f"data.split_indices(n, ({1 - val_fraction:g}, "
-               f"{val_fraction:g}), seed={kw['split_seed']})", "val_indices": [int(i) for i in val],
+    split = (f"data.split_indices(n, ({1 - val_fraction:g}, {val_fraction:g}), seed={kw['split_seed']})"
+             if kw["val_indices"] is None else "given (val_indices)")
+    metrics = {"n_train": len(train), "n_val": len(val), "split": split, "val_indices": [int(i) for i in val],
                "training": {"forces": forces is not None, "epochs": epochs, "lr": lr, "batch_size": kw["batch_size"],
                             "augment": bool(kw["augment"]), "readout": pot.readout,
                             "init_from": None if kw["init_from"] is None else str(kw["init_from"])},
