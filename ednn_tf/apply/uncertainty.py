@@ -78,8 +78,18 @@ def plot_uncertainty_map(atoms, values, path, label="force deviation (eV/A)", bo
     values = np.asarray(values, dtype=np.float64)
     span = np.ptp(xy, axis=0) + 1.0
     fig, ax = plt.subplots(figsize=(7.0, 7.0 * span[1] / span[0] + 0.8))
-    size = max(0.05, min(30.0, 4e4 / max(len(xy), 1)))
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap="viridis", linewidths=0)
+    if len(xy) > 20_000:        # a raster: the largest value in each bin, so a hot atom stays visible
+        bins = np.maximum(1, np.round(span / max(3.0, float(span.max()) / 500)).astype(int))
+        grid = np.full(bins, np.nan)
+        ij = np.minimum(((xy - xy.min(0)) / span * bins).astype(int), bins - 1)
+        np.fmax.at(grid, (ij[:, 0], ij[:, 1]), values)
+        lo = xy.min(0)
+        sc = ax.imshow(grid.T, origin="lower", extent=(lo[0], lo[0] + span[0], lo[1], lo[1] + span[1]),
+                       cmap="viridis", interpolation="nearest")
+        label += f" (max per {span[0] / bins[0]:.2g} A bin)"
+    else:
+        size = max(0.05, min(30.0, 4e4 / max(len(xy), 1)))
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap="viridis", linewidths=0)
     fig.colorbar(sc, ax=ax, label=label, shrink=0.8)
     for centre, side in boxes:
         ax.add_patch(matplotlib.patches.Rectangle(np.asarray(centre)[:2] - side / 2, side, side, fill=False,
