@@ -30,3 +30,11 @@ def test_spots_of_a_porous_sheet(tmp_path):
     single = run_script("uncertain_spots", "--model", "hexagonal-gfn1", "--orientations", 1, "--out", tmp_path / "x",
                         check=False)
     assert single.returncode != 0 and "its spread needs --orientations K >= 2, got 1" in single.stderr
+
+
+def test_spot_learning_refuses_a_folder_without_spots(tmp_path):
+    bad = run_script("spot_learning", "--spots", tmp_path, "--prepare", check=False)
+    assert bad.returncode == 2 and f"--spots '{tmp_path}' has no spots.extxyz" in bad.stderr
+    (tmp_path / "spots.extxyz").write_text("")
+    bad = run_script("spot_learning", "--spots", tmp_path, "--score", "m", "--orientations", "1", check=False)
+    assert bad.returncode == 2 and "--orientations >= 2, got 4 and 1" in bad.stderr
