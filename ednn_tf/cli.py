@@ -226,7 +226,8 @@ def _predict(args):
 
     pot = _model(args.model)
     spread = bool(args.uncertainty or args.map) and not isinstance(pot, Committee)   # over K orientations
-    if spread and (pot.readout != "atoms" or (args.orientations or 4) < 2):
+    K = args.orientations if args.orientations is not None or not spread else max(4, pot.orientations)
+    if spread and (pot.readout != "atoms" or K < 2):
         raise ValueError(f"--uncertainty and --map need a committee (a NAME.committee.json card) or a potential "
                          f"with the 'atoms' readout and --orientations K >= 2 (default 4); got {args.model!r} "
                          f"(readout {pot.readout!r}) with --orientations {args.orientations}")
@@ -235,7 +236,6 @@ def _predict(args):
     if pot.readout == "atoms":
         from .apply.space import predict_structures
 
-        K = (args.orientations or max(4, pot.orientations)) if spread else args.orientations
         res = predict_structures(pot, structures, progress=not args.no_progress, orientations=K,
                                  precision=args.precision, spread=spread)
         extras = None
