@@ -30,8 +30,9 @@ def explore(committee, starts, seed, *, temperatures=(300.0, 1500.0), md_steps=4
             max_strain=0.04, vacancy_p=0.3, progress=False):
     """Candidate frames: for each start structure (and each temperature) a strained, turned copy
     (maybe with a vacancy), then ASE Langevin MD with the committee's mean forces, in-plane (every z
-    held: a 2D potential's structure limit), a snapshot every ``every`` steps. Deterministic from ``seed``. Returns a list of Atoms (no calculator) with
-    ``info`` ``source`` (start index), ``temperature_K`` and ``step``."""
+    held: a 2D potential's structure limit), a snapshot every ``every`` steps. Deterministic from
+    ``seed``. Returns a list of Atoms (no calculator) with ``info`` ``source`` (start index),
+    ``temperature_K`` and ``step``."""
     from ase import units
     from ase.constraints import FixCartesian
     from ase.md.langevin import Langevin

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..util import check_int
+from ..util import atomic_path, check_int
 
 __all__ = ["frame_table", "rank_summary", "reliability", "plot_calibration", "PAIRS", "BASELINES"]
 
@@ -114,5 +114,6 @@ def plot_calibration(tables, path, title=""):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
