@@ -195,3 +195,22 @@ def test_cli_trains_with_a_given_validation_file(tmp_path):
     pred = predict_structures(pot, cells[4:])
     err = np.mean([abs(p["energy"] - c.get_potential_energy()) / len(c) for p, c in zip(pred, cells[4:])])
     assert m["val"]["energy_mae_meV_per_atom"] == pytest.approx(1e3 * err, rel=1e-4)
+
+
+def test_the_raster_of_a_large_map_keeps_each_bins_largest_value(tmp_path):
+    from ednn_tf.apply.uncertainty import max_raster, plot_uncertainty_map
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0.0, 300.0, (30_000, 2))
+    v = rng.uniform(0.0, 0.2, len(xy))
+    v[17] = 1.5                                        # one hot atom among 30,000
+    grid, side = max_raster(xy, v)
+    assert side == pytest.approx(3.01, rel=1e-3) and grid.shape == (100, 100)
+    i, j = np.unravel_index(np.nanargmax(grid), grid.shape)
+    assert grid[i, j] == 1.5 and abs((i + 0.5) * side - (xy[17, 0] - xy[:, 0].min())) <= side
+    assert np.nansum(grid > 0.2) == 1
+    from ase import Atoms
+
+    atoms = Atoms(f"C{len(xy)}", positions=np.c_[xy, np.zeros(len(xy))], cell=[300, 300, 20])
+    plot_uncertainty_map(atoms, v, tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 10_000

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..util import check_float, check_int
 
-__all__ = ["predict_committee", "committee_spread", "select_frames", "plot_uncertainty_map"]
+__all__ = ["predict_committee", "committee_spread", "select_frames", "plot_uncertainty_map", "max_raster"]
 
 
 def committee_spread(runs):
@@ -64,6 +64,19 @@ def select_frames(deviations, n, trust_lo=0.0, trust_hi=np.inf):
     return order[:n]
 
 
+def max_raster(xy, values, max_bins=500, min_side=3.0):
+    """``(grid (nx, ny), side)``: the largest of ``values`` among the points ``xy`` (M, 2) in each bin
+    of a grid over their span (NaN where a bin is empty); bins of about ``side`` A, at least
+    ``min_side`` and at most ``max_bins`` along the longer axis."""
+    xy, values = np.asarray(xy, np.float64), np.asarray(values, np.float64)
+    span = np.ptp(xy, axis=0) + 1.0
+    bins = np.maximum(1, np.round(span / max(min_side, float(span.max()) / max_bins)).astype(int))
+    grid = np.full(bins, np.nan)
+    ij = np.minimum(((xy - xy.min(0)) / span * bins).astype(int), bins - 1)
+    np.fmax.at(grid, (ij[:, 0], ij[:, 1]), values)
+    return grid, float(span[0] / bins[0])
+
+
 def plot_uncertainty_map(atoms, values, path, label="force deviation (eV/A)", boxes=()):
     """The atoms of a sheet seen from above, coloured by ``values`` (one per atom), as a PNG;
     ``boxes``: ``(centre xy, side)`` squares (A) to outline, e.g. the cells cut around spots."""
@@ -79,14 +92,11 @@ def plot_uncertainty_map(atoms, values, path, label="force deviation (eV/A)", bo
     span = np.ptp(xy, axis=0) + 1.0
     fig, ax = plt.subplots(figsize=(7.0, 7.0 * span[1] / span[0] + 0.8))
     if len(xy) > 20_000:        # a raster: the largest value in each bin, so a hot atom stays visible
-        bins = np.maximum(1, np.round(span / max(3.0, float(span.max()) / 500)).astype(int))
-        grid = np.full(bins, np.nan)
-        ij = np.minimum(((xy - xy.min(0)) / span * bins).astype(int), bins - 1)
-        np.fmax.at(grid, (ij[:, 0], ij[:, 1]), values)
+        grid, side = max_raster(xy, values)
         lo = xy.min(0)
         sc = ax.imshow(grid.T, origin="lower", extent=(lo[0], lo[0] + span[0], lo[1], lo[1] + span[1]),
                        cmap="viridis", interpolation="nearest")
-        label += f" (max per {span[0] / bins[0]:.2g} A bin)"
+        label += f" (max per {side:.2g} A bin)"
     else:
         size = max(0.05, min(30.0, 4e4 / max(len(xy), 1)))
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap="viridis", linewidths=0)
