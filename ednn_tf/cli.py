@@ -127,9 +127,8 @@ def _train(args):
         structures = structures + extra
     energies = labelled_energies(structures, args.energy_key)
     forces = labelled_forces(structures, args.forces_key) if args.forces_key else None
-    args.val_indices = val_indices
     if args.committee > 1:
-        return _train_committee(args, structures, energies, forces)
+        return _train_committee(args, structures, energies, forces, val_indices)
     _, metrics = train_potential(structures, energies, args.out, forces=forces, energy_weight=args.energy_weight,
                                  force_weight=args.force_weight, pixel_size=args.pixel_size, gamma=args.gamma,
                                  context=args.context, filters=args.filters, epochs=args.epochs,
@@ -149,7 +148,7 @@ def _train(args):
                                                  "(in-plane)" if forces is not None else ""))
 
 
-def _train_committee(args, structures, energies, forces):
+def _train_committee(args, structures, energies, forces, val_indices):
     """``--committee K``: :func:`ednn_tf.apply.fit.train_committee` (K members, one split, a card)."""
     from .apply.fit import train_committee
 
@@ -159,7 +158,7 @@ def _train_committee(args, structures, energies, forces):
         pixel_size=args.pixel_size, gamma=args.gamma, context=args.context, filters=args.filters, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, progress=not args.no_progress,
         card=_provenance(args, structures), augment=not args.no_augment, readout=args.readout,
-        invariance_weight=args.invariance_weight, val_indices=args.val_indices)
+        invariance_weight=args.invariance_weight, val_indices=val_indices)
     for k, m in enumerate(metrics):
         print(f"member {k}: validation energy MAE {m['val']['energy_mae_meV_per_atom']:.2f} meV/atom")
     print(f"committee of {args.committee} -> {card}")
@@ -226,7 +225,9 @@ def _predict(args):
 
     pot = _model(args.model)
     spread = bool(args.uncertainty or args.map) and not isinstance(pot, Committee)   # over K orientations
-    K = args.orientations if args.orientations is not None or not spread else max(4, pot.orientations)
+    K = args.orientations
+    if spread and K is None:                               # the default spread: 4 copies
+        K = max(4, pot.orientations)
     if spread and (pot.readout != "atoms" or K < 2):
         raise ValueError(f"--uncertainty and --map need a committee (a NAME.committee.json card) or a potential "
                          f"with the 'atoms' readout and --orientations K >= 2 (default 4); got {args.model!r} "

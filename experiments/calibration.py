@@ -68,20 +68,16 @@ def held_out(data=DATA, seed=1):
     """``{name: (structures, energies (eV), forces)}`` of the sets that exist (module docstring)."""
     import ase.io
 
-    from ednn_tf.apply.checks import turned
+    from ednn_tf.apply.checks import shipped_split, turned
     from ednn_tf.apply.fit import labelled_energies, labelled_forces
-    from ednn_tf.data import split_indices
 
     sets = {}
-    path = f"{data}/hexagonal_varied_c012_gfn1_sc2.extxyz"
-    if os.path.isfile(path):
-        cells = ase.io.read(path, ":")
-        val = [cells[i] for i in split_indices(len(cells), (0.9, 0.1), seed=0)[1]]
+    if os.path.isfile(f"{data}/hexagonal_varied_c012_gfn1_sc2.extxyz"):
+        cells, _, val = shipped_split(data)
+        val = [cells[i] for i in val]
         angles = np.random.default_rng([seed, 28]).uniform(0.0, 360.0, len(val))
         e, f = labelled_energies(val), labelled_forces(val)
         moved = [turned(a, t, g) for a, t, g in zip(val, angles, f)]
-        for (b, _), a in zip(moved, val):
-            b.pbc = [True, True, False]
         sets["validation_turned"] = ([m[0] for m in moved], e, [np.c_[m[1], np.zeros(len(m[1]))] for m in moved])
     for name in ("checks_strained", "hexagonal_othersizes", "checks_hot"):
         path = f"{data}/{name}_gfn1_sc2.extxyz"

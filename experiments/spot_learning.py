@@ -33,9 +33,9 @@ def prepare(spots, repeat, workers, data=DATA):
     """Label, split and write the files of step 1 (module docstring)."""
     import ase.io
 
+    from ednn_tf.apply.checks import shipped_split
     from ednn_tf.apply.fit import labelled_energies, labelled_forces
     from ednn_tf.cli import write_labelled
-    from ednn_tf.data import split_indices
     from ednn_tf.labels.labelling import label_structures
     from ednn_tf.labels.oracles import get_oracle
 
@@ -48,8 +48,7 @@ def prepare(spots, repeat, workers, data=DATA):
     teach, test = list(range(0, len(cells), 2)), list(range(1, len(cells), 2))
     write_labelled(os.path.join(spots, "spots_test.extxyz"), [cells[i] for i in test], e[test], [f[i] for i in test],
                    {"oracle": oracle.name})
-    base = ase.io.read(f"{data}/hexagonal_varied_c012_gfn1_sc2.extxyz", ":")
-    train, val = split_indices(len(base), (0.9, 0.1), seed=0)
+    base, train, val = shipped_split(data)
     be, bf = labelled_energies(base), labelled_forces(base)
     for name, extra in (("with", teach * repeat), ("without", [])):
         rows = [base[i] for i in train] + [cells[i] for i in extra]
@@ -63,15 +62,13 @@ def _sheet(spots):
     """The sheet of ``uncertain_spots.py`` (its default porous sheet, rebuilt from results.json)."""
     import re
 
-    from ednn_tf.atoms.structures import porous_graphene
+    from ednn_tf.apply.spots import porous_sheet
 
     rec = json.load(open(os.path.join(spots, "results.json")))
     m = re.fullmatch(r"porous_graphene\(([\d.]+), seed=(\d+)\)", rec["sheet"])
     if not m:
         raise SystemExit(f"--score rebuilds only the default porous sheet, got {rec['sheet']!r}")
-    size, seed = float(m.group(1)), int(m.group(2))
-    sheet = porous_graphene(size, n_pores=max(1, int(size ** 2 / 1500)), seed=seed, rattle=0.05)
-    sheet.pbc = [True, True, False]
+    sheet = porous_sheet(float(m.group(1)), int(m.group(2)))
     if len(sheet) != rec["atoms"]:
         raise SystemExit(f"rebuilt sheet has {len(sheet)} atoms, results.json {rec['atoms']}")
     return sheet, rec

@@ -63,14 +63,9 @@ def parse_args(argv=None):
 def _sheet(args):
     import ase.io
 
-    from ednn_tf.atoms.structures import porous_graphene
+    from ednn_tf.apply.spots import porous_sheet
 
-    if args.sheet is not None:
-        return ase.io.read(args.sheet)
-    sheet = porous_graphene(args.sheet_size, n_pores=max(1, int(args.sheet_size ** 2 / 1500)), seed=args.seed,
-                            rattle=0.05)
-    sheet.pbc = [True, True, False]
-    return sheet
+    return ase.io.read(args.sheet) if args.sheet is not None else porous_sheet(args.sheet_size, args.seed)
 
 
 def main(argv=None):

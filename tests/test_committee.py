@@ -154,14 +154,24 @@ def test_committee_card_refuses_a_changed_member_and_mixed_members(members, tmp_
         Committee([com.members[0], com])
 
 
-def test_cli_trains_a_committee(tmp_path):
+def _lj_cells(n):
+    """``n`` small rattled graphene cells with a Lennard-Jones calculator: cheap labels."""
     from ase.calculators.lj import LennardJones
 
-    cells = [hexagonal_cell("graphene", s, repeat=(2, 1), rattle=0.08) for s in range(8)]
+    cells = [hexagonal_cell("graphene", s, repeat=(2, 1), rattle=0.08) for s in range(n)]
     for c in cells:
         c.calc = LennardJones(sigma=1.3, epsilon=0.1, rc=3.0)
+    return cells
+
+
+def _write_labelled(path, cells):
+    cli.write_labelled(path, cells, [c.get_potential_energy() for c in cells], [c.get_forces() for c in cells])
+
+
+def test_cli_trains_a_committee(tmp_path):
+    cells = _lj_cells(8)
     lab = tmp_path / "lab.extxyz"
-    cli.write_labelled(lab, cells, [c.get_potential_energy() for c in cells], [c.get_forces() for c in cells])
+    _write_labelled(lab, cells)
     out = tmp_path / "m.keras"
     assert cli.main(["train", str(lab), "--forces-key", "forces", "--out", str(out), "--committee", "2",
                      "--epochs", "1", "--context", "2", "--filters", "4", "--pixel-size", "0.45", "--gamma", "0.45",
@@ -178,14 +188,10 @@ def test_cli_trains_with_a_given_validation_file(tmp_path):
     """``--val-file``: every structure of DATA is trained on, VAL's are the validation (in order)."""
     import json
 
-    from ase.calculators.lj import LennardJones
-
-    cells = [hexagonal_cell("graphene", s, repeat=(2, 1), rattle=0.08) for s in range(6)]
-    for c in cells:
-        c.calc = LennardJones(sigma=1.3, epsilon=0.1, rc=3.0)
+    cells = _lj_cells(6)
     lab, val = tmp_path / "lab.extxyz", tmp_path / "val.extxyz"
-    cli.write_labelled(lab, cells[:4], [c.get_potential_energy() for c in cells[:4]], [c.get_forces() for c in cells[:4]])
-    cli.write_labelled(val, cells[4:], [c.get_potential_energy() for c in cells[4:]], [c.get_forces() for c in cells[4:]])
+    _write_labelled(lab, cells[:4])
+    _write_labelled(val, cells[4:])
     common = ["train", str(lab), "--forces-key", "forces", "--epochs", "1", "--context", "2", "--filters", "4",
               "--pixel-size", "0.45", "--gamma", "0.45", "--no-progress"]
     assert cli.main(common + ["--val-file", str(val), "--out", str(tmp_path / "m.keras")]) == 0

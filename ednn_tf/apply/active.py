@@ -54,9 +54,10 @@ def explore(committee, starts, seed, *, temperatures=(300.0, 1500.0), md_steps=4
         if not md_steps:
             continue
         a.calc = calc
-        a.set_constraint(FixCartesian(range(len(a)), mask=(False, False, True)))   # a 2D potential: the
-        MaxwellBoltzmannDistribution(a, temperature_K=T, rng=rng)               # thermostat's kicks in z
-        a.set_momenta(a.get_momenta() * [1.0, 1.0, 0.0])                         # would lift atoms off
+        # a 2D potential: z held, or the thermostat's kicks lift atoms off the plane (the constraint also
+        # zeroes the z momenta that MaxwellBoltzmannDistribution draws)
+        a.set_constraint(FixCartesian(range(len(a)), mask=(False, False, True)))
+        MaxwellBoltzmannDistribution(a, temperature_K=T, rng=rng)
         dyn = Langevin(a, timestep_fs * units.fs, temperature_K=T, friction=0.02, rng=rng, fixcm=False)
         for step in range(every, md_steps + 1, every):
             dyn.run(every)

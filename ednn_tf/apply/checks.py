@@ -13,7 +13,7 @@ import numpy as np
 
 from .space import _rotation, predict_structures
 
-__all__ = ["chiral_cell", "stress_errors", "turned", "rotation_scan", "rotated_errors", "eos_fit", "supercell_errors", "translation_spread",
+__all__ = ["shipped_split", "chiral_cell", "stress_errors", "turned", "rotation_scan", "rotated_errors", "eos_fit", "supercell_errors", "translation_spread",
            "relax_lattice", "run_checks"]
 
 
@@ -160,13 +160,27 @@ def relax_lattice(potential, atoms, fmax=1e-3, steps=400):
     return float(a.cell.lengths()[0] / a0), int(opt.get_number_of_steps())
 
 
+def shipped_split(data="data/potentials"):
+    """``(cells, train, val)``: the 1,500 labelled cells of ``hexagonal-gfn1`` (periodic in the
+    plane) and the indices of its training and validation split (``split_indices(n, (0.9, 0.1),
+    seed=0)``, as ``ednn-tf train`` drew it)."""
+    import ase.io
+
+    from ..data import split_indices
+
+    cells = ase.io.read(f"{data}/hexagonal_varied_c012_gfn1_sc2.extxyz", ":")
+    for a in cells:
+        a.pbc = [True, True, False]
+    train, val = split_indices(len(cells), (0.9, 0.1), seed=0)
+    return cells, train, val
+
+
 def run_checks(model, out, data="data/potentials"):
     """All checks of the module docstring on ``model`` (path or shipped name); writes
     ``out/results.json``, ``out/rotation.png`` and ``out/eos.png``; returns the results."""
     import ase.io
 
     from ..atoms.structures import honeycomb_sheet
-    from ..data import split_indices
     from ..potential import load_potential
     from ..util import write_json_atomic
     from .fit import evaluate, labelled_energies, labelled_forces
@@ -174,10 +188,8 @@ def run_checks(model, out, data="data/potentials"):
     pot = load_potential(model)
     os.makedirs(out, exist_ok=True)
     res = {"model": str(model), "card_name": pot.card.get("name")}
-    cells = ase.io.read(f"{data}/hexagonal_varied_c012_gfn1_sc2.extxyz", ":")
-    val = [cells[i] for i in split_indices(len(cells), (0.9, 0.1), seed=0)[1]]
-    for a in val:
-        a.pbc = [True, True, False]
+    cells, _, val = shipped_split(data)
+    val = [cells[i] for i in val]
     res["validation"] = rotated_errors(pot, val, labelled_energies(val), labelled_forces(val))
     for name in ("hexagonal_othersizes", "checks_strained"):
         path = f"{data}/{name}_gfn1_sc2.extxyz"

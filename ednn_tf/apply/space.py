@@ -137,7 +137,7 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     p, c, gamma = potential.pitch, int(potential.ednn.context), potential.gamma
     turns = [_rotation(90.0 * k / K) for k in range(K)]
     evaluator = _evaluator(potential, bool(derivatives), precision)
-    copies = K if spread else 1                    # accumulators a structure: one per copy for a spread
+    copies, weight = (K, 1.0) if spread else (1, 1.0 / K)    # a spread: one accumulator per copy
     acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 2)), "virial": np.zeros((2, 2))}
            for a in structures for _ in range(copies)]
     jobs, big, n_blocks = [], [], 0     # (structure, (turn, shift), frame, weights): one-block frames, the others
@@ -146,9 +146,13 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
         for k, T in enumerate(turns):
             shift = _offset(k) * p
             frame = moved_frame(frame0, T, shift, p, c, gamma) if k else frame0
+            job = (s * copies + (k if spread else 0), (T, shift), frame, w)
             counts = block_counts(frame, block, p)[0]
-            (big if np.any(counts > 1) else jobs).append((s * copies + k % copies, (T, shift), frame, w))
-            n_blocks += int(np.prod(counts)) if np.any(counts > 1) else 0
+            if np.any(counts > 1):
+                big.append(job)
+                n_blocks += int(np.prod(counts))
+            else:
+                jobs.append(job)
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     chunks = [[jobs[r] for r in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
     n_calls = len(chunks) + n_blocks
@@ -166,7 +170,7 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     for rows in chunks:
         res = evaluator(pack_frames([r[2] for r in rows], [r[3] for r in rows]))
         for b, (s, move, f, _) in enumerate(rows):
-            _accumulate(acc[s], res, b, f, move, 1.0 / (K // copies))
+            _accumulate(acc[s], res, b, f, move, weight)
     jobs.clear()                                   # the frames and channel weights (about 40 bytes
     big.clear()                                    # an atom): freed before the (N, 3) forces are made
     del chunks, blocks

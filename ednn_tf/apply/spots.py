@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["uncertain_spots", "cut_spot", "relax_shell"]
+__all__ = ["uncertain_spots", "cut_spot", "relax_shell", "porous_sheet"]
 
 
 def uncertain_spots(values, positions, n, min_separation=8.0, cell=None, pbc=(False, False, False)):
@@ -129,3 +129,13 @@ def relax_shell(cell, calculator, fmax=0.1, steps=100):
     out.positions = work.positions
     out.info.update(relax_steps=int(opt.nsteps), relax_converged=bool(converged))
     return out
+
+
+def porous_sheet(size, seed=0):
+    """The default large structure of ``experiments/uncertain_spots.py``: porous graphene ``size`` A
+    wide, one pore per 1,500 A^2, rattled by 0.05 A, periodic in the plane."""
+    from ..atoms.structures import porous_graphene
+
+    sheet = porous_graphene(size, n_pores=max(1, int(size ** 2 / 1500)), seed=seed, rattle=0.05)
+    sheet.pbc = [True, True, False]
+    return sheet
