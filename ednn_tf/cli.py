@@ -136,7 +136,7 @@ def _train(args):
                                  seed=args.seed, progress=not args.no_progress, card=_provenance(args, structures),
                                  augment=not args.no_augment, workdir=args.workdir, readout=args.readout,
                                  init_from=args.init_from, invariance_weight=args.invariance_weight,
-                                 val_indices=val_indices)
+                                 val_indices=val_indices, refit_reference=args.refit_reference)
     stem = os.path.splitext(args.out)[0]
     write_json_atomic(metrics, stem + ".metrics.json")
     val = metrics["val_indices"]
@@ -158,7 +158,7 @@ def _train_committee(args, structures, energies, forces, val_indices):
         pixel_size=args.pixel_size, gamma=args.gamma, context=args.context, filters=args.filters, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, progress=not args.no_progress,
         card=_provenance(args, structures), augment=not args.no_augment, readout=args.readout,
-        invariance_weight=args.invariance_weight, val_indices=val_indices)
+        invariance_weight=args.invariance_weight, val_indices=val_indices, refit_reference=args.refit_reference)
     for k, m in enumerate(metrics):
         print(f"member {k}: validation energy MAE {m['val']['energy_mae_meV_per_atom']:.2f} meV/atom")
     print(f"committee of {args.committee} -> {card}")
@@ -317,7 +317,11 @@ def _train_parser(sub):
     p.add_argument("--readout", default="atoms", choices=["atoms", "cell"],
                    help="atoms (default): space frame, any cell, per-atom energies, stress; cell: the first form")
     p.add_argument("--init-from", default=None, metavar="MODEL",
-                   help="start from the network weights of MODEL (a .keras path or shipped name; same architecture)")
+                   help="start from the network weights of MODEL (a .keras path or shipped name; same architecture); "
+                   "an atoms-readout MODEL with the same elements also gives its e0 and scale (a fine-tune starts at "
+                   "MODEL's energies)")
+    p.add_argument("--refit-reference", action="store_true",
+                   help="with --init-from: fit e0 and scale to the new training split instead (before 2026-12-08)")
     p.add_argument("--invariance-weight", type=float, default=0.0, metavar="W", help="W > 0: every cell twice a "
                    "batch, two random isometries; W weighs their per-atom energy and force disagreement (docs/potentials.md)")
     p.add_argument("--committee", type=int, default=1, metavar="K",

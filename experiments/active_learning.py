@@ -25,6 +25,7 @@ from ednn_tf.apply.runs import script_environment  # noqa: E402
 
 REPO = script_environment(__name__ == "__main__")
 
+from ednn_tf.apply.active import Steps, read_frames, write_frames  # noqa: E402
 from ednn_tf.util import argument_errors, check_float, check_int  # noqa: E402
 
 PRESETS = {
@@ -66,38 +67,6 @@ def parse_args(argv=None):
     return args
 
 
-class Steps:
-    """Runs a step unless its output exists; stops the script after ``max_steps`` executed steps."""
-
-    def __init__(self, max_steps):
-        self.max_steps, self.done = max_steps, 0
-
-    def __call__(self, path, make):
-        if os.path.exists(path):
-            return path
-        make()
-        self.done += 1
-        if self.max_steps is not None and self.done >= self.max_steps:
-            print(f"stopped after {self.done} steps (--max-steps); run the same command again to go on")
-            raise SystemExit(0)
-        return path
-
-
-def _write(path, frames):
-    import ase.io
-
-    from ednn_tf.util import atomic_path
-
-    with atomic_path(path) as tmp:
-        ase.io.write(tmp, frames, format="extxyz")
-
-
-def _read(path):
-    import ase.io
-
-    return ase.io.read(path, ":")
-
-
 def _cells(n, seed, kinds, held_out):
     """``n`` varied hexagonal cells (``held_out``: another stream, turned by random angles and strained
     by up to 4 %: unlike the training cells)."""
@@ -120,8 +89,8 @@ def _cells(n, seed, kinds, held_out):
 def _label(steps, frames_path, out_path, oracle, cfg, progress):
     from ednn_tf.apply.active import label_frames
 
-    return steps(out_path, lambda: _write(out_path, label_frames(_read(frames_path), oracle, out_path + ".labels.npz",
-                                                                 cfg["workers"], progress)))
+    return steps(out_path, lambda: write_frames(out_path, label_frames(
+        read_frames(frames_path), oracle, out_path + ".labels.npz", cfg["workers"], progress)))
 
 
 def _train(steps, labelled_path, stem, cfg, seed, init_from, progress):
@@ -130,7 +99,7 @@ def _train(steps, labelled_path, stem, cfg, seed, init_from, progress):
     card = stem + ".committee.json"
 
     def make():
-        data = _read(labelled_path)
+        data = read_frames(labelled_path)
         train_committee(data, labelled_energies(data), stem + ".keras", cfg["committee"],
                         forces=labelled_forces(data, "forces"), seed=seed, init_from=init_from, epochs=cfg["epochs"],
                         context=cfg["context"], filters=cfg["filters"], pixel_size=cfg["pixel_size"],
@@ -153,25 +122,25 @@ def _round(r, args, cfg, steps, oracle, prev_card, prev_labelled):
 
     def make_pool():
         committee = load_potential(prev_card)
-        starts = _read(prev_labelled)
+        starts = read_frames(prev_labelled)
         rng = np.random.default_rng([args.seed, r, 3])
         chosen = [starts[i] for i in rng.choice(len(starts), size=min(cfg["starts"], len(starts)), replace=False)]
-        _write(pool, explore(committee, chosen, seed=args.seed * 1000 + r, temperatures=cfg["temperatures"],
+        write_frames(pool, explore(committee, chosen, seed=args.seed * 1000 + r, temperatures=cfg["temperatures"],
                              md_steps=cfg["md_steps"], every=cfg["every"], progress=progress))
 
     steps(pool, make_pool)
 
     def make_pick():
-        frames = _read(pool)
+        frames = read_frames(pool)
         dev = [x["max_force_dev"] for x in predict_committee(load_potential(prev_card), frames)]
         idx = pick(dev, cfg["select"], args.strategy, args.seed * 1000 + r, args.trust_lo, args.trust_hi)
         write_json_atomic({"max_force_dev": dev, "picked": [int(i) for i in idx]}, dev_file)
-        _write(picked, [frames[i] for i in idx])
+        write_frames(picked, [frames[i] for i in idx])
 
     steps(picked, make_pick)
     new = _label(steps, picked, os.path.join(d, "pick_labelled.extxyz"), oracle, cfg, progress)
     merged = os.path.join(d, "labelled.extxyz")
-    steps(merged, lambda: _write(merged, _read(prev_labelled) + _read(new)))
+    steps(merged, lambda: write_frames(merged, read_frames(prev_labelled) + read_frames(new)))
     card = _train(steps, merged, os.path.join(d, "committee"), cfg, args.seed, prev_card, progress)
     return card, merged, dev_file
 
@@ -182,7 +151,7 @@ def _record(r, card, labelled, test, dev_file, results):
     from ednn_tf import load_potential
     from ednn_tf.apply.active import committee_errors
 
-    rec = {"round": r, "labels": len(_read(labelled)), "committee": os.path.relpath(card, os.path.dirname(labelled)),
+    rec = {"round": r, "labels": len(read_frames(labelled)), "committee": os.path.relpath(card, os.path.dirname(labelled)),
            "held_out": committee_errors(load_potential(card), test)}
     if dev_file:
         with open(dev_file) as fh:
@@ -206,10 +175,10 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     steps, progress = Steps(args.max_steps), not args.no_progress
     init, test = (os.path.join(args.out, f) for f in ("initial.extxyz", "test.extxyz"))
-    steps(init, lambda: _write(init, _cells(cfg["initial"], args.seed, cfg["kinds"], False)))
-    steps(test, lambda: _write(test, _cells(cfg["test"], args.seed, cfg["kinds"], True)))
+    steps(init, lambda: write_frames(init, _cells(cfg["initial"], args.seed, cfg["kinds"], False)))
+    steps(test, lambda: write_frames(test, _cells(cfg["test"], args.seed, cfg["kinds"], True)))
     labelled = _label(steps, init, os.path.join(args.out, "initial_labelled.extxyz"), oracle, cfg, progress)
-    test_l = _read(_label(steps, test, os.path.join(args.out, "test_labelled.extxyz"), oracle, cfg, progress))
+    test_l = read_frames(_label(steps, test, os.path.join(args.out, "test_labelled.extxyz"), oracle, cfg, progress))
     card = _train(steps, labelled, os.path.join(args.out, "round0", "committee"), cfg, args.seed, None, progress)
     results = {"preset": args.preset, "strategy": args.strategy, "oracle": oracle.name, "seed": args.seed,
                "config": cfg, "rounds": []}

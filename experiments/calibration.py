@@ -64,33 +64,6 @@ def label(md_model, workers, data=DATA):
     print(f"hot: {len(frames)} frames -> {out}")
 
 
-def held_out(data=DATA, seed=1):
-    """``{name: (structures, energies (eV), forces)}`` of the sets that exist (module docstring)."""
-    import ase.io
-
-    from ednn_tf.apply.checks import shipped_split, turned
-    from ednn_tf.apply.fit import labelled_energies, labelled_forces
-
-    sets = {}
-    if os.path.isfile(f"{data}/hexagonal_varied_c012_gfn1_sc2.extxyz"):
-        cells, _, val = shipped_split(data)
-        val = [cells[i] for i in val]
-        angles = np.random.default_rng([seed, 28]).uniform(0.0, 360.0, len(val))
-        e, f = labelled_energies(val), labelled_forces(val)
-        moved = [turned(a, t, g) for a, t, g in zip(val, angles, f)]
-        sets["validation_turned"] = ([m[0] for m in moved], e, [np.c_[m[1], np.zeros(len(m[1]))] for m in moved])
-    for name in ("checks_strained", "hexagonal_othersizes", "checks_hot"):
-        path = f"{data}/{name}_gfn1_sc2.extxyz"
-        if os.path.isfile(path):
-            s = ase.io.read(path, ":")
-            for a in s:
-                a.pbc = [True, True, False]
-            sets[name] = (s, labelled_energies(s), labelled_forces(s))
-    if not sets:
-        raise SystemExit(f"no labelled held-out set under {data}: run the labelling first (see --help)")
-    return sets
-
-
 def spread_model(args):
     """``(predict, description)``: ``predict(structures)`` gives committee_spread dicts."""
     from ednn_tf.apply.space import predict_structures
@@ -146,11 +119,11 @@ def main(argv=None):
         label(args.md_model, args.workers, args.data)
     if not (args.model or args.members):
         return 0
-    from ednn_tf.apply.calibration import plot_calibration
+    from ednn_tf.apply.calibration import held_out_sets, plot_calibration
     from ednn_tf.util import write_json_atomic
 
     predict, what = spread_model(args)
-    sets = held_out(args.data)
+    sets = held_out_sets(args.data)
     tables, res = calibrate(predict, sets)
     os.makedirs(args.out, exist_ok=True)
     write_json_atomic({"spread": what, "sets": res}, os.path.join(args.out, "results.json"))

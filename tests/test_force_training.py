@@ -348,3 +348,22 @@ def test_forces_of_a_force_trained_model_are_minus_the_energy_gradient(teacher_d
     ad, fd = np.array(ad), np.array(fd)
     assert np.linalg.norm(ad) > 1e-2
     assert np.linalg.norm(ad - fd) <= 2e-2 * np.linalg.norm(ad), (ad, fd)
+
+
+def test_a_fine_tune_starts_at_its_init_models_energies(teacher_data, tmp_path):
+    """``init_from`` an atoms potential keeps its e0 and scale (a step size of 1e-9 leaves the energies
+    of the fine-tune those of the init model); ``refit_reference`` fits them to the new split instead."""
+    cells, energies, forces = teacher_data
+    kw = dict(forces=forces[12:], pixel_size=0.45, gamma=0.45, context=2, filters=6, epochs=1, batch_size=4,
+              val_fraction=0.25, progress=False, augment=False)
+    base, _ = train_potential(cells[:12], energies[:12], tmp_path / "base.keras", **{**kw, "forces": forces[:12]},
+                              lr=1e-2)
+    tuned, _ = train_potential(cells[12:], energies[12:], tmp_path / "ft.keras", lr=1e-9, init_from=base, **kw)
+    refit, _ = train_potential(cells[12:], energies[12:], tmp_path / "rf.keras", lr=1e-9, init_from=base,
+                               refit_reference=True, **kw)
+    assert tuned.e0 == base.e0 and tuned.scale == base.scale
+    e_base, _ = predict_energies_forces(base, cells[12:16])
+    e_tuned, _ = predict_energies_forces(tuned, cells[12:16])
+    e_refit, _ = predict_energies_forces(refit, cells[12:16])
+    np.testing.assert_allclose(e_tuned, e_base, atol=1e-4)
+    assert np.max(np.abs(np.asarray(e_refit) - e_base)) > 1e-2, (e_refit, e_base)

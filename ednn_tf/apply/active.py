@@ -8,7 +8,63 @@ import numpy as np
 
 from ..util import check_float, check_int
 
-__all__ = ["explore", "label_frames", "committee_errors", "pick"]
+__all__ = ["explore", "label_frames", "committee_errors", "pick", "Steps", "write_frames", "read_frames",
+           "labels_to_reach"]
+
+
+class Steps:
+    """Runs a step of a resumable experiment unless its output file exists; stops the process
+    (``SystemExit``) after ``max_steps`` executed steps (a planned interruption)."""
+
+    def __init__(self, max_steps=None):
+        self.max_steps, self.done = max_steps, 0
+
+    def __call__(self, path, make):
+        import os
+
+        if os.path.exists(path):
+            return path
+        make()
+        self.done += 1
+        if self.max_steps is not None and self.done >= self.max_steps:
+            print(f"stopped after {self.done} steps (--max-steps); run the same command again to go on")
+            raise SystemExit(0)
+        return path
+
+
+def write_frames(path, frames):
+    """``frames`` to the extxyz file ``path``, atomically (folders made)."""
+    import os
+
+    import ase.io
+
+    from ..util import atomic_path
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
+
+
+def read_frames(path):
+    """Every frame of the extxyz file ``path``."""
+    import ase.io
+
+    return ase.io.read(path, ":")
+
+
+def labels_to_reach(labels, errors, target):
+    """The number of labels at which a learning curve (``errors`` after ``labels``, ascending labels)
+    first reaches ``target``, linearly interpolated between rounds; None when it never does."""
+    labels, errors = np.asarray(labels, dtype=np.float64), np.asarray(errors, dtype=np.float64)
+    if labels.shape != errors.shape or labels.ndim != 1 or not len(labels) or np.any(np.diff(labels) <= 0):
+        raise ValueError(f"need matching 1-d curves with ascending labels, got {labels.tolist()} and {errors.tolist()}")
+    if errors[0] <= target:
+        return float(labels[0])
+    for k in range(1, len(labels)):
+        if errors[k] <= target:
+            t = (errors[k - 1] - target) / (errors[k - 1] - errors[k])
+            return float(labels[k - 1] + t * (labels[k] - labels[k - 1]))
+    return None
 
 
 def _variant(atoms, rng, max_strain, vacancy_p):

@@ -22,7 +22,10 @@ import numpy as np
 
 from ..util import atomic_path, check_int
 
-__all__ = ["frame_table", "rank_summary", "reliability", "plot_calibration", "PAIRS", "BASELINES"]
+__all__ = ["frame_table", "rank_summary", "reliability", "plot_calibration", "held_out_sets", "PAIRS", "BASELINES"]
+
+#: The labelled held-out sets of ``hexagonal-gfn1`` under ``data/potentials`` (besides its turned validation cells).
+HELD_OUT = ("checks_strained", "hexagonal_othersizes", "checks_hot")
 
 #: (predicted, actual) columns of :func:`frame_table` compared by :func:`rank_summary`.
 PAIRS = (("max_force_dev", "max_force_error"), ("force_dev_rms", "force_rms"), ("energy_std", "energy_error"))
@@ -117,3 +120,36 @@ def plot_calibration(tables, path, title=""):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def held_out_sets(data="data/potentials", seed=1):
+    """``{name: (structures, energies (eV), forces (eV/A))}``: the held-out frames of the calibration, those
+    that exist under ``data``: ``validation_turned`` (the 150 validation cells of ``hexagonal-gfn1``, each
+    turned by a random angle from ``seed``, forces turned with it) and the labelled :data:`HELD_OUT` sets
+    (``<name>_gfn1_sc2.extxyz``: strained 2.5-4 %, other sizes, hot MD frames). Raises SystemExit when none exists."""
+    import os
+
+    import ase.io
+
+    from .checks import shipped_split, turned
+    from .fit import labelled_energies, labelled_forces
+
+    sets = {}
+    if os.path.isfile(f"{data}/hexagonal_varied_c012_gfn1_sc2.extxyz"):
+        cells, _, val = shipped_split(data)
+        val = [cells[i] for i in val]
+        angles = np.random.default_rng([seed, 28]).uniform(0.0, 360.0, len(val))
+        e, f = labelled_energies(val), labelled_forces(val)
+        moved = [turned(a, t, g) for a, t, g in zip(val, angles, f)]
+        sets["validation_turned"] = ([m[0] for m in moved], e, [np.c_[m[1], np.zeros(len(m[1]))] for m in moved])
+    for name in HELD_OUT:
+        path = f"{data}/{name}_gfn1_sc2.extxyz"
+        if os.path.isfile(path):
+            s = ase.io.read(path, ":")
+            for a in s:
+                a.pbc = [True, True, False]
+            sets[name] = (s, labelled_energies(s), labelled_forces(s))
+    if not sets:
+        raise SystemExit(f"no labelled held-out set under {data}: run the labelling first "
+                         "(python experiments/calibration.py --label, docs/uncertainty.md)")
+    return sets

@@ -106,7 +106,8 @@ class GridBatches(ShapeBatches):
 def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, gamma=0.3, context=16, filters=32,
                     epochs=100, batch_size=8, lr=3e-3, val_fraction=0.1, seed=0, workdir=None, progress=True,
                     card=None, augment=True, energy_weight=1.0, force_weight=10.0, readout="atoms", init_from=None,
-                    max_height=None, min_vacuum=None, split_seed=None, invariance_weight=0.0, val_indices=None):
+                    max_height=None, min_vacuum=None, split_seed=None, invariance_weight=0.0, val_indices=None,
+                    refit_reference=False):
     """Train a density :class:`Potential` on ``structures`` / ``energies`` (eV) and save it to ``out``.
 
     ``pixel_size``, ``gamma``: A; ``context``: pixels (the density window is ``2 context + 1`` wide);
@@ -130,7 +131,10 @@ def train_potential(structures, energies, out, *, forces=None, pixel_size=0.25, 
     readout, needs ``augment``): every batch holds each structure under two random isometries and the
     loss asks its per-atom energies and turned-back forces to agree (:mod:`ednn_tf.apply.space_training`).
     ``val_indices``: the validation structures given explicitly (the rest are trained on), instead of
-    the seeded random ``val_fraction``.
+    the seeded random ``val_fraction``. A fine-tune (``init_from`` an ``"atoms"`` potential with the same
+    elements) keeps that potential's ``e0`` and ``scale``, so it starts from the same energies;
+    ``refit_reference=True`` fits them to the new training split instead (what ``init_from`` did before
+    2026-12-08).
     """
     n = len(structures)
     energies = np.asarray(energies, dtype=np.float64)
@@ -233,7 +237,10 @@ def _train_space(structures, energies, forces, out, train, val, e0, ednn, residu
                     max_height=max_height, min_vacuum=min_vacuum)
     ednn(np.zeros((1, 2 * ednn.context + 8, 2 * ednn.context + 8, len(e0)), np.float32))   # built: dynamic sizes
     if kw["init_from"] is not None:
-        ednn.set_weights(load_potential(kw["init_from"]).ednn.get_weights())
+        init = load_potential(kw["init_from"])
+        ednn.set_weights(init.ednn.get_weights())
+        if init.readout == "atoms" and init.elements == pot.elements and not kw["refit_reference"]:
+            pot.e0, pot.scale = dict(init.e0), float(init.scale)   # the fine-tune starts at init's energies
     f_train = None if forces is None else [forces[i] for i in train]
     w_inv = kw["invariance_weight"]
     batches = SpaceBatches(pot, rows, energies[train], f_train, kw["batch_size"], seed=kw["seed"], augment=kw["augment"],
