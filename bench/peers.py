@@ -233,9 +233,9 @@ def main(argv=None):
     _table(rows, md, skipped)
     out = {"rows": rows, "md": md, "skipped": skipped, "threads": 1, "command": "python bench/peers.py " +
            " ".join(sys.argv[1:]), "cpu": _cpu(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    sys.path.insert(0, REPO)
     from ednn_tf.util import write_json_atomic
 
-    sys.path.insert(0, REPO)
     write_json_atomic(out, args.out)
     print(f"wrote {args.out}")
     return out

@@ -15,7 +15,8 @@ import weakref
 
 import numpy as np
 
-from ..atoms.frames import block_counts, block_frames, check_structures, moved_frame, pack_frames, structure_frame, window_pixels
+from ..atoms.frames import (block_counts, block_frames, check_structures, frame_weights, moved_frame, pack_frames,
+                            structure_frame, window_pixels)
 from ..util import check_int
 
 __all__ = ["DEFAULT_BLOCK", "predict_structures", "stress_voigt"]
@@ -138,26 +139,27 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     turns = [_rotation(90.0 * k / K) for k in range(K)]
     evaluator = _evaluator(potential, bool(derivatives), precision)
     copies, weight = (K, 1.0) if spread else (1, 1.0 / K)    # a spread: one accumulator per copy
-    acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 2)), "virial": np.zeros((2, 2))}
-           for a in structures for _ in range(copies)]
     jobs, big, n_blocks = [], [], 0     # (structure, (turn, shift), frame, weights): one-block frames, the others
     for s, atoms in enumerate(structures):
-        frame0, w = structure_frame(potential, atoms, checked[s])
+        frame0, _ = structure_frame(potential, atoms, checked[s], weights=False)
+        w = None                                   # channel weights: whole for one-block frames, else by block
         for k, T in enumerate(turns):
             shift = _offset(k) * p
             frame = moved_frame(frame0, T, shift, p, c, gamma) if k else frame0
-            job = (s * copies + (k if spread else 0), (T, shift), frame, w)
             counts = block_counts(frame, block, p)[0]
             if np.any(counts > 1):
-                big.append(job)
+                big.append((s * copies + (k if spread else 0), (T, shift), frame, atoms.numbers))
                 n_blocks += int(np.prod(counts))
             else:
-                jobs.append(job)
+                w = frame_weights(potential, atoms.numbers) if w is None else w
+                jobs.append((s * copies + (k if spread else 0), (T, shift), frame, w))
+    acc = [{"energy": 0.0, "energies": np.zeros(len(a)), "forces": np.zeros((len(a), 2)), "virial": np.zeros((2, 2))}
+           for a in structures for _ in range(copies)]
     order = sorted(range(len(jobs)), key=lambda r: window_pixels(jobs[r][2]))
     chunks = [[jobs[r] for r in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
     n_calls = len(chunks) + n_blocks
-    blocks = ([(s, move, f, w[f.atoms])] for s, move, frame, w in big        # made one at a time,
-              for f in block_frames(frame, block, p, c, gamma))              # evaluated one at a time
+    blocks = ([(s, move, f, frame_weights(potential, z[f.atoms]))] for s, move, frame, z in big   # made and
+              for f in block_frames(frame, block, p, c, gamma))                                   # evaluated one at a time
     chunks = itertools.chain(chunks, blocks)
     rank, size = _shard()
     if size > 1:                                   # Horovod ranks share the calls, then add up

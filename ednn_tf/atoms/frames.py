@@ -50,7 +50,7 @@ def check_structure(atoms, elements=None, max_height=None, min_vacuum=None, orth
     the sheet's plane (the median z; names the atom and its height; a bilayer or an adsorbate is
     not a sheet). ``orthorhombic``: also refuse a non-rectangular or non-periodic in-plane cell (the
     legacy ``"cell"`` readout). Returns ``(xy (N, 2) A, cell (2, 2) A: the in-plane cell rows, pbc
-    (2,) bool)``.
+    (2,) bool)``; ``xy`` is a view of ``atoms.positions`` (no copy; never written to).
     """
     from ase import Atoms
 
@@ -101,7 +101,7 @@ def check_structure(atoms, elements=None, max_height=None, min_vacuum=None, orth
         cell_lengths(cell, 2)   # raises for a non-orthorhombic cell
         if not (pbc[0] and pbc[1]):
             raise ValueError(f"this potential's grid is periodic along x and y, but atoms.pbc = {pbc}")
-    return pos[:, :2].copy(), cell[:2, :2].copy(), np.array(pbc[:2])
+    return pos[:, :2], cell[:2, :2].copy(), np.array(pbc[:2])     # xy: a view (no copy: large structures)
 
 
 def check_structures(potential, structures, orthorhombic=False):
@@ -269,11 +269,12 @@ def block_frames(frame, block, pitch, context, gamma):
     horder = np.argsort(hkey, kind="stable").astype(small)
     shkey = hkey[horder]
     del hkey
-    cand = (frame.xy[frame.idx] + frame.shift @ frame.cell).astype(np.float32)    # for the halo test only
     lo_pix = first / side - rb - 1
-    key = (np.floor(cand[:, 0] / np.float32(side[0] * pitch) - lo_pix[0])).astype(small)
-    key *= width
-    key += (np.floor(cand[:, 1] / np.float32(side[1] * pitch) - lo_pix[1])).astype(small)
+    key = np.empty(len(frame.idx), small)          # each rendered atom's bin, a chunk at a time
+    for a in range(0, len(key), _CHUNK):
+        c = _rendered(frame, slice(a, a + _CHUNK))
+        key[a:a + _CHUNK] = (np.floor(c[:, 0] / (side[0] * pitch) - lo_pix[0]) * width
+                             + np.floor(c[:, 1] / (side[1] * pitch) - lo_pix[1]))
     order = np.argsort(key, kind="stable").astype(small)
     skey = key[order]
     del key
@@ -286,13 +287,22 @@ def block_frames(frame, block, pitch, context, gamma):
                 for q in (skey.dtype.type((bi + rb[0] + 1 + di) * width + bj + rb[1] + 1 + dj)   # the keys' dtype:
                           for di in range(-rb[0], rb[0] + 1) for dj in range(-rb[1], rb[1] + 1))]   # no cast of skey
         near = np.concatenate(near)
-        sel = near[np.all((cand[near] >= lo - 1e-3) & (cand[near] <= hi + 1e-3), axis=1)]   # float32 margin
+        c = _rendered(frame, near)
+        sel = near[np.all((c >= lo - 1e-3) & (c <= hi + 1e-3), axis=1)]
         halo = np.setdiff1d(np.unique(frame.idx[sel]), targets)
         local_ids = np.concatenate([targets, halo])
         rank = np.argsort(local_ids)
         local = rank[np.searchsorted(local_ids[rank], frame.idx[sel])]
         yield Frame(frame.xy[local_ids], frame.cell, local, frame.shift[sel], origin, shape.copy(),
                     read=len(targets), atoms=frame.atoms[local_ids])
+
+
+_CHUNK = 1 << 20
+
+
+def _rendered(frame, rows):
+    """Positions (A) of the rendered atoms ``rows`` (a slice or indices into ``frame.idx``)."""
+    return frame.xy[frame.idx[rows]] + frame.shift[rows] @ frame.cell
 
 
 def window_pixels(frame) -> int:
@@ -303,17 +313,22 @@ def window_pixels(frame) -> int:
 __all__ += ["block_counts", "block_window", "block_frames", "window_pixels"]
 
 
-def structure_frame(potential, atoms, checked=None):
+def structure_frame(potential, atoms, checked=None, weights=True):
     """``(Frame, channel weights (N, C))`` of ``atoms`` for a potential with the ``"atoms"`` readout,
     after :func:`check_structure` with the potential's elements and limits (``checked``: its result,
-    when the structure was checked already)."""
-    from .cells import atomic_numbers, channel_weights
-
+    when the structure was checked already). ``weights=False``: None instead of the weights (a large
+    structure's blocks make their own with :func:`frame_weights`)."""
     if checked is None:
         checked = check_structure(atoms, potential.elements or None, potential.max_height, potential.min_vacuum)
     frame = space_frame(*checked, potential.pitch, potential.ednn.context, potential.gamma)
-    weights, _ = channel_weights(atomic_numbers(atoms.numbers), potential.channels)
-    return frame, weights.astype(np.float32)
+    return frame, (frame_weights(potential, atoms.numbers) if weights else None)
+
+
+def frame_weights(potential, numbers):
+    """Channel weights (N, C) float32 of atoms with atomic ``numbers`` for ``potential``."""
+    from .cells import atomic_numbers, channel_weights
+
+    return channel_weights(atomic_numbers(numbers), potential.channels)[0].astype(np.float32)
 
 
 def moved_frame(frame, T, shift, pitch, context, gamma):
@@ -323,4 +338,4 @@ def moved_frame(frame, T, shift, pitch, context, gamma):
     return space_frame(frame.xy @ T.T + shift, frame.cell @ T.T, pbc, pitch, context, gamma)
 
 
-__all__ += ["structure_frame", "moved_frame"]
+__all__ += ["structure_frame", "frame_weights", "moved_frame"]
