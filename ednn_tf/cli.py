@@ -317,9 +317,8 @@ def _train_parser(sub):
     p.add_argument("--readout", default="atoms", choices=["atoms", "cell"],
                    help="atoms (default): space frame, any cell, per-atom energies, stress; cell: the first form")
     p.add_argument("--init-from", default=None, metavar="MODEL",
-                   help="start from the network weights of MODEL (a .keras path or shipped name; same architecture); "
-                   "an atoms-readout MODEL with the same elements also gives its e0 and scale (a fine-tune starts at "
-                   "MODEL's energies)")
+                   help="start from the network weights of MODEL (a .keras path or shipped name; same architecture), "
+                   "and from its e0 and scale when it has the atoms readout and the same elements")
     p.add_argument("--refit-reference", action="store_true",
                    help="with --init-from: fit e0 and scale to the new training split instead (before 2026-12-08)")
     p.add_argument("--invariance-weight", type=float, default=0.0, metavar="W", help="W > 0: every cell twice a "

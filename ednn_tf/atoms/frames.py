@@ -24,13 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RENDER_RANGE", "SPLINE_HALF_WIDTH", "check_structure", "check_structures", "Frame", "space_frame", "pack_frames",
+__all__ = ["RENDER_RANGE", "SPLINE_LEFT", "SPLINE_RIGHT", "check_structure", "check_structures", "Frame", "space_frame", "pack_frames",
            "in_plane_basis"]
 
 #: Rendered atoms: those within this many gammas of the image window.
 RENDER_RANGE = 7.0
-#: Pixels the readout needs on each side of an atom's pixel (cubic B-spline: 2), plus one spare.
-SPLINE_HALF_WIDTH = 3
+#: Pixels the readout needs left and right of an atom's pixel ``a = floor(x / p)``: the cubic B-spline
+#: ``B3(x / p - k)`` is non-zero for ``k`` in ``a - 1 .. a + 2`` (and vanishes with its first two
+#: derivatives at the ends, so an atom on a pixel edge loses nothing to rounding).
+SPLINE_LEFT, SPLINE_RIGHT = 1, 2
 _PLANE_TOL = 1e-6
 
 
@@ -167,8 +169,8 @@ def space_frame(xy, cell, pbc, pitch, context, gamma):
     and Gaussian width ``gamma`` (A)."""
     xy, pbc = np.asarray(xy, dtype=np.float64), np.asarray(pbc, dtype=bool)
     inv = np.linalg.inv(in_plane_basis(cell, pbc))
-    lo = np.floor(xy.min(0) / pitch).astype(np.int64) - SPLINE_HALF_WIDTH
-    hi = np.floor(xy.max(0) / pitch).astype(np.int64) + SPLINE_HALF_WIDTH + 1
+    lo = np.floor(xy.min(0) / pitch).astype(np.int64) - SPLINE_LEFT
+    hi = np.floor(xy.max(0) / pitch).astype(np.int64) + SPLINE_RIGHT
     origin = lo - int(context)
     shape = hi - lo + 1 + 2 * int(context)
     reach = RENDER_RANGE * gamma
@@ -238,8 +240,8 @@ def block_window(start, block, pitch, context, gamma):
     """``(origin, shape, lo, hi)`` of the block of ``block`` (one side, or (2,)) readout pixels whose
     first pixel is ``start`` (2,): its window's first pixel and shape (the block, the spline's reach and
     the context on each side), and the box ``lo .. hi`` (A) of the atoms it must render."""
-    origin = np.asarray(start) - SPLINE_HALF_WIDTH - int(context)
-    shape = np.broadcast_to(np.asarray(block, np.int64) + 2 * SPLINE_HALF_WIDTH + 1 + 2 * int(context), (2,)).copy()
+    origin = np.asarray(start) - SPLINE_LEFT - int(context)
+    shape = np.broadcast_to(np.asarray(block, np.int64) + SPLINE_LEFT + SPLINE_RIGHT + 2 * int(context), (2,)).copy()
     reach = RENDER_RANGE * gamma
     return origin, shape, origin * pitch - reach, (origin + shape - 1) * pitch + reach
 
@@ -259,7 +261,7 @@ def block_frames(frame, block, pitch, context, gamma):
         yield frame
         return
     reach = RENDER_RANGE * gamma
-    rb = np.ceil(((SPLINE_HALF_WIDTH + 1 + int(context)) * pitch + reach) / (side * pitch)).astype(np.int64)  # bins
+    rb = np.ceil(((SPLINE_RIGHT + 2 + int(context)) * pitch + reach) / (side * pitch)).astype(np.int64)  # bins
     width = int(counts[1] + 2 * rb[1] + 3)
     small = np.int32 if int(counts[0] + 2 * rb[0] + 3) * width < 2 ** 31 and len(frame.idx) < 2 ** 31 else np.int64
     home = (pix - first) // side                    # each temporary freed once used, 32-bit where it fits:
