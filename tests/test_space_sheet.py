@@ -126,6 +126,8 @@ def test_bfloat16_within_its_documented_error(potential):
         assert 0.0 < np.abs(a["forces"] - b["forces"]).mean() < 0.06          # a different path, close
     with pytest.raises(ValueError, match="precision must be one of"):
         predict_structures(potential, cells[:1], precision="float16")
+    shipped = ednn_tf.load_potential("hexagonal-gfn1").card["precision"]["bfloat16"]["against_float32"]   # on its card
+    assert shipped["energy_mae_meV_per_atom"] < 8 and shipped["force_mae_eV_per_A"] < 0.06
 
 
 _HVD_SCRIPT = """

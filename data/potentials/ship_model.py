@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--orientations", type=int, default=None, help="set the potential's orientation average K")
     ap.add_argument("--checks-k", nargs="*", default=[], metavar="K=RESULTS",
                     help="results.json of the checks with orientations K (recorded for comparison)")
+    ap.add_argument("--precision", help="results of bench/precision.py with this model: bfloat16's measured error")
     ap.add_argument("--out", default="ednn_tf/models/hexagonal-gfn1.keras")
     ap.add_argument("--command", default=COMMAND, help="the training command recorded in the card")
     ap.add_argument("--training", default=TRAINING, help="the training, in words, recorded in the card")
@@ -84,6 +85,15 @@ def main():
         k, path = item.split("=", 1)
         with open(path) as fh:
             card.setdefault("checks_orientations", {})[k] = _summary(json.load(fh))
+    if args.precision:
+        with open(args.precision) as fh:
+            prec = json.load(fh)
+        card["precision"] = {"bfloat16": {
+            "use": "EDNNCalculator(..., precision='bfloat16'), ednn-tf predict --precision bfloat16: the density network "
+                   "under mixed_bfloat16; not the default",
+            "against_float32": prec["bf16_vs_f32"], "against_labels": prec["vs_labels"],
+            "speedup": prec["speedup_bf16"], "cpu": prec["cpu"], "cpu_bf16_flags": prec["cpu_bf16_flags"],
+            "validation_cells": prec["n"], "command": prec["command"], "date": prec["date"]}}
     pot.card = card
     with atomic_path(args.out) as tmp:      # same extension: .keras
         pot.save(tmp)
