@@ -151,7 +151,8 @@ def _record(r, card, labelled, test, dev_file, results):
     from ednn_tf import load_potential
     from ednn_tf.apply.active import committee_errors
 
-    rec = {"round": r, "labels": len(read_frames(labelled)), "committee": os.path.relpath(card, os.path.dirname(labelled)),
+    rec = {"round": r, "labels": len(read_frames(labelled)),
+           "committee": os.path.relpath(card, os.path.dirname(labelled)),
            "held_out": committee_errors(load_potential(card), test)}
     if dev_file:
         with open(dev_file) as fh:

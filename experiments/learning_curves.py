@@ -194,7 +194,8 @@ def summary(records):
                   for s, recs in records.items()}
         labels, errors = curves["random"]
         need = labels_to_reach(*curves["deviation"], errors[-1])
-        out[key] = {"random_final": errors[-1], "random_labels": labels[-1], "deviation_final": curves["deviation"][1][-1],
+        out[key] = {"random_final": errors[-1], "random_labels": labels[-1],
+                    "deviation_final": curves["deviation"][1][-1],
                     "deviation_labels_to_reach_random_final": need,
                     "ratio": None if need is None else need / labels[-1]}
     return out
@@ -258,7 +259,8 @@ def main(argv=None):
     for s, recs in records.items():
         for r in recs:
             a = r["scores"]["all"]
-            print(f"{s:9s} round {r['round']}: {r['labels']:4d} labels  E {a['energy_mae_meV_per_atom']:7.2f} meV/atom  "
+            print(f"{s:9s} round {r['round']}: {r['labels']:4d} labels  "
+                  f"E {a['energy_mae_meV_per_atom']:7.2f} meV/atom  "
                   f"F {a['force_mae_xy_eV_per_A']:.3f} eV/A")
     print(f"summary: {res['summary']}\nwrote {args.out}/results.json")
     return res

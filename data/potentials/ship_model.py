@@ -89,8 +89,8 @@ def main():
         with open(args.precision) as fh:
             prec = json.load(fh)
         card["precision"] = {"bfloat16": {
-            "use": "EDNNCalculator(..., precision='bfloat16'), ednn-tf predict --precision bfloat16: the density network "
-                   "under mixed_bfloat16; not the default",
+            "use": "EDNNCalculator(..., precision='bfloat16'), ednn-tf predict --precision bfloat16: the density "
+                   "network under mixed_bfloat16; not the default",
             "against_float32": prec["bf16_vs_f32"], "against_labels": prec["vs_labels"],
             "speedup": prec["speedup_bf16"], "cpu": prec["cpu"], "cpu_bf16_flags": prec["cpu_bf16_flags"],
             "validation_cells": prec["n"], "command": prec["command"], "date": prec["date"]}}

@@ -159,7 +159,7 @@ def predict_structures(potential, structures, batch_size=8, progress=False, bloc
     chunks = [[jobs[r] for r in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
     n_calls = len(chunks) + n_blocks
     blocks = ([(s, move, f, frame_weights(potential, z[f.atoms]))] for s, move, frame, z in big   # made and
-              for f in block_frames(frame, block, p, c, gamma))                                   # evaluated one at a time
+              for f in block_frames(frame, block, p, c, gamma))                                   # run one by one
     chunks = itertools.chain(chunks, blocks)
     rank, size = _shard()
     if size > 1:                                   # Horovod ranks share the calls, then add up

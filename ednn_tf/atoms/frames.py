@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RENDER_RANGE", "SPLINE_LEFT", "SPLINE_RIGHT", "check_structure", "check_structures", "Frame", "space_frame", "pack_frames",
+__all__ = ["RENDER_RANGE", "SPLINE_LEFT", "SPLINE_RIGHT", "check_structure", "check_structures", "Frame", "space_frame",
+           "pack_frames",
            "in_plane_basis"]
 
 #: Rendered atoms: those within this many gammas of the image window.
