@@ -84,7 +84,8 @@ def test_one_potential_spreads_over_its_orientations_alike_everywhere(cells, tmp
     assert all(r["max_force_dev"] > 0.01 for r in api)
     at = cells[1].copy()
     at.calc = EDNNCalculator("hexagonal-gfn1", orientations=4)
-    np.testing.assert_allclose(at.calc.get_property("force_dev", at), api[1]["force_dev"], atol=1e-10)
+    # alone, its window is not padded to the batch's largest: the float32 network sums in another order
+    np.testing.assert_allclose(at.calc.get_property("force_dev", at), api[1]["force_dev"], atol=1e-6)
     assert at.get_potential_energy() == pytest.approx(api[1]["energy"], rel=1e-12)
     data, out = tmp_path / "d.extxyz", tmp_path / "p.extxyz"
     ase.io.write(data, cells)
