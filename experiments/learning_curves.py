@@ -51,6 +51,8 @@ PRESETS = {
 }
 ORACLE_SETTINGS = {"lj": {}, "gfn1-xtb": {"supercell": 2}}
 STRATEGIES = ("deviation", "random")
+#: The errors scored, per set and over all frames.
+KEYS = ("energy_mae_meV_per_atom", "force_mae_xy_eV_per_A")
 
 
 def parse_args(argv=None):
@@ -116,21 +118,20 @@ def _train(structures, n_val, out, cfg, seed, init_from, epochs, lr, progress):
 
 
 def score(pot, sets):
-    """``{set: {frames, energy_mae_meV_per_atom, force_mae_xy_eV_per_A}}`` and ``"all"`` (force MAE over
-    every in-plane component of every atom)."""
-    from ednn_tf.apply.space import predict_structures
+    """``{set: {frames, energy_mae_meV_per_atom, force_mae_xy_eV_per_A}}`` (:func:`ednn_tf.apply.fit.evaluate`)
+    and ``"all"`` (the energy MAE over every frame, the force MAE over every in-plane component of every atom)."""
+    from ednn_tf.apply.fit import evaluate
 
-    out, e_all, f_all = {}, [], []
+    out, frames, atoms = {}, [], []
     for name, (structures, energies, forces) in sets.items():
-        res = predict_structures(pot, structures)
-        de = [abs(r["energy"] - e) / len(a) * 1e3 for r, e, a in zip(res, energies, structures)]
-        df = np.concatenate([np.abs(r["forces"][:, :2] - np.asarray(f)[:, :2]).ravel() for r, f in zip(res, forces)])
-        out[name] = {"frames": len(structures), "energy_mae_meV_per_atom": float(np.mean(de)),
-                     "force_mae_xy_eV_per_A": float(df.mean())}
-        e_all += de
-        f_all.append(df)
-    out["all"] = {"frames": len(e_all), "energy_mae_meV_per_atom": float(np.mean(e_all)),
-                  "force_mae_xy_eV_per_A": float(np.concatenate(f_all).mean())}
+        r = evaluate(pot, structures, energies, forces)
+        out[name] = {"frames": len(structures), **{k: r[k] for k in KEYS}}
+        frames.append(len(structures))
+        atoms.append(sum(len(a) for a in structures))
+    rows = list(out.values())
+    out["all"] = {"frames": sum(frames),
+                  KEYS[0]: float(np.average([r[KEYS[0]] for r in rows], weights=frames)),
+                  KEYS[1]: float(np.average([r[KEYS[1]] for r in rows], weights=atoms))}
     return out
 
 
@@ -189,7 +190,7 @@ def summary(records):
     from ednn_tf.apply.active import labels_to_reach
 
     out = {}
-    for key in ("energy_mae_meV_per_atom", "force_mae_xy_eV_per_A"):
+    for key in KEYS:
         curves = {s: ([r["labels"] for r in recs], [r["scores"]["all"][key] for r in recs])
                   for s, recs in records.items()}
         labels, errors = curves["random"]
@@ -210,7 +211,7 @@ def plot(records, path, title):
     from ednn_tf.util import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, unit in zip(axes, ("energy_mae_meV_per_atom", "force_mae_xy_eV_per_A"), ("meV/atom", "eV/A")):
+    for ax, key, unit in zip(axes, KEYS, ("meV/atom", "eV/A")):
         for s, recs in records.items():
             ax.plot([r["labels"] for r in recs], [r["scores"]["all"][key] for r in recs], "o-",
                     label={"deviation": "highest spread", "random": "random"}[s])
